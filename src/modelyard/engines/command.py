@@ -1,0 +1,28 @@
+"""``command``: any OpenAI-compatible server started from a command line with ``{port}``."""
+
+from __future__ import annotations
+
+import shutil
+
+from modelyard.config import CommandModel
+from modelyard.engines.base import Launch, Upstream
+
+
+class CommandEngine:
+    kind = "command"
+
+    def __init__(self, model: CommandModel) -> None:
+        self.model = model
+
+    def problem(self) -> str | None:
+        program = self.model.command[0]
+        if shutil.which(program) is None:
+            return f"command not found: {program!r} (not on PATH and not an executable path)"
+        return None
+
+    def launch(self, port: int) -> Launch:
+        argv = [part.replace("{port}", str(port)) for part in self.model.command]
+        return Launch(argv, dict(self.model.env), self.model.cwd, self.model.health_path)
+
+    def upstream(self, port: int) -> Upstream:
+        return Upstream(f"http://127.0.0.1:{port}/v1", self.model.upstream_model)

@@ -1,0 +1,93 @@
+"""The management API: status, models, start/stop/restart, logs."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from modelyard.gateway.errors import error_response
+from modelyard.gateway.state import Gateway
+from modelyard.scheduler import Refused
+
+
+async def status(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    return JSONResponse(gw.status())
+
+
+async def models(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    return JSONResponse({"models": [gw.describe(n) for n in gw.config.models]})
+
+
+def _model(request: Request) -> tuple[Gateway, str] | Response:
+    gw: Gateway = request.app.state.gateway
+    asked = request.path_params["name"]
+    model = gw.config.resolve(asked)
+    if model is None:
+        return error_response(
+            404,
+            f"model {asked!r} does not exist; known models: {', '.join(gw.known_names())}",
+            code="model_not_found",
+        )
+    return gw, model.name
+
+
+async def start(request: Request) -> Response:
+    found = _model(request)
+    if isinstance(found, Response):
+        return found
+    gw, name = found
+    try:
+        await gw.scheduler.start(name, timeout=gw.wait_timeout(name))
+    except Refused as exc:
+        return error_response(exc.status, exc.reason, code="start_failed")
+    return JSONResponse(gw.describe(name))
+
+
+async def stop(request: Request) -> Response:
+    found = _model(request)
+    if isinstance(found, Response):
+        return found
+    gw, name = found
+    await gw.scheduler.stop(name)
+    return JSONResponse(gw.describe(name))
+
+
+async def restart(request: Request) -> Response:
+    found = _model(request)
+    if isinstance(found, Response):
+        return found
+    gw, name = found
+    await gw.scheduler.stop(name)
+    try:
+        await gw.scheduler.start(name, timeout=gw.wait_timeout(name))
+    except Refused as exc:
+        return error_response(exc.status, exc.reason, code="start_failed")
+    return JSONResponse(gw.describe(name))
+
+
+async def logs(request: Request) -> Response:
+    found = _model(request)
+    if isinstance(found, Response):
+        return found
+    gw, name = found
+    try:
+        lines = int(request.query_params.get("lines", "200"))
+    except ValueError:
+        return error_response(400, "`lines` must be a whole number, e.g. ?lines=200")
+    tail = gw.supervisor.log(name).tail(max(lines, 0))
+    if "application/json" in request.headers.get("accept", ""):
+        return JSONResponse({"model": name, "lines": tail})
+    return PlainTextResponse("\n".join(tail) + ("\n" if tail else ""))
+
+
+routes = [
+    Route("/admin/status", status, methods=["GET"]),
+    Route("/admin/models", models, methods=["GET"]),
+    Route("/admin/models/{name:path}/start", start, methods=["POST"]),
+    Route("/admin/models/{name:path}/stop", stop, methods=["POST"]),
+    Route("/admin/models/{name:path}/restart", restart, methods=["POST"]),
+    Route("/admin/models/{name:path}/logs", logs, methods=["GET"]),
+]

@@ -1,0 +1,67 @@
+"""The ASGI app: OpenAI API, management API, health."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from modelyard.config import Config
+from modelyard.gateway import admin, openai
+from modelyard.gateway.errors import error_response
+from modelyard.gateway.state import Gateway
+from modelyard.schedule import State
+
+
+async def health(request: Request) -> Response:
+    """The gateway process answers."""
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    """200 once the gateway takes requests; with ``?model=NAME``, only once that one is ready."""
+    gw: Gateway = request.app.state.gateway
+    asked = request.query_params.get("model")
+    if asked is None:
+        return JSONResponse({"status": "ready"})
+    model = gw.config.resolve(asked)
+    if model is None:
+        return error_response(404, f"model {asked!r} does not exist", code="model_not_found")
+    state = gw.scheduler.instances[model.name].state
+    code = 200 if state is State.READY else 503
+    return JSONResponse({"model": model.name, "state": state.value}, status_code=code)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {
+        404: f"no such endpoint: {request.method} {request.url.path}",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }.get(exc.status_code, str(exc.detail))
+    return error_response(exc.status_code, message)
+
+
+def create_app(config: Config) -> Starlette:
+    """The gateway for ``config``; processes start on first use and stop on shutdown."""
+    gateway = Gateway(config)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.open()
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    app = Starlette(
+        routes=[Route("/health", health), Route("/ready", ready), *openai.routes, *admin.routes],
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error},
+    )
+    app.state.gateway = gateway
+    return app

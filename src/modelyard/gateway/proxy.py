@@ -1,0 +1,154 @@
+"""The streaming proxy: forward a body to an instance and pass its bytes straight back.
+
+aiohttp is the client: measured against httpx on this path (bench/proxy_client.py,
+docs/benchmarks.md). Chunks are not parsed or re-encoded; the only change ever made is the
+model name, and only for engines whose upstream name differs from the one asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from modelyard.engines import Upstream
+from modelyard.gateway.errors import error_response, sse_error
+
+# Hop-by-hop, length and CORS headers are the gateway's own business, not the upstream's.
+_DROP = {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
+
+
+def new_session() -> aiohttp.ClientSession:
+    """One pooled client for all upstreams: no total timeout (generations are long)."""
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+
+
+class Renamer:
+    """Replaces the upstream's model name by the one the client asked for, in whole lines."""
+
+    def __init__(self, old: str, new: str) -> None:
+        self.old = b'"model":"' + old.encode() + b'"'
+        self.new = b'"model":"' + new.encode() + b'"'
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._tail + chunk
+        cut = data.rfind(b"\n") + 1
+        self._tail = data[cut:]
+        return data[:cut].replace(self.old, self.new)
+
+    def end(self) -> bytes:
+        rest, self._tail = self._tail.replace(self.old, self.new), b""
+        return rest
+
+
+async def forward(
+    session: aiohttp.ClientSession,
+    upstream: Upstream,
+    path: str,
+    body: bytes,
+    *,
+    stream: bool,
+    asked_model: str,
+    headers: dict[str, str],
+    done: Callable[[int, str | None], Awaitable[None] | None],
+) -> Response:
+    """POST ``body`` to ``upstream`` + ``path``; ``done(status, error)`` runs when it is over."""
+    url = upstream.base_url + path
+    send_headers = {"Content-Type": "application/json", **upstream.headers}
+    try:
+        resp = await session.post(url, data=body, headers=send_headers)
+    except (aiohttp.ClientError, OSError) as exc:
+        await _call(done, 502, f"upstream unreachable: {exc}")
+        return error_response(
+            502, f"the model server did not answer: {exc}", code="upstream_error", headers=headers
+        )
+    out_headers = {
+        k: v
+        for k, v in resp.headers.items()
+        if k.lower() not in _DROP and not k.lower().startswith("access-control-")
+    }
+    out_headers.update(headers)
+    renamer = (
+        Renamer(upstream.model, asked_model)
+        if upstream.model and upstream.model != asked_model
+        else None
+    )
+    is_sse = resp.content_type == "text/event-stream"
+    if not (stream and is_sse):
+        try:
+            data = await resp.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            resp.release()
+            await _call(done, 502, f"upstream failed mid-answer: {exc}")
+            return error_response(
+                502,
+                f"the model server failed while answering: {exc}",
+                code="upstream_error",
+                headers=headers,
+            )
+        resp.release()
+        if renamer is not None:
+            data = renamer.feed(data) + renamer.end()
+        await _call(
+            done, resp.status, None if resp.status < 400 else data[:500].decode("utf-8", "replace")
+        )
+        return Response(data, status_code=resp.status, headers=out_headers)
+
+    error: str | None = None
+    complete = False
+
+    async def relay() -> AsyncIterator[bytes]:
+        nonlocal error, complete
+        try:
+            async for chunk in resp.content.iter_any():
+                yield renamer.feed(chunk) if renamer is not None else chunk
+            if renamer is not None:
+                yield renamer.end()
+            complete = True
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            error = f"upstream failed mid-stream: {exc}"
+            yield sse_error(f"the model server failed mid-stream: {exc}")
+
+    async def closed() -> None:
+        if complete:
+            resp.release()  # the connection goes back to the pool
+            await _call(done, resp.status, None)
+        else:
+            resp.close()  # client gone or upstream broken: closing stops the generation
+            await _call(done, resp.status if error else 499, error or "client went away")
+
+    return ProxyStream(relay(), closed, status_code=resp.status, headers=out_headers)
+
+
+class ProxyStream(StreamingResponse):
+    """A streamed answer whose ``closed`` callback runs however the stream ends.
+
+    Starlette skips background tasks when the client goes away; this runs in ``finally``,
+    so the instance's place is always given back and the upstream always closed.
+    """
+
+    def __init__(
+        self, content: AsyncIterator[bytes], closed: Callable[[], Awaitable[None]], **kwargs: Any
+    ) -> None:
+        super().__init__(content, **kwargs)
+        self._closed = closed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._closed()
+
+
+async def _call(
+    done: Callable[[int, str | None], Awaitable[None] | None], status: int, error: str | None
+) -> None:
+    result = done(status, error)
+    if result is not None:
+        await result

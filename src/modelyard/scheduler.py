@@ -1,0 +1,350 @@
+"""The scheduler's run loop: one task owns every instance's state and acts on ``decide``.
+
+Requests and admin commands become *waiters*; the loop asks the pure
+:func:`modelyard.schedule.decide` what to do and does it (grant, refuse, start, drain,
+stop). Starts and stops run as tasks that report back to the loop, so the loop never
+blocks and no lock is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelyard.config import Config
+from modelyard.engines import Upstream, engine_for
+from modelyard.schedule import (
+    Action,
+    Drain,
+    Grant,
+    InstanceView,
+    ModelRule,
+    Refuse,
+    Start,
+    State,
+    Stop,
+    Timing,
+    Waiter,
+    decide,
+)
+from modelyard.store import Store
+from modelyard.supervisor import StartError, Supervisor, describe_exit
+
+
+class Refused(Exception):
+    """A request the scheduler will not serve now; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+@dataclass
+class Instance:
+    """The loop's own record of one model's instance (mutated only by the loop's actions)."""
+
+    model: str
+    state: State = State.STOPPED
+    in_flight: int = 0
+    since: float = 0.0
+    last_used: float = 0.0
+    failures: int = 0
+    retry_at: float | None = None
+    restart: bool = False
+    stop_wanted: bool = False
+    error: str | None = None
+    reason: str = ""  # why it entered its state
+    generation: int = 0
+    upstream: Upstream | None = None
+    pid: int | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}#{self.generation}"
+
+    def view(self) -> InstanceView:
+        return InstanceView(
+            self.model,
+            self.state,
+            self.in_flight,
+            self.since,
+            self.last_used,
+            self.failures,
+            self.retry_at,
+            self.restart,
+            self.stop_wanted,
+            self.error,
+        )
+
+
+@dataclass
+class _Waiter:
+    waiter: Waiter
+    future: asyncio.Future[Instance]
+    admin: bool = False
+
+
+class Scheduler:
+    """Starts, swaps and stops the instances of this node as requests need them."""
+
+    def __init__(self, config: Config, supervisor: Supervisor, store: Store) -> None:
+        self.supervisor = supervisor
+        self.store = store
+        self.instances: dict[str, Instance] = {}
+        self._waiters: list[_Waiter] = []
+        self._ids = itertools.count(1)
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.apply_config(config)
+
+    def apply_config(self, config: Config) -> None:
+        self.config = config
+        s = config.scheduler
+        self.timing = Timing(
+            s.drain_timeout,
+            s.max_swap_delay,
+            s.restart_backoff,
+            s.restart_backoff_max,
+            s.max_restarts,
+        )
+        self.rules = {
+            name: ModelRule(name, m.swap_group, m.pinned, m.ttl)
+            for name, m in config.models.items()
+        }
+        for name in config.models:
+            self.instances.setdefault(name, Instance(name))
+        self._kick()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def start_loop(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="modelyard-scheduler")
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            now = time.monotonic()
+            plan = decide(
+                self.rules,
+                {n: i.view() for n, i in self.instances.items()},
+                [w.waiter for w in self._waiters],
+                self.timing,
+                now,
+            )
+            for action in plan.actions:
+                self._apply(action, now)
+            if plan.actions:
+                continue
+            timeout = None if plan.wake_at is None else max(plan.wake_at - now, 0.0) + 0.001
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def _kick(self) -> None:
+        self._wake.set()
+
+    def _pulse(self) -> None:
+        """Wake whoever waits for a state change (admin commands)."""
+        old, self._changed = self._changed, asyncio.Event()
+        old.set()
+
+    def _apply(self, action: Action, now: float) -> None:
+        if isinstance(action, Grant | Refuse):
+            entry = next(w for w in self._waiters if w.waiter.id == action.waiter)
+            self._waiters.remove(entry)
+            inst = self.instances[action.model]
+            if entry.future.done():
+                return
+            if isinstance(action, Grant):
+                if not entry.admin:
+                    inst.in_flight += 1
+                inst.last_used = now
+                entry.future.set_result(inst)
+            else:
+                retry = inst.retry_at - now if inst.retry_at else None
+                entry.future.set_exception(Refused(action.status, action.reason, retry))
+            return
+        inst = self.instances[action.model]
+        inst.since, inst.reason = now, action.reason
+        if isinstance(action, Start):
+            inst.state = State.STARTING
+            inst.generation += 1
+            inst.task = asyncio.create_task(self._starting(inst))
+        elif isinstance(action, Drain):
+            inst.state = State.DRAINING
+            self.supervisor.log(inst.model).note(f"draining: {action.reason}")
+        elif isinstance(action, Stop):
+            inst.state = State.STOPPING
+            inst.task = asyncio.create_task(self._stopping(inst, action.reason))
+        self._pulse()
+
+    async def _starting(self, inst: Instance) -> None:
+        model = self.config.models[inst.model]
+        engine = engine_for(model, _binary(self.config))
+        timeout = model.start_timeout or self.config.scheduler.start_timeout
+        began = time.monotonic()
+        try:
+            inst.upstream, inst.pid = await self.supervisor.start(inst.model, engine, timeout)
+        except StartError as exc:
+            inst.failures += 1
+            inst.error = str(exc)
+            inst.state, inst.since, inst.stop_wanted = State.FAILED, time.monotonic(), False
+            gave_up = inst.failures >= self.timing.max_restarts
+            inst.retry_at = None if gave_up else inst.since + self.timing.backoff(inst.failures)
+            self.store.event(inst.model, "failed", "\n".join([str(exc), *exc.tail]))
+        else:
+            now = time.monotonic()
+            inst.state, inst.since, inst.last_used = State.READY, now, now
+            inst.failures, inst.retry_at, inst.restart, inst.error = 0, None, False, None
+            self.store.event(inst.model, "ready", f"pid {inst.pid}", now - began)
+        self._pulse()
+        self._kick()
+
+    async def _stopping(self, inst: Instance, reason: str) -> None:
+        try:
+            await self.supervisor.stop(inst.model, reason)
+        finally:
+            inst.state, inst.since = State.STOPPED, time.monotonic()
+            inst.upstream, inst.pid, inst.stop_wanted = None, None, False
+            self.store.event(inst.model, "stopped", reason)
+            self._pulse()
+            self._kick()
+
+    def on_exit(self, model: str, code: int) -> None:
+        """The supervisor saw a process end that nobody stopped: a crash."""
+        inst = self.instances.get(model)
+        if inst is None or inst.state not in (State.READY, State.DRAINING):
+            return
+        now = time.monotonic()
+        inst.failures += 1
+        inst.state, inst.since, inst.upstream, inst.pid = State.FAILED, now, None, None
+        tail = self.supervisor.log(model).tail(15)
+        inst.error = str(StartError(f"engine exited unexpectedly with {describe_exit(code)}", tail))
+        inst.restart = True
+        gave_up = inst.failures >= self.timing.max_restarts
+        inst.retry_at = None if gave_up else now + self.timing.backoff(inst.failures)
+        self.store.event(model, "crashed", inst.error)
+        self._pulse()
+        self._kick()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def acquire(
+        self, model: str, no_swap: bool = False, timeout: float | None = None, admin: bool = False
+    ) -> Instance:
+        """Wait until ``model`` is ready and take a place on it; raises Refused."""
+        future: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
+        waiter = Waiter(next(self._ids), model, time.monotonic(), no_swap)
+        entry = _Waiter(waiter, future, admin)
+        self._waiters.append(entry)
+        self._kick()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            self._forget(entry)
+            raise Refused(503, f"{model} was not ready within {timeout:g}s", 5.0) from None
+        except asyncio.CancelledError:
+            self._forget(entry)
+            raise
+
+    def _forget(self, entry: _Waiter) -> None:
+        if entry in self._waiters:
+            self._waiters.remove(entry)
+        elif entry.future.done() and not entry.future.cancelled() and not entry.admin:
+            if entry.future.exception() is None:
+                self.release(entry.future.result())  # granted as we gave up: hand it back
+        self._kick()
+
+    def release(self, inst: Instance) -> None:
+        inst.in_flight -= 1
+        inst.last_used = time.monotonic()
+        self._kick()
+
+    @asynccontextmanager
+    async def lease(
+        self, model: str, no_swap: bool = False, timeout: float | None = None
+    ) -> AsyncIterator[Instance]:
+        inst = await self.acquire(model, no_swap, timeout)
+        try:
+            yield inst
+        finally:
+            self.release(inst)
+
+    # -- admin ------------------------------------------------------------------------------
+
+    async def start(self, model: str, timeout: float | None = None) -> Instance:
+        """Start ``model`` (swapping if needed) and wait until it is ready."""
+        inst = self.instances[model]
+        if inst.state is State.FAILED:
+            inst.failures, inst.retry_at, inst.restart = 0, None, False
+            inst.state = State.STOPPED
+        return await self.acquire(model, timeout=timeout, admin=True)
+
+    async def stop(self, model: str) -> None:
+        """Stop ``model`` once its in-flight requests finish (bounded by the drain timeout)."""
+        inst = self.instances[model]
+        if inst.state is State.FAILED:
+            inst.state, inst.retry_at, inst.restart = State.STOPPED, None, False
+            self._pulse()
+            return
+        if inst.state is State.STOPPED:
+            return
+        inst.stop_wanted = True
+        self._kick()
+        await self._until(lambda: inst.state in (State.STOPPED, State.FAILED))
+
+    async def _until(self, done: Callable[[], bool]) -> None:
+        while not done():
+            await self._changed.wait()
+
+    def progress(self, inst: Instance) -> float | None:
+        """Share of the expected load time that has passed, from this model's last loads."""
+        if inst.state is not State.STARTING:
+            return None
+        typical = self.store.typical_load_seconds(inst.model)
+        if not typical:
+            return None
+        return round(min((time.monotonic() - inst.since) / typical, 0.99), 2)
+
+    def describe(self, inst: Instance) -> dict[str, Any]:
+        """The instance as the APIs show it."""
+        now = time.monotonic()
+        return {
+            "state": inst.state.value,
+            "instance": inst.id if inst.generation else None,
+            "pid": inst.pid,
+            "in_flight": inst.in_flight,
+            "waiting": sum(1 for w in self._waiters if w.waiter.model == inst.model),
+            "since_s": round(now - inst.since, 1) if inst.generation else None,
+            "progress": self.progress(inst),
+            "reason": inst.reason or None,
+            "error": inst.error,
+            "retry_in_s": round(inst.retry_at - now, 1) if inst.retry_at else None,
+            "failures": inst.failures,
+        }
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        for inst in self.instances.values():
+            if inst.task is not None and not inst.task.done():
+                inst.task.cancel()
+        for entry in self._waiters:
+            if not entry.future.done():
+                entry.future.set_exception(Refused(503, "the gateway is shutting down"))
+        await self.supervisor.close()
+
+
+def _binary(config: Config) -> str | None:
+    binary = config.engines.llama_cpp.binary
+    return str(binary) if binary else None

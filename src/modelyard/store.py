@@ -1,0 +1,128 @@
+"""The store: SQLite in WAL mode for what must survive a restart.
+
+Instance events (ready with its load time, stopped, failed, crashed) and one row per
+request. Request rows are buffered and written off the event loop after the response
+is done, never before the first byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    model TEXT NOT NULL,
+    event TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    seconds REAL
+);
+CREATE INDEX IF NOT EXISTS events_model ON events(model, event, at);
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    model TEXT NOT NULL,
+    instance TEXT,
+    endpoint TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    stream INTEGER NOT NULL,
+    wait_s REAL,
+    duration_s REAL,
+    error TEXT
+);
+"""
+
+
+class Store:
+    """One SQLite file in the state directory."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        # Request rows are written from a worker thread, through a connection of their own.
+        self._writer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._pending: list[tuple[Any, ...]] = []
+        self._load_cache: dict[str, float | None] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    def event(self, model: str, event: str, detail: str = "", seconds: float | None = None) -> None:
+        """Record an instance event now (rare: starts and stops, not requests)."""
+        self.db.execute(
+            "INSERT INTO events(at, model, event, detail, seconds) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), model, event, detail[:4000], seconds),
+        )
+        if event == "ready":
+            self._load_cache.pop(model, None)
+
+    def events(self, model: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        query = "SELECT at, model, event, detail, seconds FROM events"
+        args: tuple[Any, ...] = ()
+        if model is not None:
+            query, args = query + " WHERE model = ?", (model,)
+        rows = self.db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        keys = ("at", "model", "event", "detail", "seconds")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def typical_load_seconds(self, model: str) -> float | None:
+        """Median of the last five load times of ``model``, if it ever loaded."""
+        if model not in self._load_cache:
+            rows = self.db.execute(
+                "SELECT seconds FROM events WHERE model = ? AND event = 'ready' "
+                "AND seconds IS NOT NULL ORDER BY id DESC LIMIT 5",
+                (model,),
+            ).fetchall()
+            self._load_cache[model] = statistics.median(r[0] for r in rows) if rows else None
+        return self._load_cache[model]
+
+    def request(
+        self,
+        model: str,
+        instance: str | None,
+        endpoint: str,
+        status: int,
+        stream: bool,
+        wait_s: float | None,
+        duration_s: float,
+        error: str | None = None,
+    ) -> None:
+        """Queue one request row; written within a second, off the event loop."""
+        self._pending.append(
+            (time.time(), model, instance, endpoint, status, int(stream), wait_s, duration_s, error)
+        )
+
+    def flush(self) -> None:
+        rows, self._pending = self._pending, []
+        if rows:
+            self._writer.executemany(
+                "INSERT INTO requests(at, model, instance, endpoint, status, stream, wait_s, "
+                "duration_s, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def start_flusher(self, every: float = 1.0) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(every)
+                await asyncio.to_thread(self.flush)
+
+        self._flusher = asyncio.create_task(loop())
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        self.flush()
+        self._writer.close()
+        self.db.close()

@@ -1,0 +1,290 @@
+"""The supervisor: the engine processes of one node (spawn, readiness, logs, stop).
+
+It knows nothing of requests or swap groups; the scheduler tells it what to start and
+stop and hears from it when a process ends on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+from modelyard.engines import Engine, Launch, Upstream
+
+LOG_LINES = 2000  # kept in memory per instance for `modelyard logs`
+LOG_FILE_BYTES = 5 * 1024 * 1024  # each instance's log file is rotated past this
+NOTE = "[modelyard "  # how modelyard's own lines in an engine log begin
+
+
+class StartError(Exception):
+    """An instance failed to start: ``str()`` says why, ``tail`` has the engine's last lines."""
+
+    def __init__(self, reason: str, tail: list[str] | None = None) -> None:
+        engine_lines = (ln for ln in reversed(tail or []) if ln.strip() and not ln.startswith(NOTE))
+        last = next(engine_lines, None)
+        super().__init__(f"{reason}; last output: {last.strip()}" if last else reason)
+        self.tail = tail or []
+
+
+def describe_exit(code: int | None) -> str:
+    """``code 1`` or ``signal SIGILL``, as a person reads an exit status."""
+    if code is not None and code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
+
+
+class InstanceLog:
+    """The last lines of an engine's output, in memory and in a rotated file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines: deque[str] = deque(maxlen=LOG_LINES)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "ab")
+
+    def write(self, line: bytes) -> None:
+        self.lines.append(line.decode("utf-8", "replace").rstrip("\n"))
+        self._file.write(line)
+        if self._file.tell() > LOG_FILE_BYTES:
+            self._file.close()
+            os.replace(self.path, self.path.with_suffix(".log.1"))
+            self._file = open(self.path, "ab")
+        self._file.flush()
+
+    def note(self, text: str) -> None:
+        """A line from modelyard itself, marked so it stands out from the engine's."""
+        self.write(f"{NOTE}{time.strftime('%H:%M:%S')}] {text}\n".encode())
+
+    def tail(self, n: int = 20) -> list[str]:
+        return list(self.lines)[-n:]
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class EngineProcess:
+    """One running server process, in its own process group so a stop reaches its children."""
+
+    def __init__(self, launch: Launch, port: int, log: InstanceLog) -> None:
+        self.launch = launch
+        self.port = port
+        self.log = log
+        self.proc: asyncio.subprocess.Process | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._spoke = asyncio.Event()  # set on each line of output: a hint to probe again
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    async def spawn(self) -> None:
+        self.log.note("starting: " + " ".join(self.launch.argv))
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.launch.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, **self.launch.env},
+            cwd=self.launch.cwd,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        self._pump = asyncio.create_task(self._read_output())
+
+    async def _read_output(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        while True:
+            try:
+                line = await self.proc.stdout.readline()
+            except ValueError:  # a line longer than the stream limit: keep what fits
+                line = b"[line too long, cut]\n"
+            if not line:
+                self._spoke.set()
+                return
+            self.log.write(line)
+            self._spoke.set()
+
+    async def wait_exit(self) -> int:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        if self._pump is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pump, 2)
+        return code
+
+    async def wait_ready(self, session: aiohttp.ClientSession, timeout: float) -> None:
+        """Poll the health path until it answers 200; raise StartError on exit or timeout."""
+        assert self.proc is not None
+        url = f"http://127.0.0.1:{self.port}{self.launch.health_path}"
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.returncode is not None:
+                status = describe_exit(self.proc.returncode)
+                raise StartError(f"exited with {status} while starting")
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    if resp.status == 200:
+                        return
+            if time.monotonic() >= deadline:
+                raise StartError(f"not ready after {timeout:g}s (GET {url} never answered 200)")
+            # Engines print a line when they finish loading; probing on output (at most every
+            # 20 ms) sees readiness at once, the 250 ms poll covers the silent ones.
+            self._spoke.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._spoke.wait(), 0.25)
+            await asyncio.sleep(0.02)
+
+    async def stop(self, grace: float) -> int | None:
+        """SIGTERM to the group, then SIGKILL after ``grace`` seconds; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.returncode is None:
+            self._signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), grace)
+            except TimeoutError:
+                self.log.note(f"still running {grace:g}s after SIGTERM: SIGKILL")
+                self._signal(signal.SIGKILL)
+        code = await self.wait_exit()
+        self._signal(signal.SIGKILL)  # children that outlived their parent
+        return code
+
+    def _signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if the gateway dies, even by SIGKILL (Linux)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def free_port(taken: set[int]) -> int:
+    """A port free on loopback now and not handed to another instance of ours."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in taken:
+            return port
+    raise StartError("no free port on 127.0.0.1")
+
+
+class Supervisor:
+    """The instances of this node: at most one process per model."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        on_exit: Callable[[str, int], None],
+        stop_grace: float = 10.0,
+    ) -> None:
+        self.log_dir = log_dir
+        self.on_exit = on_exit  # called when a process ends without being asked to
+        self.stop_grace = stop_grace
+        self.processes: dict[str, EngineProcess] = {}
+        self.logs: dict[str, InstanceLog] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._stopping: set[str] = set()
+        self._session: aiohttp.ClientSession | None = None
+
+    def log(self, model: str) -> InstanceLog:
+        if model not in self.logs:
+            safe = model.replace("/", "_").replace(":", "_")
+            self.logs[model] = InstanceLog(self.log_dir / f"{safe}.log")
+        return self.logs[model]
+
+    async def start(
+        self, model: str, engine: Engine, timeout: float
+    ) -> tuple[Upstream, int | None]:
+        """Start ``model`` and wait until it is ready; returns where to reach it and its pid."""
+        log = self.log(model)
+        problem = engine.problem()
+        if problem:
+            log.note(f"cannot start: {problem}")
+            raise StartError(problem)
+        taken = {p.port for p in self.processes.values()}
+        port = free_port(taken)
+        launch = engine.launch(port)
+        if launch is None:
+            return engine.upstream(port), None
+        for attempt in range(3):
+            proc = EngineProcess(launch, port, log)
+            await proc.spawn()
+            self.processes[model] = proc
+            try:
+                await proc.wait_ready(self._client(), timeout)
+            except StartError as exc:
+                await proc.stop(self.stop_grace)
+                self.processes.pop(model, None)
+                last = "\n".join(log.tail(15))
+                if attempt < 2 and "address already in use" in last.lower():
+                    port = free_port(taken | {port})  # someone took the port: try another
+                    launch = engine.launch(port)
+                    assert launch is not None
+                    continue
+                failure = StartError(str(exc), log.tail(15))
+                log.note(f"start failed: {failure}")
+                raise failure from exc
+            except BaseException:
+                await proc.stop(self.stop_grace)
+                self.processes.pop(model, None)
+                raise
+            log.note(f"ready on port {port} (pid {proc.pid})")
+            self._watchers[model] = asyncio.create_task(self._watch(model, proc))
+            return engine.upstream(port), proc.pid
+        raise StartError("could not find a free port")
+
+    async def _watch(self, model: str, proc: EngineProcess) -> None:
+        code = await proc.wait_exit()
+        if self.processes.get(model) is proc and model not in self._stopping:
+            self.processes.pop(model, None)
+            self.log(model).note(f"exited unexpectedly with {describe_exit(code)}")
+            self.on_exit(model, code)
+
+    async def stop(self, model: str, reason: str) -> None:
+        """Stop ``model``'s process: SIGTERM, then SIGKILL after the grace period."""
+        proc = self.processes.get(model)
+        if proc is None:
+            return
+        self._stopping.add(model)
+        try:
+            self.log(model).note(f"stopping: {reason}")
+            code = await proc.stop(self.stop_grace)
+            self.log(model).note(f"stopped (exit code {code})")
+        finally:
+            self._stopping.discard(model)
+            self.processes.pop(model, None)
+            watcher = self._watchers.pop(model, None)
+            if watcher is not None:
+                watcher.cancel()
+
+    async def close(self) -> None:
+        """Stop everything (the gateway is shutting down)."""
+        await asyncio.gather(*(self.stop(m, "shutdown") for m in list(self.processes)))
+        if self._session is not None:
+            await self._session.close()
+        for log in self.logs.values():
+            log.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session

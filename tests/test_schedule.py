@@ -1,0 +1,287 @@
+"""The scheduler's pure decisions, table by table."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelyard.schedule import (
+    Drain,
+    Grant,
+    InstanceView,
+    ModelRule,
+    Refuse,
+    Start,
+    State,
+    Stop,
+    Timing,
+    Waiter,
+    decide,
+)
+
+T = Timing(drain_timeout=30, max_swap_delay=5, restart_backoff=1, restart_backoff_max=60)
+MODELS = {
+    "a": ModelRule("a", swap_group="g", ttl=60),
+    "b": ModelRule("b", swap_group="g", ttl=60),
+    "c": ModelRule("c", swap_group="g"),
+    "p": ModelRule("p", pinned=True, swap_group="pinned-group"),
+    "q": ModelRule("q", swap_group="pinned-group"),
+    "free": ModelRule("free"),
+}
+
+
+def inst(model: str, state: State, **kw: object) -> InstanceView:
+    return InstanceView(model, state, **kw)  # type: ignore[arg-type]
+
+
+def kinds(actions: list[object]) -> list[tuple[str, ...]]:
+    out: list[tuple[str, ...]] = []
+    for a in actions:
+        if isinstance(a, Grant):
+            out.append(("grant", str(a.waiter), a.model))
+        elif isinstance(a, Refuse):
+            out.append(("refuse", str(a.waiter), str(a.status)))
+        else:
+            out.append((type(a).__name__.lower(), a.model))  # type: ignore[attr-defined]
+    return out
+
+
+CASES = [
+    pytest.param(
+        {},
+        [Waiter(1, "a", 0)],
+        0,
+        [("start", "a")],
+        id="cold model starts",
+    ),
+    pytest.param(
+        {"a": inst("a", State.STARTING, since=0)},
+        [Waiter(1, "a", 0), Waiter(2, "a", 0.1)],
+        1,
+        [],
+        id="waiters on a starting model wait: one start for many",
+    ),
+    pytest.param(
+        {"a": inst("a", State.READY, since=0)},
+        [Waiter(1, "a", 1), Waiter(2, "a", 1)],
+        1,
+        [("grant", "1", "a"), ("grant", "2", "a")],
+        id="ready model grants everyone",
+    ),
+    pytest.param(
+        {"a": inst("a", State.READY, since=0, in_flight=2)},
+        [Waiter(1, "b", 10), Waiter(2, "a", 11)],
+        11,
+        [("grant", "2", "a")],
+        id="busy loaded member keeps serving within max_swap_delay",
+    ),
+    pytest.param(
+        {"a": inst("a", State.READY, since=0, in_flight=2)},
+        [Waiter(1, "b", 10), Waiter(2, "a", 15.5)],
+        15.5,
+        [("drain", "a")],
+        id="after max_swap_delay it stops taking requests and drains",
+    ),
+    pytest.param(
+        {"a": inst("a", State.READY, since=0, in_flight=0)},
+        [Waiter(1, "b", 10)],
+        10,
+        [("drain", "a")],
+        id="idle loaded member yields at once",
+    ),
+    pytest.param(
+        {"a": inst("a", State.DRAINING, since=10, in_flight=1)},
+        [Waiter(1, "b", 10)],
+        12,
+        [],
+        id="draining waits for in-flight requests",
+    ),
+    pytest.param(
+        {"a": inst("a", State.DRAINING, since=10, in_flight=0)},
+        [Waiter(1, "b", 10)],
+        12,
+        [("stop", "a")],
+        id="drained member stops",
+    ),
+    pytest.param(
+        {"a": inst("a", State.DRAINING, since=10, in_flight=3)},
+        [Waiter(1, "b", 10)],
+        40,
+        [("stop", "a")],
+        id="drain timeout cuts the stragglers",
+    ),
+    pytest.param(
+        {"a": inst("a", State.STOPPING, since=10)},
+        [Waiter(1, "b", 10)],
+        12,
+        [],
+        id="never two members up: no start while one stops",
+    ),
+    pytest.param(
+        {"a": inst("a", State.STOPPED, since=12)},
+        [Waiter(1, "b", 10)],
+        12,
+        [("start", "b")],
+        id="start once the other member is down",
+    ),
+    pytest.param(
+        {},
+        [Waiter(1, "b", 10), Waiter(2, "a", 9), Waiter(3, "c", 11)],
+        12,
+        [("start", "a")],
+        id="one start per group, the oldest waiter first",
+    ),
+    pytest.param(
+        {"a": inst("a", State.READY, since=0)},
+        [Waiter(1, "b", 10, no_swap=True)],
+        10,
+        [("refuse", "1", "409")],
+        id="no-swap header fails fast when a swap is needed",
+    ),
+    pytest.param(
+        {},
+        [Waiter(1, "b", 10, no_swap=True)],
+        10,
+        [("start", "b")],
+        id="no-swap still cold-starts when nothing is in the way",
+    ),
+    pytest.param(
+        {"p": inst("p", State.READY, since=0)},
+        [Waiter(1, "q", 10)],
+        10,
+        [("refuse", "1", "409")],
+        id="pinned member is never evicted",
+    ),
+    pytest.param(
+        {"a": inst("a", State.READY, since=0, last_used=100)},
+        [],
+        160,
+        [("stop", "a")],
+        id="ttl expiry stops an idle model",
+    ),
+    pytest.param(
+        {"a": inst("a", State.READY, since=0, last_used=100, in_flight=1)},
+        [],
+        500,
+        [],
+        id="ttl never stops a model with requests in flight",
+    ),
+    pytest.param(
+        {"c": inst("c", State.READY, since=0, last_used=0)},
+        [],
+        10_000,
+        [],
+        id="ttl 0 means never",
+    ),
+    pytest.param(
+        {"a": inst("a", State.FAILED, since=0, failures=1, retry_at=5, error="boom")},
+        [Waiter(1, "a", 1)],
+        1,
+        [("refuse", "1", "503")],
+        id="failed model refuses during backoff",
+    ),
+    pytest.param(
+        {"a": inst("a", State.FAILED, since=0, failures=1, retry_at=5, error="boom")},
+        [Waiter(1, "a", 6)],
+        6,
+        [("start", "a")],
+        id="failed model retries after backoff",
+    ),
+    pytest.param(
+        {"a": inst("a", State.FAILED, failures=5, retry_at=None, error="boom")},
+        [Waiter(1, "a", 6)],
+        6,
+        [("refuse", "1", "503")],
+        id="gave up after max restarts",
+    ),
+    pytest.param(
+        {"a": inst("a", State.FAILED, failures=1, retry_at=5, restart=True, error="crash")},
+        [],
+        6,
+        [("start", "a")],
+        id="crashed model restarts by itself after backoff",
+    ),
+    pytest.param(
+        {
+            "a": inst("a", State.FAILED, failures=1, retry_at=5, restart=True),
+            "b": inst("b", State.READY, since=4),
+        },
+        [],
+        6,
+        [],
+        id="a crash restart never evicts the member that took over",
+    ),
+    pytest.param(
+        {"a": inst("a", State.READY, since=0, stop_wanted=True)},
+        [Waiter(1, "a", 3)],
+        3,
+        [("drain", "a")],
+        id="admin stop drains and takes nothing new",
+    ),
+    pytest.param(
+        {"a": inst("a", State.READY, since=0), "free": inst("free", State.READY, since=0)},
+        [Waiter(1, "free", 3), Waiter(2, "a", 3)],
+        3,
+        [("grant", "2", "a"), ("grant", "1", "free")],
+        id="models without a group run side by side",
+    ),
+]
+
+
+@pytest.mark.parametrize(("instances", "waiters", "now", "expected"), CASES)
+def test_decide(
+    instances: dict[str, InstanceView],
+    waiters: list[Waiter],
+    now: float,
+    expected: list[tuple[str, ...]],
+) -> None:
+    plan = decide(MODELS, instances, waiters, T, now)
+    assert kinds(plan.actions) == expected
+
+
+def test_swap_target_waits_for_ready_member_then_starts() -> None:
+    """A→B with A busy: A serves queued requests, drains, stops; only then B starts."""
+    instances = {"a": inst("a", State.READY, since=0, in_flight=1)}
+    waiters = [Waiter(1, "b", 0)]
+    plan = decide(MODELS, instances, waiters, T, 1)
+    assert plan.actions == []
+    assert plan.wake_at == 5  # max_swap_delay after b's request came
+    plan = decide(MODELS, instances, waiters, T, 5)
+    assert plan.actions == [Drain("a", "swap to b")]
+
+
+def test_ready_member_is_given_max_swap_delay_after_it_loads() -> None:
+    """Requests queued while a model loaded are all served, even if a challenger waited long."""
+    instances = {"b": inst("b", State.READY, since=100)}
+    waiters = [Waiter(1, "a", 0), Waiter(2, "b", 50), Waiter(3, "b", 60)]
+    plan = decide(MODELS, instances, waiters, T, 100)
+    assert kinds(plan.actions) == [("grant", "2", "b"), ("grant", "3", "b")]
+
+
+def test_ttl_wakes_the_loop_when_due() -> None:
+    instances = {"a": inst("a", State.READY, since=0, last_used=100)}
+    plan = decide(MODELS, instances, [], T, 110)
+    assert plan.actions == [] and plan.wake_at == 160
+
+
+def test_refusals_say_why() -> None:
+    instances = {"a": inst("a", State.READY, since=0), "p": inst("p", State.READY, since=0)}
+    plan = decide(MODELS, instances, [Waiter(1, "b", 1, no_swap=True), Waiter(2, "q", 1)], T, 1)
+    reasons = [a.reason for a in plan.actions if isinstance(a, Refuse)]
+    assert "x-modelyard-no-swap" in reasons[0] and "would stop a" in reasons[0]
+    assert "pinned p" in reasons[1]
+
+
+@pytest.mark.parametrize(
+    ("failures", "expected"), [(1, 1.0), (2, 2.0), (3, 4.0), (7, 60.0), (20, 60.0)]
+)
+def test_backoff(failures: int, expected: float) -> None:
+    assert T.backoff(failures) == expected
+
+
+def test_stop_reason_names_the_swap() -> None:
+    plan = decide(MODELS, {"a": inst("a", State.READY, since=0)}, [Waiter(1, "c", 3)], T, 3)
+    assert plan.actions == [Drain("a", "swap to c")]
+    plan = decide(MODELS, {"a": inst("a", State.DRAINING, since=3)}, [Waiter(1, "c", 3)], T, 4)
+    assert plan.actions == [Stop("a", "drained")]
+    plan = decide(MODELS, {"a": inst("a", State.STOPPED, since=4)}, [Waiter(1, "c", 3)], T, 4)
+    assert plan.actions == [Start("c", "request waiting (g)")]
