@@ -116,7 +116,7 @@ def main() -> None:
         gateway.terminate()
         gateway.wait(60)
     print(
-        "| round | llama-server start-to-ready | direct first token (warm) | "
+        "| round | llama-server start-to-ready | direct first token after ready | "
         "modelyard cold first token | modelyard warm first token | added by modelyard |"
     )
     print("| --- | --- | --- | --- | --- | --- |")

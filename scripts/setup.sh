@@ -26,7 +26,8 @@ echo "installing modelyard[$extras] (log: $log); the first run builds llama-serv
 pip_pid=$!
 # Progress: one line each time the llama.cpp build's percentage moves.
 tail -n +1 -F --pid=$pip_pid "$log" 2>/dev/null |
-    awk '/^ *\[ *[0-9]+%\]/ { if ($2 != last) { print "  llama.cpp build " $1 " " $2; fflush(); last = $2 } }
+    awk '/^ *\[ *[0-9]+%\]/ { match($0, /[0-9]+%/); pct = substr($0, RSTART, RLENGTH)
+                             if (pct != last) { print "  llama.cpp build " pct; fflush(); last = pct } }
          /^Successfully installed/ { print "  " $0; fflush() }' &
 progress_pid=$!
 status=0
