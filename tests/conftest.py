@@ -141,7 +141,7 @@ def serve(tmp_path: Path) -> Iterator[Any]:
         )
         gw = Gateway(proc, f"http://{listen}", config, log)
         started.append(gw)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             assert proc.poll() is None, f"gateway exited: {log.read_text()}"
             try:
@@ -157,11 +157,13 @@ def serve(tmp_path: Path) -> Iterator[Any]:
         engines = gw.engines()
         gw.proc.send_signal(signal.SIGTERM)
         try:
-            gw.proc.wait(30)
+            gw.proc.wait(60)
         except subprocess.TimeoutExpired:
             gw.proc.kill()
             raise
-        leaked = [pid for pid in engines if alive(pid)]
+        deadline = time.monotonic() + 15  # a killed engine may take a moment to be reaped
+        while (leaked := [pid for pid in engines if alive(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert not leaked, f"engine processes outlived the gateway: {leaked}"
 
 

@@ -15,7 +15,7 @@ from modelyard.config import (
     parse_config,
     split_listen,
 )
-from modelyard.durations import parse_duration
+from modelyard.units import parse_duration
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

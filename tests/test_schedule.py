@@ -284,4 +284,4 @@ def test_stop_reason_names_the_swap() -> None:
     plan = decide(MODELS, {"a": inst("a", State.DRAINING, since=3)}, [Waiter(1, "c", 3)], T, 4)
     assert plan.actions == [Stop("a", "drained")]
     plan = decide(MODELS, {"a": inst("a", State.STOPPED, since=4)}, [Waiter(1, "c", 3)], T, 4)
-    assert plan.actions == [Start("c", "request waiting (g)")]
+    assert plan.actions == [Start("c", "request waiting")]

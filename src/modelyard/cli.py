@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modelyard.config import ConfigError, load_config, split_listen
-from modelyard.durations import format_duration
+from modelyard.units import format_duration
 
 app = typer.Typer(
     help="One OpenAI-compatible endpoint that starts, swaps and stops model servers.",

@@ -26,9 +26,11 @@ from pydantic import (
     model_validator,
 )
 
-from modelyard.durations import parse_duration
+from modelyard.units import parse_bytes, parse_duration
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
+Bytes = Annotated[int, BeforeValidator(parse_bytes)]
+LOCAL_NODE = "local"  # the gateway's own machine when the file names no nodes
 
 
 def _scalar_text(value: Any) -> Any:
@@ -56,6 +58,24 @@ class ModelBase(_Strict):
     swap_group: str | None = Field(None, description="Members of a group never run together.")
     start_timeout: Seconds | None = None
     description: str = ""
+    # Where it may run (docs/config.md, "Placement").
+    node: str | None = Field(None, description="Node that runs it; default: the gateway's own.")
+    gpus: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="GPU indices on its node; [] = CPU only; default: all of them."
+    )
+    tensor_split: list[Annotated[float, Field(gt=0)]] | None = None
+    memory: Bytes | None = Field(None, description="Declared memory need, over all its GPUs.")
+    memory_share: float | None = Field(None, gt=0, le=1, description="Share of each GPU's memory.")
+    moe: bool | None = Field(None, description="Mixture of experts; default: read from the GGUF.")
+
+    @model_validator(mode="after")
+    def _split_matches_gpus(self) -> ModelBase:
+        if self.tensor_split is not None and self.gpus is not None:
+            if len(self.tensor_split) != len(self.gpus):
+                raise ValueError(
+                    f"tensor_split has {len(self.tensor_split)} parts for {len(self.gpus)} GPUs"
+                )
+        return self
 
     @field_validator("aliases")
     @classmethod
@@ -147,6 +167,71 @@ class Scheduler(_Strict):
     max_restarts: int = Field(5, ge=0, description="Failed starts in a row before giving up.")
 
 
+class GpuSpec(_Strict):
+    """A GPU declared in the config (planning, or a machine without NVML)."""
+
+    index: int = Field(ge=0)
+    name: str = "GPU"
+    memory: Bytes
+    pcie_gen: int | None = Field(None, ge=1, le=7)
+    pcie_width: int | None = Field(None, ge=1, le=32)
+
+
+ModeKind = Literal["open", "gated", "drained"]
+
+
+class ModeSpec(_Strict):
+    """A user-named mode: its kind, and whether entering it stops the node's models."""
+
+    kind: ModeKind
+    stop_models: bool = False
+
+
+def _mode_shorthand(value: Any) -> Any:
+    return {"kind": value} if isinstance(value, str) else value
+
+
+class Node(_Strict):
+    """A machine. The one without ``url`` is the gateway's own; the others run an agent."""
+
+    url: str | None = Field(None, description="The agent's base URL, e.g. http://gamer:9100.")
+    token: str | None = Field(None, description="Bearer token the agent requires.")
+    gpus: Literal["auto"] | list[GpuSpec] = "auto"
+    modes: dict[str, Annotated[ModeSpec, BeforeValidator(_mode_shorthand)]] = Field(
+        default_factory=lambda: {"open": ModeSpec(kind="open"), "drained": ModeSpec(kind="drained")}
+    )
+    default_mode: str | None = None
+    reserve: Bytes = Field(0, description="Memory kept free on each GPU (a desktop, a game).")
+    state_dir: Path | None = Field(None, description="The agent's state; default: state_dir/NAME.")
+
+    @model_validator(mode="after")
+    def _modes_known(self) -> Node:
+        if not self.modes:
+            raise ValueError("a node needs at least one mode")
+        if self.default_mode is not None and self.default_mode not in self.modes:
+            raise ValueError(
+                f"default_mode {self.default_mode!r} is not one of its modes: "
+                + ", ".join(self.modes)
+            )
+        if isinstance(self.gpus, list):
+            indices = [g.index for g in self.gpus]
+            if len(set(indices)) != len(indices):
+                raise ValueError("two declared GPUs have the same index")
+        return self
+
+    @property
+    def initial_mode(self) -> str:
+        return self.default_mode or next(iter(self.modes))
+
+
+class Placement(_Strict):
+    overhead: Bytes = Field(
+        512 * 1024**2, description="Added to each GPU a model uses (compute buffers, CUDA)."
+    )
+    slow_link_width: int = Field(8, ge=1, description="PCIe links narrower than this are slow.")
+    moe_on_slow_link: Literal["refuse", "warn"] = "refuse"
+
+
 class Config(_Strict):
     """The whole file."""
 
@@ -154,6 +239,8 @@ class Config(_Strict):
     state_dir: Path = Path(".modelyard")
     engines: Engines = Field(default_factory=Engines)
     scheduler: Scheduler = Field(default_factory=Scheduler)
+    placement: Placement = Field(default_factory=Placement)
+    nodes: dict[str, Node] = Field(default_factory=lambda: {LOCAL_NODE: Node()})
     models: dict[str, Model] = Field(default_factory=dict)
     source: Path | None = Field(None, exclude=True)
 
@@ -173,17 +260,15 @@ class Config(_Strict):
             }
         return value
 
-    @model_validator(mode="after")
-    def _names_unique(self) -> Config:
-        seen: dict[str, str] = {}
-        for name, model in self.models.items():
-            if not re.match(NAME_PATTERN, name):
-                raise ValueError(f"model name {name!r} must be letters, digits and ._:/@+-")
-            for label in (name, *model.aliases):
-                if label in seen and seen[label] != name:
-                    raise ValueError(f"{label!r} names both {seen[label]!r} and {name!r}")
-                seen[label] = name
-        return self
+    @property
+    def local_node(self) -> str | None:
+        """The gateway's own node: the one without an agent url."""
+        return next((n for n, node in self.nodes.items() if node.url is None), None)
+
+    def node_of(self, model: str) -> str:
+        node = self.models[model].node or self.local_node
+        assert node is not None, "validated: every model has a node"
+        return node
 
     def resolve(self, name: str) -> Model | None:
         """The model a client means by ``name`` (its name or an alias)."""
@@ -264,7 +349,67 @@ def parse_config(text: str, filename: str, environ: Mapping[str, str]) -> Config
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_issues_from(exc, lines, filename)) from exc
+    problems = cross_check(config)
+    if problems:
+        raise ConfigError(
+            [ConfigIssue(filename, _line(lines, p), _dotted(p), m) for p, m in problems]
+        )
     return _rooted(config, Path(filename))
+
+
+def _line(lines: dict[tuple[str | int, ...], int], path: tuple[str | int, ...]) -> int | None:
+    while path and path not in lines:
+        path = path[:-1]
+    return lines.get(path)
+
+
+def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
+    """What each part may be on its own but not together: names, nodes, GPU indices."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    seen: dict[str, str] = {}
+    for name, model in config.models.items():
+        if not re.match(NAME_PATTERN, name):
+            problems.append((("models", name), "a model name is letters, digits and ._:/@+-"))
+        for label in (name, *model.aliases):
+            if label in seen and seen[label] != name:
+                problems.append(
+                    (("models", name), f"{label!r} names both {seen[label]!r} and {name!r}")
+                )
+            seen[label] = name
+    locals_ = [n for n, node in config.nodes.items() if node.url is None]
+    if len(locals_) > 1:
+        problems.append(
+            (
+                ("nodes", locals_[1], "url"),
+                f"nodes {', '.join(locals_)} have no url; only the gateway's own node may lack one",
+            )
+        )
+    for name, model in config.models.items():
+        node_name = model.node or config.local_node
+        if node_name is None:
+            problems.append((("models", name), "names no node, and every node is remote: set node"))
+            continue
+        node = config.nodes.get(node_name)
+        if node is None:
+            problems.append(
+                (
+                    ("models", name, "node"),
+                    f"{node_name!r} is not a node; nodes: {', '.join(config.nodes)}",
+                )
+            )
+            continue
+        if isinstance(node.gpus, list) and model.gpus:
+            known = {g.index for g in node.gpus}
+            for i, index in enumerate(model.gpus):
+                if index not in known:
+                    have = ", ".join(str(k) for k in sorted(known)) or "none"
+                    problems.append(
+                        (
+                            ("models", name, "gpus", i),
+                            f"GPU {index} does not exist on node {node_name!r} (it has {have})",
+                        )
+                    )
+    return problems
 
 
 def _build(

@@ -1,13 +1,48 @@
-"""Placement: may a model start beside what runs, and what must stop first (pure).
+"""Placement: what a model needs on which GPUs, whether it fits, what must stop first (pure).
 
-Today the only limit is the swap group: its members never run together. Memory-aware
-placement across GPUs and nodes extends this same function.
+Two limits, checked in this order:
+
+* the swap group: its members never run together (a pinned member blocks the others);
+* memory: on every GPU a model uses, its need must fit in what is free: the GPU's total,
+  less the node's reserve, less what our other instances need there, less what other
+  programs use (NVML's used figure beyond ours). To make room, the instances sharing that
+  GPU stop in this order: idle before busy, then least recently used first; pinned never.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from modelyard.units import format_bytes
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU of one node, as NVML reads it or as the config declares it."""
+
+    node: str
+    index: int
+    name: str
+    total: int  # bytes
+    used: int = 0  # bytes in use by anything, ours included (NVML); 0 when declared
+    pcie_gen: int | None = None
+    pcie_width: int | None = None
+    utilization: int | None = None  # percent, NVML only
+
+    @property
+    def label(self) -> str:
+        return f"GPU {self.index} ({self.name}) on {self.node}"
+
+
+@dataclass(frozen=True)
+class Need:
+    """Memory a model needs on each GPU of its node; empty ``per_gpu`` runs on the CPU."""
+
+    node: str
+    per_gpu: Mapping[int, int] = field(default_factory=dict)
+    moe: bool = False
+    how: str = ""  # how the figure was reached, shown with every refusal
 
 
 @dataclass(frozen=True)
@@ -17,6 +52,9 @@ class Resident:
     model: str
     pinned: bool
     swap_group: str | None
+    need: Need | None = None
+    busy: bool = False
+    last_used: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -25,33 +63,120 @@ class Eviction:
 
     target: str
     victims: tuple[str, ...] = ()
-    blocked_by: tuple[str, ...] = field(default=())
+    blocked_by: tuple[str, ...] = ()
+    reason: str | None = None  # set when it cannot start at all
 
     @property
     def possible(self) -> bool:
-        return not self.blocked_by
+        return self.reason is None
 
     def explain(self) -> str:
-        if self.blocked_by:
-            return (
-                f"{self.target} cannot start: pinned {', '.join(self.blocked_by)} "
-                f"holds its swap group"
-            )
+        if self.reason is not None:
+            return self.reason
         if self.victims:
-            return f"{self.target} starts after {', '.join(self.victims)} stops (swap group)"
+            return f"{self.target} starts after {', '.join(self.victims)} stop(s)"
         return f"{self.target} starts beside what runs"
 
 
-def plan_eviction(
-    target: str, target_group: str | None, residents: Mapping[str, Resident]
-) -> Eviction:
-    """Residents that must stop before ``target`` may start; pinned ones block instead."""
-    if target_group is None:
-        return Eviction(target)
-    conflicts = sorted(
-        r.model for r in residents.values() if r.swap_group == target_group and r.model != target
+@dataclass(frozen=True)
+class Inventory:
+    """Every GPU known, by (node, index), and each node's reserve per GPU."""
+
+    gpus: Mapping[tuple[str, int], Gpu] = field(default_factory=dict)
+    reserve: Mapping[str, int] = field(default_factory=dict)
+
+    def of(self, node: str) -> list[Gpu]:
+        return sorted((g for g in self.gpus.values() if g.node == node), key=lambda g: g.index)
+
+
+def free_on(gpu: Gpu, residents: Iterable[Resident], reserve: int = 0) -> int:
+    """Bytes free on ``gpu`` for a new instance, given who holds it now."""
+    ours = sum(
+        r.need.per_gpu.get(gpu.index, 0)
+        for r in residents
+        if r.need is not None and r.need.node == gpu.node
     )
-    pinned = tuple(m for m in conflicts if residents[m].pinned)
-    if pinned:
-        return Eviction(target, blocked_by=pinned)
-    return Eviction(target, victims=tuple(conflicts))
+    others = max(0, gpu.used - ours)  # NVML's used figure counts our instances too
+    return gpu.total - reserve - ours - others
+
+
+def plan_eviction(
+    target: str,
+    target_group: str | None,
+    residents: Mapping[str, Resident],
+    need: Need | None = None,
+    inventory: Inventory | None = None,
+) -> Eviction:
+    """Residents that must stop before ``target`` may start, or why it never can now."""
+    others = {m: r for m, r in residents.items() if m != target}
+    victims: list[str] = []
+    if target_group is not None:
+        group = sorted(m for m, r in others.items() if r.swap_group == target_group)
+        pinned = tuple(m for m in group if others[m].pinned)
+        if pinned:
+            return Eviction(
+                target,
+                blocked_by=pinned,
+                reason=f"{target} cannot start: pinned {', '.join(pinned)} holds its swap group "
+                f"{target_group!r}",
+            )
+        victims += group
+    if need is None or not need.per_gpu or inventory is None:
+        return Eviction(target, tuple(victims))
+    for index, wanted in sorted(need.per_gpu.items()):
+        gpu = inventory.gpus.get((need.node, index))
+        if gpu is None:
+            return Eviction(target, reason=f"{target}: GPU {index} does not exist on {need.node}")
+        staying = [r for m, r in others.items() if m not in victims]
+        reserve = inventory.reserve.get(need.node, 0)
+        short = wanted - free_on(gpu, staying, reserve)
+        if short <= 0:
+            continue
+        sharing = [
+            r
+            for r in staying
+            if r.need is not None and r.need.node == need.node and index in r.need.per_gpu
+        ]
+        for r in sorted(sharing, key=lambda r: (r.pinned, r.busy, r.last_used)):
+            if short <= 0 or r.pinned:
+                break
+            victims.append(r.model)
+            short -= r.need.per_gpu[index] if r.need else 0
+        if short > 0:
+            free = free_on(gpu, [r for m, r in others.items() if m not in victims], reserve)
+            pinned = tuple(r.model for r in sharing if r.pinned)
+            held = f"; pinned {', '.join(pinned)} stay(s)" if pinned else ""
+            return Eviction(
+                target,
+                blocked_by=pinned,
+                reason=(
+                    f"{target} does not fit on {gpu.label}: needs {format_bytes(wanted)} "
+                    f"({need.how}), {format_bytes(max(free, 0))} free of "
+                    f"{format_bytes(gpu.total)}{held}"
+                ),
+            )
+    return Eviction(target, tuple(dict.fromkeys(victims)))
+
+
+def slow_link(need: Need, gpus: Sequence[Gpu], min_width: int) -> str | None:
+    """Why an MoE model must not span a GPU on a narrow PCIe link, or None."""
+    if not need.moe or len(need.per_gpu) < 2:
+        return None
+    for gpu in gpus:
+        if gpu.index in need.per_gpu and gpu.pcie_width is not None and gpu.pcie_width < min_width:
+            gen = f"PCIe {gpu.pcie_gen}.0 " if gpu.pcie_gen else "PCIe "
+            return (
+                f"an MoE model split across {len(need.per_gpu)} GPUs would use {gpu.label} on "
+                f"a {gen}x{gpu.pcie_width} link (slower than x{min_width}): give it GPUs on "
+                "fast links only"
+            )
+    return None
+
+
+def split(total: int, gpus: Sequence[int], tensor_split: Sequence[float] | None) -> dict[int, int]:
+    """``total`` bytes over ``gpus`` in proportion to ``tensor_split`` (equal parts by default)."""
+    if not gpus:
+        return {}
+    weights = list(tensor_split) if tensor_split else [1.0] * len(gpus)
+    whole = sum(weights)
+    return {g: int(total * w / whole) for g, w in zip(gpus, weights, strict=True)}

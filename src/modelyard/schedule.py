@@ -21,11 +21,11 @@ Rules, in the order they apply:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from modelyard.placement import Resident, plan_eviction
+from modelyard.placement import Inventory, Need, Resident, plan_eviction
 
 
 class State(StrEnum):
@@ -48,6 +48,19 @@ class ModelRule:
     swap_group: str | None = None
     pinned: bool = False
     ttl: float = 0.0
+    node: str = "local"
+    need: Need | None = None  # memory on each GPU of its node; None: not checked
+    blocked: str | None = None  # a standing reason it may not start (MoE on a slow link)
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """A node's availability: its mode's kind and whether its agent answers."""
+
+    name: str
+    mode: str = "open"
+    kind: str = "open"  # open | gated | drained
+    reachable: bool = True
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,8 @@ class Waiter:
     model: str
     since: float
     no_swap: bool = False
+    admin: bool = False  # an operator's start: allowed on gated and drained nodes
+    force: bool = False  # a request that explicitly forces a gated node
 
 
 @dataclass(frozen=True)
@@ -141,22 +156,33 @@ def decide(
     waiters: Sequence[Waiter],
     timing: Timing,
     now: float,
+    nodes: Mapping[str, NodeView] | None = None,
+    inventory: Inventory | None = None,
 ) -> Plan:
     """Everything that should happen now, and when to look again."""
     plan = Plan()
+    nodes = nodes or {}
 
     def view(name: str) -> InstanceView:
-        return _view(instances, name)
+        return instances.get(name) or InstanceView(name)
 
     residents = {
-        name: Resident(name, models[name].pinned, models[name].swap_group)
+        name: Resident(
+            name,
+            models[name].pinned,
+            models[name].swap_group,
+            models[name].need,
+            v.in_flight > 0,
+            v.last_used,
+        )
         for name, v in instances.items()
         if v.state in RESIDENT and name in models
     }
 
     live: list[Waiter] = []
     for w in waiters:
-        refusal = _refusal(w, view(w.model), models, residents, now)
+        node = nodes.get(models[w.model].node, NodeView(models[w.model].node))
+        refusal = _refusal(w, view(w.model), models[w.model], node, residents, inventory, now)
         if refusal is None:
             live.append(w)
         else:
@@ -166,16 +192,22 @@ def decide(
     for w in live:
         by_model.setdefault(w.model, []).append(w)
 
-    challengers = _challengers(models, by_model, instances)
+    challengers: dict[str, Waiter] = {}
+    for w in _next_starts(models, by_model, instances, residents, inventory, now):
+        eviction = plan_eviction(
+            w.model, models[w.model].swap_group, residents, models[w.model].need, inventory
+        )
+        if not eviction.victims:
+            why = "restart after crash" if w.id < 0 else "request waiting"
+            plan.actions.append(Start(w.model, why))
+        for victim in eviction.victims:
+            challengers.setdefault(victim, w)
 
     for name, rule in models.items():
         v = view(name)
         mine = by_model.get(name, [])
-        challenger = challengers.get(rule.swap_group) if rule.swap_group else None
-        if challenger is not None and challenger.model == name:
-            challenger = None
         if v.state is State.READY:
-            _ready(rule, v, mine, challenger, timing, now, plan)
+            _ready(rule, v, mine, challengers.get(name), timing, now, plan)
         elif v.state is State.DRAINING:
             if v.in_flight == 0:
                 plan.actions.append(Stop(name, "drained"))
@@ -188,23 +220,28 @@ def decide(
         elif v.state is State.FAILED and v.restart and not mine and v.retry_at is not None:
             if now < v.retry_at:
                 plan.wake(v.retry_at)
-
-    for group_or_name, w in _next_starts(models, by_model, instances, now).items():
-        rule = models[w.model]
-        eviction = plan_eviction(w.model, rule.swap_group, residents)
-        if eviction.possible and not eviction.victims:
-            why = "restart after crash" if w.id < 0 else f"request waiting ({group_or_name})"
-            plan.actions.append(Start(w.model, why))
     return plan
 
 
 def _refusal(
     w: Waiter,
     v: InstanceView,
-    models: Mapping[str, ModelRule],
+    rule: ModelRule,
+    node: NodeView,
     residents: Mapping[str, Resident],
+    inventory: Inventory | None,
     now: float,
 ) -> tuple[int, str] | None:
+    if not node.reachable:
+        return 503, f"node {node.name} is unreachable: its agent does not answer"
+    if not w.admin:
+        if node.kind == "drained":
+            return 503, f"node {node.name} is in mode {node.mode!r} (drained): it takes nothing new"
+        if node.kind == "gated" and not w.force:
+            return 503, (
+                f"node {node.name} is in mode {node.mode!r} (gated): it takes only requests "
+                "that force it"
+            )
     if v.state is State.FAILED and not v.stop_wanted:
         if v.retry_at is None:
             return 503, f"{w.model} failed: {v.error}; gave up after {v.failures} tries"
@@ -212,10 +249,11 @@ def _refusal(
             return 503, f"{w.model} failed: {v.error}; next try in {v.retry_at - now:.0f}s"
     if v.state in (State.READY, State.STARTING):
         return None
-    rule = models[w.model]
-    eviction = plan_eviction(w.model, rule.swap_group, residents)
+    if rule.blocked:
+        return 409, rule.blocked
+    eviction = plan_eviction(w.model, rule.swap_group, residents, rule.need, inventory)
     if not eviction.possible:
-        return 409, eviction.explain()
+        return (409 if eviction.blocked_by else 503), eviction.explain()
     if w.no_swap and eviction.victims:
         return 409, (
             f"{w.model} is not loaded and x-modelyard-no-swap is set; "
@@ -224,28 +262,58 @@ def _refusal(
     return None
 
 
-def _view(instances: Mapping[str, InstanceView], name: str) -> InstanceView:
-    return instances.get(name) or InstanceView(name)
+def _resources(rule: ModelRule) -> set[tuple[str, ...]]:
+    """What a start occupies: one start at a time per swap group and per GPU."""
+    keys: set[tuple[str, ...]] = {("model", rule.name)}
+    if rule.swap_group:
+        keys.add(("group", rule.swap_group))
+    if rule.need is not None:
+        keys |= {("gpu", rule.need.node, str(i)) for i in rule.need.per_gpu}
+    return keys
 
 
-def _challengers(
+def _next_starts(
     models: Mapping[str, ModelRule],
     by_model: Mapping[str, list[Waiter]],
     instances: Mapping[str, InstanceView],
-) -> dict[str, Waiter]:
-    """Per swap group, the oldest waiter for a member that is not up: the next to load."""
-    out: dict[str, Waiter] = {}
-    for name, waiting in by_model.items():
-        group = models[name].swap_group
-        if group is None or not waiting:
-            continue
-        state = _view(instances, name).state
-        if state in (State.READY, State.STARTING):
-            continue
-        oldest = waiting[0]
-        if group not in out or oldest.since < out[group].since:
-            out[group] = oldest
-    return out
+    residents: Mapping[str, Resident],
+    inventory: Inventory | None,
+    now: float,
+) -> list[Waiter]:
+    """The models to load next, oldest request first, at most one per group and per GPU."""
+
+    def get(name: str) -> InstanceView:
+        return instances.get(name) or InstanceView(name)
+
+    busy: set[tuple[str, ...]] = set()
+    for name, rule in models.items():
+        if get(name).state is State.STARTING:
+            busy |= _resources(rule)
+    candidates = [
+        waiting[0]
+        for name, waiting in by_model.items()
+        if waiting and get(name).state not in (State.READY, State.STARTING)
+    ]
+    for name in models:
+        v = get(name)
+        if v.state is State.FAILED and v.restart and v.retry_at is not None and now >= v.retry_at:
+            if name not in by_model:
+                candidates.append(Waiter(-1, name, v.retry_at))
+    chosen: list[Waiter] = []
+    for w in sorted(candidates, key=lambda w: w.since):
+        rule = models[w.model]
+        keys = _resources(rule)
+        if keys & busy:
+            continue  # wait: one start at a time per group and per GPU
+        busy |= keys
+        if get(w.model).state not in (State.STOPPED, State.FAILED):
+            continue  # draining or stopping itself: it starts again once stopped
+        if w.id < 0:  # a crash restart never evicts what took its place
+            eviction = plan_eviction(w.model, rule.swap_group, residents, rule.need, inventory)
+            if eviction.victims or not eviction.possible:
+                continue
+        chosen.append(w)
+    return chosen
 
 
 def _ready(
@@ -278,49 +346,3 @@ def _ready(
             plan.actions.append(Stop(rule.name, f"idle for {rule.ttl:g}s (ttl)"))
         else:
             plan.wake(expires)
-
-
-def _next_starts(
-    models: Mapping[str, ModelRule],
-    by_model: Mapping[str, list[Waiter]],
-    instances: Mapping[str, InstanceView],
-    now: float,
-) -> dict[str, Waiter]:
-    """The one model per swap group (or each ungrouped model) that should load next."""
-
-    def get(name: str) -> InstanceView:
-        return _view(instances, name)
-
-    out: dict[str, Waiter] = {}
-    busy_groups = {
-        models[n].swap_group
-        for n in models
-        if get(n).state is State.STARTING and models[n].swap_group
-    }
-    candidates: Iterable[tuple[str, Waiter]] = (
-        (name, waiting[0]) for name, waiting in by_model.items() if waiting
-    )
-    restarts = []
-    for name in models:
-        v = get(name)
-        if v.state is State.FAILED and v.restart and v.retry_at is not None and now >= v.retry_at:
-            restarts.append((name, Waiter(-1, name, v.retry_at)))
-    for name, w in sorted([*candidates, *restarts], key=lambda item: item[1].since):
-        v = get(name)
-        if v.state not in (State.STOPPED, State.FAILED):
-            continue
-        key = models[name].swap_group or f"model {name}"
-        if key in busy_groups or key in out:
-            continue
-        if (
-            w.id < 0
-            and models[name].swap_group is not None
-            and any(
-                get(o).state in RESIDENT
-                for o in models
-                if o != name and models[o].swap_group == models[name].swap_group
-            )
-        ):
-            continue  # a crash restart never evicts the member that took over
-        out[key] = w
-    return out

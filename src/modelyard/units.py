@@ -40,3 +40,50 @@ def format_duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_FACTOR = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "ki": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "mi": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "gi": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+    "ti": 1024**4,
+}
+
+
+def parse_bytes(value: object) -> int:
+    """Bytes from an integer or a size such as ``24GiB``, ``512MiB``, ``8GB``; raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 24GiB or 512MiB, not a boolean")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if isinstance(value, float) or not isinstance(value, str):
+        raise ValueError(f"expected a size such as 24GiB or 512MiB, got {value!r}")
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a size; write e.g. 24GiB, 512MiB or 8GB")
+    return int(float(match.group(1)) * _FACTOR[(match.group(2) or "").lower()])
+
+
+def format_bytes(n: float) -> str:
+    """``23.5 GiB``, ``512 MiB``: binary units, as GPU tools show them."""
+    for unit, size in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}".replace(".0 ", " ")
+    return f"{int(n)} B"

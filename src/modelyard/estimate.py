@@ -1,0 +1,90 @@
+"""Memory estimates: what a model needs, from GGUF metadata or from what the config says (pure).
+
+For a GGUF file: the weights (the file's size) + the KV cache at f16 for the configured
+context (all slots together) + a stated overhead per GPU for compute buffers and the CUDA
+context. Sliding-window layers are counted at the full context: the estimate errs high.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from modelyard.config import Config, LlamaCppModel
+from modelyard.placement import Gpu, Need, split
+from modelyard.units import format_bytes
+
+KV_BYTES = 2  # f16 cache, llama.cpp's default
+
+
+@dataclass(frozen=True)
+class GgufFacts:
+    """What the estimate needs from a GGUF file's metadata."""
+
+    size_bytes: int  # all shards
+    architecture: str | None = None
+    context_length: int | None = None  # trained
+    block_count: int | None = None
+    head_count_kv: int | None = None
+    key_length: int | None = None
+    value_length: int | None = None
+    expert_count: int = 0
+
+    @property
+    def moe(self) -> bool:
+        return self.expert_count > 1
+
+
+@dataclass(frozen=True)
+class Estimate:
+    weights: int
+    kv_cache: int
+    overhead: int
+    how: str
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.overhead
+
+
+def kv_cache_bytes(facts: GgufFacts, context: int) -> int:
+    """f16 K and V for every layer and every position of ``context``."""
+    if not (facts.block_count and facts.head_count_kv and facts.key_length):
+        return 0
+    per_token = facts.head_count_kv * (facts.key_length + (facts.value_length or facts.key_length))
+    return facts.block_count * context * per_token * KV_BYTES
+
+
+def estimate_gguf(facts: GgufFacts, context: int | None, overhead: int) -> Estimate:
+    ctx = context or facts.context_length or 4096
+    kv = kv_cache_bytes(facts, ctx)
+    how = (
+        f"GGUF estimate: weights {format_bytes(facts.size_bytes)} + KV cache "
+        f"{format_bytes(kv)} for {ctx} tokens + overhead {format_bytes(overhead)}"
+    )
+    return Estimate(facts.size_bytes, kv, overhead, how)
+
+
+def need_for(
+    config: Config, name: str, node_gpus: Sequence[Gpu], facts: GgufFacts | None
+) -> Need:
+    """Memory ``name`` needs on each GPU of its node: declared, by share, or estimated."""
+    model = config.models[name]
+    node = config.node_of(name)
+    gpus = list(model.gpus) if model.gpus is not None else [g.index for g in node_gpus]
+    moe = model.moe if model.moe is not None else bool(facts and facts.moe)
+    if not gpus:
+        return Need(node, {}, moe, "CPU only")
+    if model.memory_share is not None:
+        totals = {g.index: g.total for g in node_gpus}
+        per_gpu = {i: int(model.memory_share * totals.get(i, 0)) for i in gpus}
+        return Need(node, per_gpu, moe, f"{model.memory_share:.0%} of each GPU's memory")
+    if model.memory is not None:
+        return Need(node, split(model.memory, gpus, model.tensor_split), moe, "declared")
+    if isinstance(model, LlamaCppModel) and facts is not None:
+        overhead = config.placement.overhead
+        est = estimate_gguf(facts, model.context, 0)
+        per_gpu = split(est.total, gpus, model.tensor_split)
+        how = est.how.replace("+ overhead 0 B", f"+ {format_bytes(overhead)} per GPU")
+        return Need(node, {i: b + overhead for i, b in per_gpu.items()}, moe, how)
+    return Need(node, dict.fromkeys(gpus, 0), moe, "unknown: declare `memory` to have it checked")
