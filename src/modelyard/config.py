@@ -142,7 +142,55 @@ class RemoteModel(ModelBase):
         return value.rstrip("/")
 
 
-Model = Annotated[LlamaCppModel | CommandModel | RemoteModel, Field(discriminator="engine")]
+class VllmModel(ModelBase):
+    """A Hugging Face model (or a local folder) served by ``vllm serve``."""
+
+    engine: Literal["vllm"]
+    model: str = Field(description="Hugging Face id or local path, vllm serve's MODEL.")
+    max_model_len: int | None = Field(None, ge=1, description="Context window, --max-model-len.")
+    args: list[Arg] = Field(default_factory=list, description="Extra vllm serve arguments.")
+    env: dict[str, Arg] = Field(default_factory=dict)
+    binary: str = Field("vllm", description="The vllm program: a name on PATH or a path.")
+
+    @field_validator("args")
+    @classmethod
+    def _no_managed_flags(cls, value: list[str]) -> list[str]:
+        instead = {
+            "--port": "modelyard gives each instance a free port",
+            "--host": "modelyard sets it from the node the model runs on",
+            "--served-model-name": "the model's key under `models:` (and `aliases`) names it",
+            "--gpu-memory-utilization": "use `memory_share` instead",
+        }
+        for arg in value:
+            flag = arg.split("=", 1)[0]
+            if flag in instead:
+                raise ValueError(f"{arg!r} is set by modelyard; {instead[flag]}")
+        return value
+
+
+class OllamaModel(ModelBase):
+    """A model tag served by an ``ollama serve`` daemon of its own."""
+
+    engine: Literal["ollama"]
+    model: str = Field(description="The Ollama tag, e.g. mistral:7b-instruct-q5_K_M.")
+    binary: str = Field("ollama", description="The ollama program: a name on PATH or a path.")
+    keep_alive: Arg = Field("-1", description="Ollama's keep_alive; -1 = until modelyard stops it.")
+    num_ctx: int | None = Field(None, ge=1, description="Context window (tokens), num_ctx.")
+    env: dict[str, Arg] = Field(default_factory=dict)
+    models_dir: Path | None = Field(None, description="OLLAMA_MODELS; default: Ollama's own.")
+
+    @field_validator("env")
+    @classmethod
+    def _no_managed_env(cls, value: dict[str, str]) -> dict[str, str]:
+        if "OLLAMA_HOST" in value:
+            raise ValueError("OLLAMA_HOST is set by modelyard (each instance gets a free port)")
+        return value
+
+
+Model = Annotated[
+    LlamaCppModel | CommandModel | RemoteModel | VllmModel | OllamaModel,
+    Field(discriminator="engine"),
+]
 
 
 class LlamaCppEngine(_Strict):
@@ -470,7 +518,7 @@ def _dotted(path: tuple[str | int, ...]) -> str:
     return out
 
 
-_ENGINE_TAGS = {"llama.cpp", "command", "remote"}
+_ENGINE_TAGS = {"llama.cpp", "command", "remote", "vllm", "ollama"}
 
 
 def _issues_from(
@@ -490,9 +538,9 @@ def _issues_from(
         elif err["type"] == "missing":
             message = "required key is missing"
         elif err["type"] == "union_tag_invalid":
-            message = "engine must be one of: llama.cpp, command, remote"
+            message = "engine must be one of: llama.cpp, command, remote, vllm, ollama"
         elif err["type"] == "union_tag_not_found":
-            message = "`engine:` is missing; one of: llama.cpp, command, remote"
+            message = "`engine:` is missing; one of: llama.cpp, command, remote, vllm, ollama"
         if (
             err["type"] != "missing"
             and "input" in err
@@ -517,6 +565,8 @@ def _rooted(config: Config, source: Path) -> Config:
             model = model.model_copy(update={"weights": fix(model.weights)})
         elif isinstance(model, CommandModel) and model.cwd is not None:
             model = model.model_copy(update={"cwd": fix(model.cwd)})
+        elif isinstance(model, OllamaModel) and model.models_dir is not None:
+            model = model.model_copy(update={"models_dir": fix(model.models_dir)})
         models[name] = model
     engines = config.engines
     if engines.llama_cpp.binary is not None:

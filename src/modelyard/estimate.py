@@ -65,9 +65,7 @@ def estimate_gguf(facts: GgufFacts, context: int | None, overhead: int) -> Estim
     return Estimate(facts.size_bytes, kv, overhead, how)
 
 
-def need_for(
-    config: Config, name: str, node_gpus: Sequence[Gpu], facts: GgufFacts | None
-) -> Need:
+def need_for(config: Config, name: str, node_gpus: Sequence[Gpu], facts: GgufFacts | None) -> Need:
     """Memory ``name`` needs on each GPU of its node: declared, by share, or estimated."""
     model = config.models[name]
     node = config.node_of(name)

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelyard.config import Config
-from modelyard.engines import Upstream, engine_for
+from modelyard.engines import Upstream
+from modelyard.nodes import NodeHandle
+from modelyard.placement import Inventory, slow_link
 from modelyard.schedule import (
     Action,
     Drain,
@@ -33,7 +35,7 @@ from modelyard.schedule import (
     decide,
 )
 from modelyard.store import Store
-from modelyard.supervisor import StartError, Supervisor, describe_exit
+from modelyard.supervisor import StartError
 
 
 class Refused(Exception):
@@ -95,8 +97,8 @@ class _Waiter:
 class Scheduler:
     """Starts, swaps and stops the instances of this node as requests need them."""
 
-    def __init__(self, config: Config, supervisor: Supervisor, store: Store) -> None:
-        self.supervisor = supervisor
+    def __init__(self, config: Config, nodes: dict[str, NodeHandle], store: Store) -> None:
+        self.nodes = nodes
         self.store = store
         self.instances: dict[str, Instance] = {}
         self._waiters: list[_Waiter] = []
@@ -116,10 +118,6 @@ class Scheduler:
             s.restart_backoff_max,
             s.max_restarts,
         )
-        self.rules = {
-            name: ModelRule(name, m.swap_group, m.pinned, m.ttl)
-            for name, m in config.models.items()
-        }
         for name in config.models:
             self.instances.setdefault(name, Instance(name))
         self._kick()
@@ -134,11 +132,13 @@ class Scheduler:
             self._wake.clear()
             now = time.monotonic()
             plan = decide(
-                self.rules,
+                self.rules(),
                 {n: i.view() for n, i in self.instances.items()},
                 [w.waiter for w in self._waiters],
                 self.timing,
                 now,
+                {name: node.view() for name, node in self.nodes.items()},
+                self.inventory(),
             )
             for action in plan.actions:
                 self._apply(action, now)
@@ -150,8 +150,33 @@ class Scheduler:
             except TimeoutError:
                 pass
 
+    def rules(self) -> dict[str, ModelRule]:
+        """What decide needs of each model now: where it runs and what it needs there."""
+        rules = {}
+        for name, m in self.config.models.items():
+            node = self.config.node_of(name)
+            need = self.nodes[node].need(name)
+            blocked = None
+            if need is not None:
+                problem = slow_link(
+                    need, self.nodes[node].gpus(), self.config.placement.slow_link_width
+                )
+                if problem and self.config.placement.moe_on_slow_link == "refuse":
+                    blocked = f"{name} refused: {problem} (placement.moe_on_slow_link: refuse)"
+            rules[name] = ModelRule(name, m.swap_group, m.pinned, m.ttl, node, need, blocked)
+        return rules
+
+    def inventory(self) -> Inventory:
+        gpus = {(g.node, g.index): g for node in self.nodes.values() for g in node.gpus()}
+        reserve = {name: spec.reserve for name, spec in self.config.nodes.items()}
+        return Inventory(gpus, reserve)
+
     def _kick(self) -> None:
         self._wake.set()
+
+    def poke(self) -> None:
+        """Look again: something outside changed (a node's mode, GPUs or reachability)."""
+        self._kick()
 
     def _pulse(self) -> None:
         """Wake whoever waits for a state change (admin commands)."""
@@ -182,7 +207,7 @@ class Scheduler:
             inst.task = asyncio.create_task(self._starting(inst))
         elif isinstance(action, Drain):
             inst.state = State.DRAINING
-            self.supervisor.log(inst.model).note(f"draining: {action.reason}")
+            self.store.event(inst.model, "draining", action.reason)
         elif isinstance(action, Stop):
             inst.state = State.STOPPING
             inst.task = asyncio.create_task(self._stopping(inst, action.reason))
@@ -190,11 +215,11 @@ class Scheduler:
 
     async def _starting(self, inst: Instance) -> None:
         model = self.config.models[inst.model]
-        engine = engine_for(model, _binary(self.config))
         timeout = model.start_timeout or self.config.scheduler.start_timeout
         began = time.monotonic()
         try:
-            inst.upstream, inst.pid = await self.supervisor.start(inst.model, engine, timeout)
+            node = self.nodes[self.config.node_of(inst.model)]
+            inst.upstream, inst.pid = await node.start(inst.model, timeout)
         except StartError as exc:
             inst.failures += 1
             inst.error = str(exc)
@@ -212,7 +237,7 @@ class Scheduler:
 
     async def _stopping(self, inst: Instance, reason: str) -> None:
         try:
-            await self.supervisor.stop(inst.model, reason)
+            await self.nodes[self.config.node_of(inst.model)].stop(inst.model, reason)
         finally:
             inst.state, inst.since = State.STOPPED, time.monotonic()
             inst.upstream, inst.pid, inst.stop_wanted = None, None, False
@@ -220,20 +245,34 @@ class Scheduler:
             self._pulse()
             self._kick()
 
-    def on_exit(self, model: str, code: int) -> None:
-        """The supervisor saw a process end that nobody stopped: a crash."""
+    def on_exit(self, model: str, why: str) -> None:
+        """An engine ended that nobody stopped: a crash. It comes back after the backoff."""
         inst = self.instances.get(model)
         if inst is None or inst.state not in (State.READY, State.DRAINING):
             return
         now = time.monotonic()
         inst.failures += 1
         inst.state, inst.since, inst.upstream, inst.pid = State.FAILED, now, None, None
-        tail = self.supervisor.log(model).tail(15)
-        inst.error = str(StartError(f"engine exited unexpectedly with {describe_exit(code)}", tail))
-        inst.restart = True
+        inst.error, inst.restart = why, True
         gave_up = inst.failures >= self.timing.max_restarts
         inst.retry_at = None if gave_up else now + self.timing.backoff(inst.failures)
-        self.store.event(model, "crashed", inst.error)
+        self.store.event(model, "crashed", why)
+        self._pulse()
+        self._kick()
+
+    def on_gone(self, model: str, why: str) -> None:
+        """An engine was stopped on its node without us (a mode change there, an agent restart)."""
+        inst = self.instances.get(model)
+        if inst is None or inst.state not in (State.READY, State.DRAINING):
+            return
+        inst.state, inst.since, inst.upstream, inst.pid = (
+            State.STOPPED,
+            time.monotonic(),
+            None,
+            None,
+        )
+        inst.reason = why
+        self.store.event(model, "stopped", why)
         self._pulse()
         self._kick()
 
@@ -244,7 +283,7 @@ class Scheduler:
     ) -> Instance:
         """Wait until ``model`` is ready and take a place on it; raises Refused."""
         future: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(next(self._ids), model, time.monotonic(), no_swap)
+        waiter = Waiter(next(self._ids), model, time.monotonic(), no_swap, admin=admin)
         entry = _Waiter(waiter, future, admin)
         self._waiters.append(entry)
         self._kick()
@@ -316,10 +355,20 @@ class Scheduler:
             return None
         return round(min((time.monotonic() - inst.since) / typical, 0.99), 2)
 
+    async def set_mode(self, node: str, mode: str) -> None:
+        """Put ``node`` in ``mode``; if the mode says so, drain and stop its models."""
+        handle = self.nodes[node]
+        await handle.set_mode(mode, stop_models=False)  # refusals start now
+        self._kick()
+        if self.config.nodes[node].modes[mode].stop_models:
+            on_node = [m for m in self.config.models if self.config.node_of(m) == node]
+            await asyncio.gather(*(self.stop(m) for m in on_node))
+
     def describe(self, inst: Instance) -> dict[str, Any]:
         """The instance as the APIs show it."""
         now = time.monotonic()
         return {
+            "node": self.config.node_of(inst.model),
             "state": inst.state.value,
             "instance": inst.id if inst.generation else None,
             "pid": inst.pid,
@@ -342,9 +391,4 @@ class Scheduler:
         for entry in self._waiters:
             if not entry.future.done():
                 entry.future.set_exception(Refused(503, "the gateway is shutting down"))
-        await self.supervisor.close()
-
-
-def _binary(config: Config) -> str | None:
-    binary = config.engines.llama_cpp.binary
-    return str(binary) if binary else None
+        await asyncio.gather(*(node.close() for node in self.nodes.values()))

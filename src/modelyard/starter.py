@@ -4,46 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-
-@dataclass(frozen=True)
-class GgufInfo:
-    path: Path
-    name: str | None
-    architecture: str | None
-    context_length: int | None
-    size_bytes: int
+from modelyard.gguf_file import read_facts, read_name
 
 
-def read_gguf(path: Path) -> GgufInfo:
-    """Name, architecture and trained context length from a GGUF file's metadata."""
-    from gguf import GGUFReader  # imported here: it pulls in numpy
-
-    reader = GGUFReader(str(path))
-
-    def field(key: str) -> object | None:
-        f = reader.get_field(key)
-        return None if f is None else f.contents()
-
-    arch = field("general.architecture")
-    arch = arch if isinstance(arch, str) else None
-    ctx = field(f"{arch}.context_length") if arch else None
-    name = field("general.name")
-    return GgufInfo(
-        path,
-        name if isinstance(name, str) else None,
-        arch,
-        int(ctx) if isinstance(ctx, int) else None,
-        path.stat().st_size,
-    )
-
-
-def _model_name(info: GgufInfo, taken: set[str]) -> str:
-    base = re.sub(r"-\d{5}-of-\d{5}$", "", info.path.stem).lower()
+def _model_name(path: Path, taken: set[str]) -> str:
+    base = re.sub(r"-\d{5}-of-\d{5}$", "", path.stem).lower()
     base = re.sub(r"[^a-z0-9._-]+", "-", base).strip("-.") or "model"
     name, n = base, 2
     while name in taken:
@@ -66,19 +35,20 @@ def starter_config(folder: Path, output: Path) -> tuple[str, int]:
     models: dict[str, dict[str, object]] = {}
     for path in files:
         try:
-            info = read_gguf(path)
-        except Exception as exc:  # a damaged file is reported, the others still go in
+            facts, title = read_facts(path), read_name(path)
+        except Exception as exc:  # the gguf reader raises several kinds on a damaged file
             raise ValueError(f"{path}: not a readable GGUF file ({exc})") from exc
-        name = _model_name(info, set(models))
+        name = _model_name(path, set(models))
         weights = os.path.relpath(path.absolute(), output.absolute().parent)
         spec: dict[str, object] = {"engine": "llama.cpp", "weights": weights}
-        if info.context_length:
-            spec["context"] = min(info.context_length, 8192)
+        if facts.context_length:
+            spec["context"] = min(facts.context_length, 8192)
         spec.update({"ttl": "10m", "swap_group": "gpu"})
-        if info.name:
-            spec["description"] = (
-                f"{info.name} ({info.architecture}, {info.size_bytes / 2**30:.1f} GiB)"
-            )
+        if facts.moe:
+            spec["moe"] = True
+        if title:
+            size = facts.size_bytes / 2**30
+            spec["description"] = f"{title} ({facts.architecture}, {size:.1f} GiB)"
         models[name] = spec
     header = (
         "# modelyard config written by `modelyard init`; every key: docs/config.md\n"

@@ -25,6 +25,11 @@ CREATE TABLE IF NOT EXISTS events (
     seconds REAL
 );
 CREATE INDEX IF NOT EXISTS events_model ON events(model, event, at);
+CREATE TABLE IF NOT EXISTS node_modes (
+    node TEXT PRIMARY KEY,
+    mode TEXT NOT NULL,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL,
@@ -73,6 +78,19 @@ class Store:
         rows = self.db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
         keys = ("at", "model", "event", "detail", "seconds")
         return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def mode(self, node: str) -> str | None:
+        """The mode ``node`` was last set to here, if ever."""
+        row = self.db.execute("SELECT mode FROM node_modes WHERE node = ?", (node,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_mode(self, node: str, mode: str) -> None:
+        """Persist ``node``'s mode (it outlives restarts)."""
+        self.db.execute(
+            "INSERT INTO node_modes(node, mode, at) VALUES (?, ?, ?) "
+            "ON CONFLICT(node) DO UPDATE SET mode = excluded.mode, at = excluded.at",
+            (node, mode, time.time()),
+        )
 
     def typical_load_seconds(self, model: str) -> float | None:
         """Median of the last five load times of ``model``, if it ever loaded."""

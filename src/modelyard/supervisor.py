@@ -78,9 +78,10 @@ class InstanceLog:
 class EngineProcess:
     """One running server process, in its own process group so a stop reaches its children."""
 
-    def __init__(self, launch: Launch, port: int, log: InstanceLog) -> None:
+    def __init__(self, launch: Launch, port: int, log: InstanceLog, host: str) -> None:
         self.launch = launch
         self.port = port
+        self.host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.log = log
         self.proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
@@ -128,7 +129,7 @@ class EngineProcess:
     async def wait_ready(self, session: aiohttp.ClientSession, timeout: float) -> None:
         """Poll the health path until it answers 200; raise StartError on exit or timeout."""
         assert self.proc is not None
-        url = f"http://127.0.0.1:{self.port}{self.launch.health_path}"
+        url = f"http://{self.host}:{self.port}{self.launch.health_path}"
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.returncode is not None:
@@ -200,6 +201,7 @@ class Supervisor:
         self.on_exit = on_exit  # called when a process ends without being asked to
         self.stop_grace = stop_grace
         self.processes: dict[str, EngineProcess] = {}
+        self.engines: dict[str, Engine] = {}
         self.logs: dict[str, InstanceLog] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._stopping: set[str] = set()
@@ -226,11 +228,12 @@ class Supervisor:
         if launch is None:
             return engine.upstream(port), None
         for attempt in range(3):
-            proc = EngineProcess(launch, port, log)
+            proc = EngineProcess(launch, port, log, engine.host)
             await proc.spawn()
             self.processes[model] = proc
             try:
                 await proc.wait_ready(self._client(), timeout)
+                await engine.after_ready(self._client(), port)
             except StartError as exc:
                 await proc.stop(self.stop_grace)
                 self.processes.pop(model, None)
@@ -247,6 +250,7 @@ class Supervisor:
                 await proc.stop(self.stop_grace)
                 self.processes.pop(model, None)
                 raise
+            self.engines[model] = engine
             log.note(f"ready on port {port} (pid {proc.pid})")
             self._watchers[model] = asyncio.create_task(self._watch(model, proc))
             return engine.upstream(port), proc.pid
@@ -267,6 +271,12 @@ class Supervisor:
         self._stopping.add(model)
         try:
             self.log(model).note(f"stopping: {reason}")
+            engine = self.engines.pop(model, None)
+            if engine is not None:
+                try:
+                    await asyncio.wait_for(engine.before_stop(self._client(), proc.port), 10)
+                except Exception as exc:  # unloading is a courtesy; the process stops anyway
+                    self.log(model).note(f"before stop: {exc!r}")
             code = await proc.stop(self.stop_grace)
             self.log(model).note(f"stopped (exit code {code})")
         finally:

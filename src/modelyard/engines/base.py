@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import aiohttp
 
 
 @dataclass(frozen=True)
@@ -26,16 +29,32 @@ class Upstream:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class Engine(Protocol):
-    """One kind of model server."""
+class Engine:
+    """One kind of model server; each kind subclasses this in its own module.
 
-    kind: str
+    ``host`` is the address the server listens on and is reached at: 127.0.0.1 on the
+    gateway's own machine, the agent's address on another node.
+    """
+
+    kind = "base"
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
 
     def problem(self) -> str | None:
         """Why the model cannot start now (missing file, missing binary), or None."""
+        return None
 
     def launch(self, port: int) -> Launch | None:
         """The process to run on ``port``; None when nothing is started (remote)."""
+        return None
 
     def upstream(self, port: int) -> Upstream:
         """Where to send requests once ready."""
+        raise NotImplementedError
+
+    async def after_ready(self, session: aiohttp.ClientSession, port: int) -> None:
+        """Once the health probe passes: e.g. load the model into a daemon (Ollama)."""
+
+    async def before_stop(self, session: aiohttp.ClientSession, port: int) -> None:
+        """Before SIGTERM: e.g. unload the model from a daemon (Ollama)."""

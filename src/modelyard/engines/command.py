@@ -5,13 +5,14 @@ from __future__ import annotations
 import shutil
 
 from modelyard.config import CommandModel
-from modelyard.engines.base import Launch, Upstream
+from modelyard.engines.base import Engine, Launch, Upstream
 
 
-class CommandEngine:
+class CommandEngine(Engine):
     kind = "command"
 
-    def __init__(self, model: CommandModel) -> None:
+    def __init__(self, model: CommandModel, host: str = "127.0.0.1") -> None:
+        super().__init__(host)
         self.model = model
 
     def problem(self) -> str | None:
@@ -25,4 +26,4 @@ class CommandEngine:
         return Launch(argv, dict(self.model.env), self.model.cwd, self.model.health_path)
 
     def upstream(self, port: int) -> Upstream:
-        return Upstream(f"http://127.0.0.1:{port}/v1", self.model.upstream_model)
+        return Upstream(f"http://{self.host}:{port}/v1", self.model.upstream_model)

@@ -7,7 +7,7 @@ import shutil
 from functools import cache
 
 from modelyard.config import LlamaCppModel
-from modelyard.engines.base import Launch, Upstream
+from modelyard.engines.base import Engine, Launch, Upstream
 
 
 @cache
@@ -28,10 +28,13 @@ def find_llama_server(configured: str | None = None) -> str | None:
         return None
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(Engine):
     kind = "llama.cpp"
 
-    def __init__(self, model: LlamaCppModel, binary: str | None = None) -> None:
+    def __init__(
+        self, model: LlamaCppModel, binary: str | None = None, host: str = "127.0.0.1"
+    ) -> None:
+        super().__init__(host)
         self.model = model
         self.binary = binary
 
@@ -47,7 +50,7 @@ class LlamaCppEngine:
         binary = find_llama_server(self.binary)
         assert binary is not None, "problem() is checked before launch()"
         m = self.model
-        argv = [binary, "--model", str(m.weights), "--host", "127.0.0.1", "--port", str(port)]
+        argv = [binary, "--model", str(m.weights), "--host", self.host, "--port", str(port)]
         argv += ["--alias", m.name, "--parallel", str(m.parallel)]
         if m.context is not None:
             argv += ["--ctx-size", str(m.context)]
@@ -56,4 +59,4 @@ class LlamaCppEngine:
 
     def upstream(self, port: int) -> Upstream:
         # --alias makes llama-server answer with our model name: no rewrite on the hot path.
-        return Upstream(f"http://127.0.0.1:{port}/v1", None)
+        return Upstream(f"http://{self.host}:{port}/v1", None)

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 from modelyard.config import RemoteModel
-from modelyard.engines.base import Launch, Upstream
+from modelyard.engines.base import Engine, Upstream
 
 
-class RemoteEngine:
+class RemoteEngine(Engine):
     kind = "remote"
 
     def __init__(self, model: RemoteModel) -> None:
+        super().__init__()
         self.model = model
-
-    def problem(self) -> str | None:
-        return None
-
-    def launch(self, port: int) -> Launch | None:
-        return None
 
     def upstream(self, port: int) -> Upstream:
         headers = {"Authorization": f"Bearer {self.model.api_key}"} if self.model.api_key else {}

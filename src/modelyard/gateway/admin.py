@@ -8,6 +8,7 @@ from starlette.routing import Route
 
 from modelyard.gateway.errors import error_response
 from modelyard.gateway.state import Gateway
+from modelyard.nodes import AgentError
 from modelyard.scheduler import Refused
 
 
@@ -77,13 +78,45 @@ async def logs(request: Request) -> Response:
         lines = int(request.query_params.get("lines", "200"))
     except ValueError:
         return error_response(400, "`lines` must be a whole number, e.g. ?lines=200")
-    tail = gw.supervisor.log(name).tail(max(lines, 0))
+    try:
+        tail = await gw.nodes[gw.config.node_of(name)].logs(name, max(lines, 0))
+    except AgentError as exc:
+        return error_response(503, exc.message, code="node_unreachable")
     if "application/json" in request.headers.get("accept", ""):
         return JSONResponse({"model": name, "lines": tail})
     return PlainTextResponse("\n".join(tail) + ("\n" if tail else ""))
 
 
+async def nodes(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    return JSONResponse({"nodes": [node.describe() for node in gw.nodes.values()]})
+
+
+async def set_mode(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    name = request.path_params["node"]
+    if name not in gw.nodes:
+        return error_response(404, f"no node {name!r}; nodes: {', '.join(gw.nodes)}")
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    modes = gw.config.nodes[name].modes
+    wanted = body.get("mode") if isinstance(body, dict) else None
+    if not isinstance(wanted, str) or wanted not in modes:
+        return error_response(
+            400, f'expected {{"mode": NAME}} with NAME one of: {", ".join(modes)}', param="mode"
+        )
+    try:
+        await gw.scheduler.set_mode(name, wanted)
+    except AgentError as exc:
+        return error_response(503, exc.message, code="node_unreachable")
+    return JSONResponse(gw.nodes[name].describe())
+
+
 routes = [
+    Route("/admin/nodes", nodes, methods=["GET"]),
+    Route("/admin/nodes/{node}/mode", set_mode, methods=["PUT"]),
     Route("/admin/status", status, methods=["GET"]),
     Route("/admin/models", models, methods=["GET"]),
     Route("/admin/models/{name:path}/start", start, methods=["POST"]),

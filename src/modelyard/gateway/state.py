@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -10,9 +12,12 @@ import aiohttp
 from modelyard import __version__
 from modelyard.config import Config
 from modelyard.gateway.proxy import new_session
+from modelyard.nodes import LocalNode, NodeHandle, RemoteNode
 from modelyard.scheduler import Scheduler
 from modelyard.store import Store
-from modelyard.supervisor import Supervisor
+from modelyard.supervisor import StartError, Supervisor, describe_exit
+
+POLL_SECONDS = 2.0  # how often agents are asked for their status and GPUs are sampled
 
 
 class Gateway:
@@ -24,19 +29,43 @@ class Gateway:
         self.supervisor = Supervisor(
             config.state_dir / "logs", self._on_exit, config.scheduler.stop_grace
         )
-        self.scheduler = Scheduler(config, self.supervisor, self.store)
         self.session: aiohttp.ClientSession = None  # type: ignore[assignment]  # set in open()
+        self.nodes: dict[str, NodeHandle] = {}
+        self.scheduler = Scheduler(config, self.nodes, self.store)
+        for name, spec in config.nodes.items():
+            if spec.url is None:
+                self.nodes[name] = LocalNode(name, config, self.store, self.supervisor)
+            else:
+                self.nodes[name] = RemoteNode(
+                    name, config, self.scheduler.on_exit, self.scheduler.on_gone
+                )
         self.started = time.time()
+        self._poller: asyncio.Task[None] | None = None
 
     def _on_exit(self, model: str, code: int) -> None:
-        self.scheduler.on_exit(model, code)
+        tail = self.supervisor.log(model).tail(15)
+        why = StartError(f"engine exited unexpectedly with {describe_exit(code)}", tail)
+        self.scheduler.on_exit(model, str(why))
 
     async def open(self) -> None:
         self.session = new_session()
         self.store.start_flusher()
+        await asyncio.gather(*(node.refresh() for node in self.nodes.values()))
         self.scheduler.start_loop()
+        self._poller = asyncio.create_task(self._poll())
+
+    async def _poll(self) -> None:
+        """Agents' status (reachability, mode, GPUs, exits) and local GPU samples."""
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            await asyncio.gather(*(node.refresh() for node in self.nodes.values()))
+            self.scheduler.poke()
 
     async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
         await self.scheduler.close()
         await self.session.close()
         await self.store.close()
@@ -88,6 +117,7 @@ class Gateway:
             "listen": self.config.listen,
             "state_dir": str(self.config.state_dir),
             "uptime_s": round(time.time() - self.started, 1),
+            "nodes": [node.describe() for node in self.nodes.values()],
             "models": [self.describe(n) for n in self.config.models],
             "events": self.store.events(limit=20),
         }

@@ -1,0 +1,179 @@
+"""The agent: the HTTP face of one node (its GPUs, its mode, the supervisor of its instances).
+
+``modelyard agent -c FILE --node NAME`` runs it on that machine. Every route but ``/health``
+requires the node's token (``Authorization: Bearer TOKEN``); a wrong one gets 401 and
+nothing is done.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from modelyard.config import Config
+from modelyard.gateway.errors import error_response
+from modelyard.nodes import LocalNode, gpu_dict, need_dict
+from modelyard.store import Store
+from modelyard.supervisor import StartError, Supervisor, describe_exit
+
+
+class Agent:
+    """One node's supervisor, GPUs and mode, and what became of its engines."""
+
+    def __init__(self, config: Config, node: str) -> None:
+        spec = config.nodes[node]
+        state = spec.state_dir or config.state_dir / f"agent-{node}"
+        self.store = Store(state / "modelyard.db")
+        self.supervisor = Supervisor(state / "logs", self._exited, config.scheduler.stop_grace)
+        host = urlsplit(spec.url).hostname if spec.url else None
+        self.node = LocalNode(node, config, self.store, self.supervisor, host or "127.0.0.1")
+        self.token = spec.token
+        self.exits: dict[str, int] = {}
+        self.last_exit: dict[str, str] = {}
+
+    def _exited(self, model: str, code: int) -> None:
+        self.exits[model] = self.exits.get(model, 0) + 1
+        self.last_exit[model] = f"engine exited unexpectedly with {describe_exit(code)}"
+        self.store.event(model, "crashed", self.last_exit[model])
+
+    def status(self) -> dict[str, Any]:
+        node = self.node
+        needs = {m: node.need(m) for m in node.models()}
+        return {
+            **node.describe(),
+            "gpus": [gpu_dict(g) for g in node.gpus()],
+            "needs": {m: need_dict(n) for m, n in needs.items() if n is not None},
+            "instances": {
+                m: {
+                    "running": m in self.supervisor.processes,
+                    "pid": self.supervisor.processes[m].pid
+                    if m in self.supervisor.processes
+                    else None,
+                    "exits": self.exits.get(m, 0),
+                    "last_exit": self.last_exit.get(m),
+                }
+                for m in node.models()
+            },
+        }
+
+
+def create_agent_app(config: Config, node: str) -> Starlette:
+    agent = Agent(config, node)
+
+    def authorized(request: Request) -> bool:
+        if agent.token is None:
+            return True
+        given = request.headers.get("authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {agent.token}".encode())
+
+    def model_of(request: Request) -> str | Response:
+        if not authorized(request):
+            return error_response(401, "wrong or missing agent token (Authorization: Bearer …)")
+        name = str(request.path_params["name"])
+        if name not in agent.node.models():
+            return error_response(404, f"model {name!r} does not run on node {node}")
+        return name
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "node": node})
+
+    async def status(request: Request) -> Response:
+        if not authorized(request):
+            return error_response(401, "wrong or missing agent token (Authorization: Bearer …)")
+        await agent.node.refresh()
+        return JSONResponse(agent.status())
+
+    async def start(request: Request) -> Response:
+        name = model_of(request)
+        if isinstance(name, Response):
+            return name
+        body = await _json(request)
+        timeout = float(body.get("timeout") or config.scheduler.start_timeout)
+        try:
+            upstream, pid = await agent.node.start(name, timeout)
+        except StartError as exc:
+            return error_response(503, str(exc), code="start_failed")
+        return JSONResponse(
+            {
+                "upstream": {
+                    "base_url": upstream.base_url,
+                    "model": upstream.model,
+                    "headers": upstream.headers,
+                },
+                "pid": pid,
+                "exits": agent.exits.get(name, 0),
+            }
+        )
+
+    async def stop(request: Request) -> Response:
+        name = model_of(request)
+        if isinstance(name, Response):
+            return name
+        body = await _json(request)
+        await agent.node.stop(name, str(body.get("reason") or "asked by the gateway"))
+        return JSONResponse({"stopped": name})
+
+    async def logs(request: Request) -> Response:
+        name = model_of(request)
+        if isinstance(name, Response):
+            return name
+        lines = int(request.query_params.get("lines", "200"))
+        return JSONResponse({"model": name, "lines": await agent.node.logs(name, lines)})
+
+    async def mode(request: Request) -> Response:
+        if not authorized(request):
+            return error_response(401, "wrong or missing agent token (Authorization: Bearer …)")
+        body = await _json(request)
+        wanted = body.get("mode")
+        modes = config.nodes[node].modes
+        if not isinstance(wanted, str) or wanted not in modes:
+            return error_response(400, f"`mode` must be one of: {', '.join(modes)}", param="mode")
+        stop_models = body.get("stop_models")
+        if stop_models is None:
+            stop_models = modes[wanted].stop_models
+        await agent.node.set_mode(wanted, bool(stop_models))
+        return JSONResponse(agent.node.describe())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await agent.node.refresh()
+        try:
+            yield
+        finally:
+            await agent.node.close()
+            await agent.store.close()
+
+    app = Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/agent/status", status),
+            Route("/agent/mode", mode, methods=["PUT"]),
+            Route("/agent/instances/{name:path}/start", start, methods=["POST"]),
+            Route("/agent/instances/{name:path}/stop", stop, methods=["POST"]),
+            Route("/agent/instances/{name:path}/logs", logs),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.agent = agent
+    return app
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    import orjson
+
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return body if isinstance(body, dict) else {}

@@ -1,0 +1,51 @@
+"""``vllm``: a Hugging Face model (or a local folder) served by ``vllm serve``."""
+
+from __future__ import annotations
+
+import shutil
+
+from modelyard.config import VllmModel
+from modelyard.engines.base import Engine, Launch, Upstream
+
+_TENSOR_PARALLEL = ("--tensor-parallel-size", "-tp")
+
+
+class VllmEngine(Engine):
+    kind = "vllm"
+
+    def __init__(self, model: VllmModel, host: str = "127.0.0.1") -> None:
+        super().__init__(host)
+        self.model = model
+
+    def problem(self) -> str | None:
+        if shutil.which(self.model.binary) is None:
+            return (
+                f"vllm not found: {self.model.binary!r} is not on PATH and not an executable "
+                "path (pip install vllm, or set `binary`)"
+            )
+        return None
+
+    def launch(self, port: int) -> Launch:
+        m = self.model
+        argv = [m.binary, "serve", m.model, "--host", self.host, "--port", str(port)]
+        # Answers then carry our name: no rewrite on the hot path.
+        argv += ["--served-model-name", m.name]
+        if m.max_model_len is not None:
+            argv += ["--max-model-len", str(m.max_model_len)]
+        if m.memory_share is not None:  # None: vLLM's own default (0.9 of each GPU)
+            argv += ["--gpu-memory-utilization", f"{m.memory_share:g}"]
+        if m.gpus and len(m.gpus) > 1 and not _has_flag(m.args, _TENSOR_PARALLEL):
+            argv += ["--tensor-parallel-size", str(len(m.gpus))]
+        argv += m.args
+        env = dict(m.env)
+        if m.gpus is not None:
+            # [] hides every GPU: the model was placed on the CPU, so it must not take one.
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in m.gpus)
+        return Launch(argv, env, None, "/health")
+
+    def upstream(self, port: int) -> Upstream:
+        return Upstream(f"http://{self.host}:{port}/v1", None)
+
+
+def _has_flag(args: list[str], names: tuple[str, ...]) -> bool:
+    return any(arg.split("=", 1)[0] in names for arg in args)

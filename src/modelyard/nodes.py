@@ -1,0 +1,305 @@
+"""Nodes: the gateway drives its own machine in process and the others through their agents.
+
+Both kinds offer the same interface to the scheduler: the node's mode, GPUs and memory
+needs, and start / stop / logs of its instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import aiohttp
+
+from modelyard.config import Config, LlamaCppModel
+from modelyard.engines import Upstream, engine_for
+from modelyard.estimate import GgufFacts, need_for
+from modelyard.gguf_file import read_facts
+from modelyard.gpus import inventory
+from modelyard.placement import Gpu, Need
+from modelyard.schedule import NodeView
+from modelyard.store import Store
+from modelyard.supervisor import StartError, Supervisor
+
+
+class NodeHandle(Protocol):
+    """What the scheduler needs of a node, wherever it is."""
+
+    name: str
+
+    def view(self) -> NodeView: ...
+    def gpus(self) -> list[Gpu]: ...
+    def need(self, model: str) -> Need | None: ...
+    async def start(self, model: str, timeout: float) -> tuple[Upstream, int | None]: ...
+    async def stop(self, model: str, reason: str) -> None: ...
+    async def logs(self, model: str, lines: int) -> list[str]: ...
+    async def set_mode(self, mode: str, stop_models: bool) -> None: ...
+    async def refresh(self) -> None: ...
+    async def close(self) -> None: ...
+    def describe(self) -> dict[str, Any]: ...
+
+
+def gpu_dict(gpu: Gpu) -> dict[str, Any]:
+    return {
+        "index": gpu.index,
+        "name": gpu.name,
+        "memory_total": gpu.total,
+        "memory_used": gpu.used,
+        "utilization": gpu.utilization,
+        "pcie_gen": gpu.pcie_gen,
+        "pcie_width": gpu.pcie_width,
+    }
+
+
+def need_dict(need: Need) -> dict[str, Any]:
+    return {
+        "per_gpu": {str(k): v for k, v in need.per_gpu.items()},
+        "moe": need.moe,
+        "how": need.how,
+    }
+
+
+class LocalNode:
+    """This machine: its supervisor, its GPUs (NVML or declared), its persisted mode."""
+
+    def __init__(
+        self,
+        name: str,
+        config: Config,
+        store: Store,
+        supervisor: Supervisor,
+        engine_host: str = "127.0.0.1",
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.store = store
+        self.supervisor = supervisor
+        self.engine_host = engine_host
+        node = config.nodes[name]
+        saved = store.mode(name)
+        self.mode = saved if saved in node.modes else node.initial_mode
+        self._gpus: list[Gpu] = inventory(name, node) if isinstance(node.gpus, list) else []
+        self._sampled = False
+
+    def models(self) -> list[str]:
+        return [m for m in self.config.models if self.config.node_of(m) == self.name]
+
+    def view(self) -> NodeView:
+        kind = self.config.nodes[self.name].modes[self.mode].kind
+        return NodeView(self.name, self.mode, kind, True)
+
+    def gpus(self) -> list[Gpu]:
+        return self._gpus
+
+    def need(self, model: str) -> Need | None:
+        spec = self.config.models[model]
+        facts: GgufFacts | None = None
+        if isinstance(spec, LlamaCppModel):
+            try:
+                facts = read_facts(spec.weights)
+            except (OSError, ValueError):
+                facts = None  # a missing file fails at start, with its own message
+        return need_for(self.config, model, self._gpus, facts)
+
+    async def start(self, model: str, timeout: float) -> tuple[Upstream, int | None]:
+        binary = self.config.engines.llama_cpp.binary
+        engine = engine_for(
+            self.config.models[model], str(binary) if binary else None, self.engine_host
+        )
+        return await self.supervisor.start(model, engine, timeout)
+
+    async def stop(self, model: str, reason: str) -> None:
+        await self.supervisor.stop(model, reason)
+
+    async def logs(self, model: str, lines: int) -> list[str]:
+        return self.supervisor.log(model).tail(lines)
+
+    async def set_mode(self, mode: str, stop_models: bool) -> None:
+        modes = self.config.nodes[self.name].modes
+        if mode not in modes:
+            raise ValueError(
+                f"node {self.name} has no mode {mode!r}; its modes: {', '.join(modes)}"
+            )
+        self.mode = mode
+        self.store.set_mode(self.name, mode)
+        self.store.event(f"node:{self.name}", "mode", mode)
+        if stop_models:
+            running = list(self.supervisor.processes)
+            await asyncio.gather(*(self.stop(m, f"mode {mode}") for m in running))
+
+    async def refresh(self) -> None:
+        if not self._sampled or self.config.nodes[self.name].gpus == "auto":
+            self._gpus = await asyncio.to_thread(inventory, self.name, self.config.nodes[self.name])
+            self._sampled = True
+
+    async def close(self) -> None:
+        await self.supervisor.close()
+
+    def describe(self) -> dict[str, Any]:
+        view = self.view()
+        return {
+            "name": self.name,
+            "url": None,
+            "reachable": True,
+            "mode": view.mode,
+            "kind": view.kind,
+            "modes": {m: s.kind for m, s in self.config.nodes[self.name].modes.items()},
+            "gpus": [gpu_dict(g) for g in self._gpus],
+        }
+
+
+class RemoteNode:
+    """A machine driven through its agent over HTTP; ``refresh`` polls its status."""
+
+    def __init__(
+        self,
+        name: str,
+        config: Config,
+        on_exit: Callable[[str, str], None],
+        on_gone: Callable[[str, str], None],
+    ) -> None:
+        self.name = name
+        self.config = config
+        node = config.nodes[name]
+        assert node.url is not None
+        self.url = node.url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {node.token}"} if node.token else {}
+        self._session: aiohttp.ClientSession | None = None  # made in the event loop, on first use
+        self.on_exit = on_exit  # (model, why): an engine there exited by itself
+        self.on_gone = on_gone  # (model, why): an engine there stopped without us
+        self.reachable = False
+        self.error: str | None = "not contacted yet"
+        self.mode = node.initial_mode
+        self._gpus: list[Gpu] = []
+        self._needs: dict[str, Need] = {}
+        self._instances: dict[str, dict[str, Any]] = {}
+        self.last_seen: float | None = None
+
+    def view(self) -> NodeView:
+        modes = self.config.nodes[self.name].modes
+        kind = modes[self.mode].kind if self.mode in modes else "open"
+        return NodeView(self.name, self.mode, kind, self.reachable)
+
+    def gpus(self) -> list[Gpu]:
+        return self._gpus
+
+    def need(self, model: str) -> Need | None:
+        return self._needs.get(model)
+
+    async def _call(self, method: str, path: str, timeout: float = 10, **kw: Any) -> Any:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            async with self._session.request(
+                method,
+                self.url + path,
+                headers=self.headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                **kw,
+            ) as resp:
+                body = await resp.json(content_type=None)
+                if resp.status >= 400:
+                    message = (body or {}).get("error", {}).get("message", str(body))
+                    raise AgentError(resp.status, message)
+                return body
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            self._lost(f"{type(exc).__name__}: {exc}")
+            raise AgentError(503, f"node {self.name} is unreachable ({self.url}): {exc}") from exc
+
+    def _lost(self, why: str) -> None:
+        self.reachable, self.error = False, why
+
+    async def start(self, model: str, timeout: float) -> tuple[Upstream, int | None]:
+        try:
+            body = await self._call(
+                "POST",
+                f"/agent/instances/{model}/start",
+                timeout=timeout + 30,
+                json={"timeout": timeout},
+            )
+        except AgentError as exc:
+            raise StartError(exc.message) from exc
+        up = body["upstream"]
+        self._instances[model] = {"running": True, "exits": body.get("exits", 0)}
+        return Upstream(up["base_url"], up.get("model"), up.get("headers") or {}), body.get("pid")
+
+    async def stop(self, model: str, reason: str) -> None:
+        try:
+            await self._call(
+                "POST", f"/agent/instances/{model}/stop", timeout=120, json={"reason": reason}
+            )
+        except AgentError:
+            pass  # unreachable: its engines die with it (they run under the agent)
+        self._instances.pop(model, None)
+
+    async def logs(self, model: str, lines: int) -> list[str]:
+        body = await self._call("GET", f"/agent/instances/{model}/logs?lines={lines}")
+        return list(body["lines"])
+
+    async def set_mode(self, mode: str, stop_models: bool) -> None:
+        await self._call(
+            "PUT", "/agent/mode", json={"mode": mode, "stop_models": stop_models}, timeout=120
+        )
+        self.mode = mode
+
+    async def refresh(self) -> None:
+        try:
+            status = await self._call("GET", "/agent/status", timeout=5)
+        except AgentError as exc:
+            self._lost(exc.message)  # a wrong token too: nothing can be done there
+            return
+        self.reachable, self.error, self.last_seen = True, None, time.time()
+        self.mode = status["mode"]
+        self._gpus = [
+            Gpu(
+                self.name,
+                g["index"],
+                g["name"],
+                g["memory_total"],
+                g["memory_used"],
+                g.get("pcie_gen"),
+                g.get("pcie_width"),
+                g.get("utilization"),
+            )
+            for g in status["gpus"]
+        ]
+        self._needs = {
+            m: Need(self.name, {int(k): v for k, v in n["per_gpu"].items()}, n["moe"], n["how"])
+            for m, n in status["needs"].items()
+        }
+        for model, before in list(self._instances.items()):
+            now = status["instances"].get(model, {"running": False, "exits": 0})
+            if now["running"]:
+                continue
+            del self._instances[model]
+            if now["exits"] > before.get("exits", 0):
+                self.on_exit(model, now.get("last_exit") or "exited")
+            else:
+                self.on_gone(model, f"no longer running on node {self.name}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def describe(self) -> dict[str, Any]:
+        view = self.view()
+        return {
+            "name": self.name,
+            "url": self.url,
+            "reachable": self.reachable,
+            "error": self.error,
+            "last_seen": self.last_seen,
+            "mode": view.mode,
+            "kind": view.kind,
+            "modes": {m: s.kind for m, s in self.config.nodes[self.name].modes.items()},
+            "gpus": [gpu_dict(g) for g in self._gpus],
+        }
+
+
+class AgentError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
