@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import httpx
 import typer
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modelyard.config import ConfigError, load_config, split_listen
-from modelyard.units import format_duration
+from modelyard.units import format_bytes, format_duration
 
 app = typer.Typer(
     help="One OpenAI-compatible endpoint that starts, swaps and stops model servers.",
@@ -55,6 +56,119 @@ def serve(
     host, port = split_listen(cfg.listen)
     err.print(f"modelyard: {len(cfg.models)} model(s) from {config}, listening on {host}:{port}")
     uvicorn.run(create_app(cfg), host=host, port=port, log_level="info", access_log=False)
+
+
+@app.command()
+def agent(
+    node: Annotated[str, typer.Option("--node", help="Which node of the config this machine is.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT; default: from the node's url.")
+    ] = None,
+) -> None:
+    """Run the agent of NODE: its GPUs, its mode and its engines, for a gateway elsewhere."""
+    import uvicorn
+
+    from modelyard.agent import create_agent_app
+
+    cfg = _load_or_exit(config)
+    spec = cfg.nodes.get(node)
+    if spec is None or spec.url is None:
+        remote = [n for n, s in cfg.nodes.items() if s.url]
+        err.print(f"{node!r} is not a node with an url in {config}; those are: {', '.join(remote)}")
+        raise typer.Exit(2)
+    parts = urlsplit(spec.url)
+    host, port = split_listen(listen) if listen else (parts.hostname or "0.0.0.0", parts.port or 80)
+    if not listen and not _is_ip(host):
+        host = "0.0.0.0"  # a name in the url: listen on every address
+    err.print(f"modelyard agent of node {node} on {host}:{port}")
+    uvicorn.run(
+        create_agent_app(cfg, node), host=host, port=port, log_level="info", access_log=False
+    )
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@app.command()
+def nodes(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """The nodes: mode, reachability and GPUs."""
+    data = _call("GET", url, "/admin/nodes")
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    _nodes_table(data["nodes"])
+
+
+def _nodes_table(rows: list[dict[str, Any]]) -> None:
+    table = Table(box=None, pad_edge=False)
+    for col in ("NODE", "MODE", "KIND", "REACHABLE", "GPUS"):
+        table.add_column(col, overflow="fold")
+    for n in rows:
+        gpus = (
+            "; ".join(
+                f"{g['index']}: {g['name']} {format_bytes(g['memory_used'])}/"
+                f"{format_bytes(g['memory_total'])}"
+                + (f" PCIe {g['pcie_gen']}.0 x{g['pcie_width']}" if g.get("pcie_width") else "")
+                for g in n["gpus"]
+            )
+            or "none"
+        )
+        reach = "yes" if n["reachable"] else f"no ({n.get('error') or 'no answer'})"
+        table.add_row(n["name"], n["mode"], n["kind"], reach, gpus)
+    out.print(table)
+
+
+@app.command()
+def mode(
+    args: Annotated[
+        list[str] | None, typer.Argument(help="[NODE] MODE; none: show every node.")
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    config: Annotated[
+        Path | None,
+        typer.Option("-c", "--config", help="Talk to NODE's agent directly, as this config says."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a node's mode (persisted on the node), through the gateway or straight to its agent."""
+    words = args or []
+    if len(words) > 2:
+        err.print("usage: modelyard mode [NODE] MODE")
+        raise typer.Exit(2)
+    if not words:
+        nodes(url, as_json)
+        return
+    if len(words) == 1:
+        known = [n["name"] for n in _call("GET", url, "/admin/nodes")["nodes"]]
+        if len(known) != 1:
+            err.print(f"name the node: modelyard mode NODE {words[0]} (nodes: {', '.join(known)})")
+            raise typer.Exit(2)
+        words.insert(0, known[0])
+    node, wanted = words
+    if config is not None:
+        cfg = _load_or_exit(config)
+        spec = cfg.nodes.get(node)
+        if spec is None or spec.url is None:
+            err.print(f"{node!r} has no agent url in {config}")
+            raise typer.Exit(2)
+        headers = {"Authorization": f"Bearer {spec.token}"} if spec.token else {}
+        data = _call(
+            "PUT", spec.url, "/agent/mode", json={"mode": wanted}, headers=headers, timeout=120
+        )
+    else:
+        data = _call("PUT", url, f"/admin/nodes/{node}/mode", json={"mode": wanted}, timeout=600)
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        out.print(f"{data['name']}: {data['mode']} ({data['kind']})", highlight=False)
 
 
 @app.command()
@@ -117,7 +231,17 @@ def ps(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
 
 def _models_table(models: list[dict[str, Any]]) -> None:
     table = Table(box=None, pad_edge=False)
-    for col in ("MODEL", "ENGINE", "STATE", "INSTANCE", "PID", "IN FLIGHT", "GROUP", "NOTE"):
+    for col in (
+        "MODEL",
+        "NODE",
+        "ENGINE",
+        "STATE",
+        "INSTANCE",
+        "PID",
+        "IN FLIGHT",
+        "GROUP",
+        "NOTE",
+    ):
         table.add_column(col, overflow="fold")
     for m in models:
         state = m["state"]
@@ -126,6 +250,7 @@ def _models_table(models: list[dict[str, Any]]) -> None:
         note = m.get("error") or (m.get("reason") if m["state"] != "ready" else "") or ""
         table.add_row(
             m["name"],
+            m["node"],
             m["engine"],
             state,
             m.get("instance") or "-",
@@ -210,9 +335,9 @@ def _load_or_exit(path: Path) -> Any:
         raise typer.Exit(1) from None
 
 
-def _send(client: httpx.Client, method: str, url: str, path: str) -> httpx.Response:
+def _send(client: httpx.Client, method: str, url: str, path: str, **kw: Any) -> httpx.Response:
     try:
-        resp = client.request(method, url.rstrip("/") + path)
+        resp = client.request(method, url.rstrip("/") + path, **kw)
     except httpx.HTTPError as exc:
         err.print(f"cannot reach the gateway at {url}: {exc} (is `modelyard serve` running?)")
         raise typer.Exit(2) from None
@@ -226,9 +351,9 @@ def _send(client: httpx.Client, method: str, url: str, path: str) -> httpx.Respo
     return resp
 
 
-def _call(method: str, url: str, path: str, timeout: float = 30) -> Any:
+def _call(method: str, url: str, path: str, timeout: float = 30, **kw: Any) -> Any:
     with httpx.Client(timeout=timeout) as client:
-        return _send(client, method, url, path).json()
+        return _send(client, method, url, path, **kw).json()
 
 
 def main() -> None:

@@ -82,6 +82,7 @@ class LocalNode:
         self.mode = saved if saved in node.modes else node.initial_mode
         self._gpus: list[Gpu] = inventory(name, node) if isinstance(node.gpus, list) else []
         self._sampled = False
+        self._facts: dict[str, GgufFacts | None] = {}  # read in refresh(), off the event loop
 
     def models(self) -> list[str]:
         return [m for m in self.config.models if self.config.node_of(m) == self.name]
@@ -94,14 +95,7 @@ class LocalNode:
         return self._gpus
 
     def need(self, model: str) -> Need | None:
-        spec = self.config.models[model]
-        facts: GgufFacts | None = None
-        if isinstance(spec, LlamaCppModel):
-            try:
-                facts = read_facts(spec.weights)
-            except (OSError, ValueError):
-                facts = None  # a missing file fails at start, with its own message
-        return need_for(self.config, model, self._gpus, facts)
+        return need_for(self.config, model, self._gpus, self._facts.get(model))
 
     async def start(self, model: str, timeout: float) -> tuple[Upstream, int | None]:
         binary = self.config.engines.llama_cpp.binary
@@ -133,6 +127,18 @@ class LocalNode:
         if not self._sampled or self.config.nodes[self.name].gpus == "auto":
             self._gpus = await asyncio.to_thread(inventory, self.name, self.config.nodes[self.name])
             self._sampled = True
+        self._facts = await asyncio.to_thread(self._read_facts)
+
+    def _read_facts(self) -> dict[str, GgufFacts | None]:
+        facts: dict[str, GgufFacts | None] = {}
+        for model in self.models():
+            spec = self.config.models[model]
+            if isinstance(spec, LlamaCppModel):
+                try:
+                    facts[model] = read_facts(spec.weights)  # cached while the file is unchanged
+                except (OSError, ValueError):
+                    facts[model] = None  # a missing file fails at start, with its own message
+        return facts
 
     async def close(self) -> None:
         await self.supervisor.close()
