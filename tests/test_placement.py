@@ -241,8 +241,8 @@ EVICTIONS = [
         inventory(S1_GPU0, S1_GPU1, reserve={"a": GiB * 5 // 2}),
         Eviction(
             "deep-coder",
-            reason="deep-coder does not fit on GPU 0 (RTX 3060) on a: needs 10 GiB (declared), "
-            "9.5 GiB free of 12 GiB",
+            reason="deep-coder does not fit on GPU 0 (RTX 3060) on a even alone: needs 10 GiB "
+            "(declared), the GPU has 12 GiB, 2.5 GiB reserved",
         ),
         id="S1 node reserve leaves too little",
     ),
@@ -513,8 +513,8 @@ EVICTIONS = [
         S1,
         Eviction(
             "huge",
-            reason="huge does not fit on GPU 0 (RTX 3060) on a: needs 14 GiB (declared), "
-            "12 GiB free of 12 GiB",
+            reason="huge does not fit on GPU 0 (RTX 3060) on a even alone: needs 14 GiB "
+            "(declared), the GPU has 12 GiB",
         ),
         id="bigger than the whole GPU, refused with everything stopped",
     ),
@@ -526,8 +526,8 @@ EVICTIONS = [
         S1,
         Eviction(
             "huge",
-            reason="huge does not fit on GPU 1 (RTX 3060) on a: needs 13 GiB (declared), "
-            "12 GiB free of 12 GiB",
+            reason="huge does not fit on GPU 1 (RTX 3060) on a even alone: needs 13 GiB "
+            "(declared), the GPU has 12 GiB",
         ),
         id="bigger than the second GPU names that GPU",
     ),
@@ -549,11 +549,6 @@ def test_plan_eviction(
     assert plan_eviction(target, group, held, need, inv) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="free_on() with swap-group victims left out counts their NVML usage as another "
-    "program's, so the group's own member still seems to hold its memory",
-)
 def test_swap_group_victim_frees_its_memory_on_an_nvml_gpu() -> None:
     # S5, read by NVML: GPT-OSS holds 26 GiB, the desktop 0.5 GiB.
     gpu = Gpu("ws", 0, "RTX 5090", 32 * GiB, used=int(26.5 * GiB))
@@ -564,11 +559,6 @@ def test_swap_group_victim_frees_its_memory_on_an_nvml_gpu() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the refusal's free figure leaves the chosen victims out of free_on(), so on an NVML "
-    "GPU their memory is counted as another program's (declared GPUs show it freed)",
-)
 def test_refusal_free_figure_on_an_nvml_gpu_counts_victims_freed() -> None:
     # used: pinned 10 + idle 6 + a game 2. Stopping "idle" would leave 24 - 10 - 2 = 12 free.
     gpu = Gpu("a", 0, "RTX 4090", 24 * GiB, used=18 * GiB)
@@ -980,8 +970,8 @@ DECISIONS = [
                 1,
                 "huge",
                 503,
-                "huge does not fit on GPU 0 (RTX 3060) on a: needs 14 GiB (declared), "
-                "12 GiB free of 12 GiB",
+                "huge does not fit on GPU 0 (RTX 3060) on a even alone: needs 14 GiB "
+                "(declared), the GPU has 12 GiB",
             )
         ],
         None,
@@ -1138,11 +1128,6 @@ def test_decide_with_nodes_and_memory(
     assert plan.wake_at == wake_at
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on an NVML GPU a swap-group member's memory is taken for another program's, so "
-    "the next member is refused instead of swapped in",
-)
 def test_decide_swaps_heavy_models_on_an_nvml_gpu() -> None:
     # S5 as NVML reads it: GPT-OSS loaded (26 GiB) and the desktop (0.5 GiB).
     gpu = Gpu("a", 0, "RTX 5090", 32 * GiB, used=int(26.5 * GiB))

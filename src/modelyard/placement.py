@@ -89,15 +89,32 @@ class Inventory:
         return sorted((g for g in self.gpus.values() if g.node == node), key=lambda g: g.index)
 
 
-def free_on(gpu: Gpu, residents: Iterable[Resident], reserve: int = 0) -> int:
-    """Bytes free on ``gpu`` for a new instance, given who holds it now."""
-    ours = sum(
+def held_by(gpu: Gpu, residents: Iterable[Resident]) -> int:
+    """Bytes our ``residents`` need on ``gpu``."""
+    return sum(
         r.need.per_gpu.get(gpu.index, 0)
         for r in residents
         if r.need is not None and r.need.node == gpu.node
     )
-    others = max(0, gpu.used - ours)  # NVML's used figure counts our instances too
-    return gpu.total - reserve - ours - others
+
+
+def other_programs(gpu: Gpu, residents: Iterable[Resident]) -> int:
+    """What programs other than ours use on ``gpu``: NVML's used figure counts ours too."""
+    return max(0, gpu.used - held_by(gpu, residents))
+
+
+def free_on(
+    gpu: Gpu, residents: Iterable[Resident], reserve: int = 0, others: int | None = None
+) -> int:
+    """Bytes free on ``gpu`` for a new instance, given who holds it now.
+
+    ``others`` is other programs' use; by default worked out from ``residents``, which
+    must then be every resident on the GPU.
+    """
+    residents = list(residents)
+    if others is None:
+        others = other_programs(gpu, residents)
+    return gpu.total - reserve - held_by(gpu, residents) - others
 
 
 def plan_eviction(
@@ -129,7 +146,18 @@ def plan_eviction(
             return Eviction(target, reason=f"{target}: GPU {index} does not exist on {need.node}")
         staying = [r for m, r in others.items() if m not in victims]
         reserve = inventory.reserve.get(need.node, 0)
-        short = wanted - free_on(gpu, staying, reserve)
+        outside = other_programs(gpu, others.values())  # from everyone, victims included
+        if wanted > gpu.total - reserve - outside:
+            return Eviction(
+                target,
+                reason=(
+                    f"{target} does not fit on {gpu.label} even alone: needs "
+                    f"{format_bytes(wanted)} ({need.how}), the GPU has {format_bytes(gpu.total)}"
+                    + (f", {format_bytes(outside)} used by other programs" if outside else "")
+                    + (f", {format_bytes(reserve)} reserved" if reserve else "")
+                ),
+            )
+        short = wanted - free_on(gpu, staying, reserve, outside)
         if short <= 0:
             continue
         sharing = [
@@ -143,7 +171,8 @@ def plan_eviction(
             victims.append(r.model)
             short -= r.need.per_gpu[index] if r.need else 0
         if short > 0:
-            free = free_on(gpu, [r for m, r in others.items() if m not in victims], reserve)
+            left = [r for m, r in others.items() if m not in victims]
+            free = free_on(gpu, left, reserve, outside)
             pinned = tuple(r.model for r in sharing if r.pinned)
             held = f"; pinned {', '.join(pinned)} stay(s)" if pinned else ""
             return Eviction(
