@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from modelyard.config import Config, parse_config
+from modelyard.config import Config, ConfigError, parse_config
 from modelyard.estimate import GgufFacts, estimate_gguf, kv_cache_bytes, need_for
 from modelyard.placement import (
     Eviction,
@@ -747,7 +747,7 @@ models:
     weights: /models/gemma4-31b.gguf
     gpus: [0, 1]
     tensor_split: [1, 3]
-    memory: 20GiB
+    memory: 16GiB
   declared-all:
     engine: llama.cpp
     weights: /models/gemma4-31b.gguf
@@ -805,7 +805,7 @@ MOE = GgufFacts(60 * GiB, architecture="qwen3moe", expert_count=128)
         pytest.param(
             "declared",
             None,
-            Need("a", {0: 5 * GiB, 1: 15 * GiB}, False, "declared"),
+            Need("a", {0: 4 * GiB, 1: 12 * GiB}, False, "declared"),
             id="declared memory split by tensor_split",
         ),
         pytest.param(
@@ -817,7 +817,7 @@ MOE = GgufFacts(60 * GiB, architecture="qwen3moe", expert_count=128)
         pytest.param(
             "declared",
             GEMMA,
-            Need("a", {0: 5 * GiB, 1: 15 * GiB}, False, "declared"),
+            Need("a", {0: 4 * GiB, 1: 12 * GiB}, False, "declared"),
             id="declared memory wins over the GGUF",
         ),
         pytest.param(
@@ -1138,3 +1138,52 @@ def test_decide_swaps_heavy_models_on_an_nvml_gpu() -> None:
     instances = {"gpt-oss": InstanceView("gpt-oss", State.READY)}
     plan = decide(models, instances, [Waiter(1, "qwen3-coder", 0)], T, 0, {}, inventory(gpu))
     assert plan.actions == [Drain("gpt-oss", "swap to qwen3-coder")]
+
+
+@pytest.mark.parametrize(
+    ("models", "fatal", "expected"),
+    [
+        pytest.param(
+            "  m: {engine: llama.cpp, weights: m.gguf, gpus: [0, 1], tensor_split: [1, 3],"
+            " memory: 20GiB}\n",
+            True,
+            "test.yaml:9: models.m: needs 15 GiB on GPU 1 (RTX 3060), which has 12 GiB for "
+            "models: it can never start",
+            id="a need larger than a declared GPU is a config error",
+        ),
+        pytest.param(
+            "  m: {engine: llama.cpp, weights: m.gguf, gpus: [0, 1], memory: 16GiB, moe: true}\n",
+            True,
+            "models.m.gpus: an MoE model split across 2 GPUs would use GPU 0 (RTX 3060) on a on "
+            "a PCIe 3.0 x4 link",
+            id="MoE across the x4 slot is refused by default",
+        ),
+        pytest.param(
+            "  m: {engine: llama.cpp, weights: m.gguf, gpus: [1], memory: 10GiB, moe: true}\n",
+            False,
+            None,
+            id="MoE on the fast GPU alone is fine",
+        ),
+    ],
+)
+def test_config_check_knows_what_can_never_fit(
+    models: str, fatal: bool, expected: str | None
+) -> None:
+    text = NEED_CONFIG.split("models:")[0] + "models:\n" + models
+    if fatal:
+        with pytest.raises(ConfigError) as info:
+            parse_config(text, "/etc/modelyard/test.yaml", {})
+        assert expected is not None and expected in str(info.value)
+    else:
+        assert parse_config(text, "/etc/modelyard/test.yaml", {}).warnings == []
+
+
+def test_moe_on_slow_link_can_be_only_a_warning() -> None:
+    text = (
+        NEED_CONFIG.split("models:")[0].replace(
+            "placement:\n", "placement:\n  moe_on_slow_link: warn\n"
+        )
+        + "models:\n  m: {engine: llama.cpp, weights: m.gguf, gpus: [0, 1], memory: 16GiB, moe: true}\n"
+    )
+    config = parse_config(text, "/etc/modelyard/test.yaml", {})
+    assert len(config.warnings) == 1 and "PCIe 3.0 x4" in config.warnings[0]

@@ -190,8 +190,8 @@ def check(files: Annotated[list[Path], typer.Argument(help="Config files to vali
 
 
 def _warnings(cfg: Any) -> list[str]:
-    """Things that validate but will not run here (absent weights files)."""
-    notes = []
+    """Things that validate but will not run here (absent weights files), or need a look."""
+    notes = list(cfg.warnings)
     for name, model in cfg.models.items():
         weights = getattr(model, "weights", None)
         if weights is not None and not Path(weights).is_file():

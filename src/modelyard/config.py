@@ -291,6 +291,7 @@ class Config(_Strict):
     nodes: dict[str, Node] = Field(default_factory=lambda: {LOCAL_NODE: Node()})
     models: dict[str, Model] = Field(default_factory=dict)
     source: Path | None = Field(None, exclude=True)
+    warnings: list[str] = Field(default_factory=list, exclude=True)  # filled by the loader
 
     @field_validator("listen", mode="before")
     @classmethod
@@ -397,12 +398,16 @@ def parse_config(text: str, filename: str, environ: Mapping[str, str]) -> Config
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_issues_from(exc, lines, filename)) from exc
-    problems = cross_check(config)
-    if problems:
-        raise ConfigError(
-            [ConfigIssue(filename, _line(lines, p), _dotted(p), m) for p, m in problems]
-        )
-    return _rooted(config, Path(filename))
+    from modelyard.estimate import placement_problems  # estimate builds on this module
+
+    problems = [(p, m, True) for p, m in cross_check(config)]
+    if not problems:
+        problems = placement_problems(config)
+    fatal = [ConfigIssue(filename, _line(lines, p), _dotted(p), m) for p, m, f in problems if f]
+    if fatal:
+        raise ConfigError(fatal)
+    notes = [str(ConfigIssue(filename, _line(lines, p), _dotted(p), m)) for p, m, _ in problems]
+    return _rooted(config.model_copy(update={"warnings": notes}), Path(filename))
 
 
 def _line(lines: dict[tuple[str | int, ...], int], path: tuple[str | int, ...]) -> int | None:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from modelyard.config import Config, LlamaCppModel
-from modelyard.placement import Gpu, Need, split
+from modelyard.placement import Gpu, Need, slow_link, split
 from modelyard.units import format_bytes
 
 KV_BYTES = 2  # f16 cache, llama.cpp's default
@@ -86,3 +86,37 @@ def need_for(config: Config, name: str, node_gpus: Sequence[Gpu], facts: GgufFac
         how = est.how.replace("+ overhead 0 B", f"+ {format_bytes(overhead)} per GPU")
         return Need(node, {i: b + overhead for i, b in per_gpu.items()}, moe, how)
     return Need(node, dict.fromkeys(gpus, 0), moe, "unknown: declare `memory` to have it checked")
+
+
+def placement_problems(config: Config) -> list[tuple[tuple[str | int, ...], str, bool]]:
+    """What the config alone shows about placement on declared GPUs: (path, message, fatal).
+
+    A need that exceeds a declared GPU can never be met; an MoE model across a slow link is
+    refused or warned about, as ``placement.moe_on_slow_link`` says.
+    """
+    problems: list[tuple[tuple[str | int, ...], str, bool]] = []
+    for name in config.models:
+        node = config.nodes.get(config.node_of(name))
+        if node is None or not isinstance(node.gpus, list):
+            continue  # NVML nodes are checked when they start a model
+        gpus = [
+            Gpu(config.node_of(name), g.index, g.name, g.memory, 0, g.pcie_gen, g.pcie_width)
+            for g in node.gpus
+        ]
+        need = need_for(config, name, gpus, None)
+        for gpu in gpus:
+            wanted = need.per_gpu.get(gpu.index, 0)
+            if wanted > gpu.total - node.reserve:
+                problems.append(
+                    (
+                        ("models", name),
+                        f"needs {format_bytes(wanted)} on GPU {gpu.index} ({gpu.name}), which has "
+                        f"{format_bytes(gpu.total - node.reserve)} for models: it can never start",
+                        True,
+                    )
+                )
+        link = slow_link(need, gpus, config.placement.slow_link_width)
+        if link:
+            fatal = config.placement.moe_on_slow_link == "refuse"
+            problems.append((("models", name, "gpus"), link, fatal))
+    return problems

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from modelyard.config import Node
 from modelyard.placement import Gpu
+
+if TYPE_CHECKING:  # read_nvml runs without the config's dependencies
+    from modelyard.config import Node
 
 
 def read_nvml(node: str) -> list[Gpu] | None:
