@@ -1179,11 +1179,8 @@ def test_config_check_knows_what_can_never_fit(
 
 
 def test_moe_on_slow_link_can_be_only_a_warning() -> None:
-    text = (
-        NEED_CONFIG.split("models:")[0].replace(
-            "placement:\n", "placement:\n  moe_on_slow_link: warn\n"
-        )
-        + "models:\n  m: {engine: llama.cpp, weights: m.gguf, gpus: [0, 1], memory: 16GiB, moe: true}\n"
-    )
-    config = parse_config(text, "/etc/modelyard/test.yaml", {})
+    head = NEED_CONFIG.split("models:")[0]
+    head = head.replace("placement:\n", "placement:\n  moe_on_slow_link: warn\n")
+    model = "  m: {engine: llama.cpp, weights: m.gguf, gpus: [0, 1], memory: 16GiB, moe: true}\n"
+    config = parse_config(head + "models:\n" + model, "/etc/modelyard/test.yaml", {})
     assert len(config.warnings) == 1 and "PCIe 3.0 x4" in config.warnings[0]
