@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from modelyard.config import ConfigError, Model, OllamaModel, VllmModel, parse_config
-from modelyard.engines import engine_for
+from modelyard.config import ConfigError, LlamaCppModel, Model, OllamaModel, VllmModel, parse_config
+from modelyard.engines import Launch, engine_for
 from modelyard.engines.ollama import OllamaEngine, keep_alive_value
 from modelyard.engines.vllm import VllmEngine
 from modelyard.supervisor import StartError
@@ -353,3 +353,48 @@ def test_stub_bodies_are_plain_json() -> None:
     # keep_alive and options must survive a JSON round trip exactly as Ollama reads them.
     body = ollama("engine: ollama\nmodel: x\nnum_ctx: 2048").load_body()
     assert json.loads(json.dumps(body)) == body
+
+
+def _llama(extra: str) -> Launch:
+    from modelyard.engines.llamacpp import LlamaCppEngine
+
+    text = (
+        "nodes:\n  a:\n    gpus: [{index: 0, memory: 12GiB}, {index: 1, memory: 12GiB}]\n"
+        f"models:\n  m:\n    engine: llama.cpp\n    weights: /m.gguf\n{extra}"
+    )
+    model = parse_config(text, "f.yaml", {}).models["m"]
+    assert isinstance(model, LlamaCppModel)
+    return LlamaCppEngine(model, "/bin/true", "10.0.0.5").launch(8123)  # any executable
+
+
+@pytest.mark.parametrize(
+    ("extra", "argv_has", "env"),
+    [
+        pytest.param("    gpus: [1]\n", [], {"CUDA_VISIBLE_DEVICES": "1"}, id="one GPU"),
+        pytest.param(
+            "    gpus: [0, 1]\n    tensor_split: [1, 3]\n",
+            ["--tensor-split", "1,3"],
+            {"CUDA_VISIBLE_DEVICES": "0,1"},
+            id="split across two",
+        ),
+        pytest.param(
+            "    gpus: []\n", ["--n-gpu-layers", "0"], {"CUDA_VISIBLE_DEVICES": ""}, id="CPU only"
+        ),
+        pytest.param("", [], {}, id="not placed: the engine decides"),
+    ],
+)
+def test_llamacpp_gets_its_gpus(extra: str, argv_has: list[str], env: dict[str, str]) -> None:
+    launch = _llama(extra)
+    argv = launch.argv
+    assert argv[:7] == [
+        "/bin/true",
+        "--model",
+        "/m.gguf",
+        "--host",
+        "10.0.0.5",
+        "--port",
+        "8123",
+    ]
+    joined = " ".join(argv)
+    assert " ".join(argv_has) in joined
+    assert launch.env == env

@@ -20,6 +20,17 @@ class Launch:
     health_path: str = "/health"
 
 
+def gpu_env(gpus: list[int] | None, none: str = "") -> dict[str, str]:
+    """``CUDA_VISIBLE_DEVICES`` for a model placed on ``gpus``; ``[]`` (CPU only) hides all.
+
+    ``None`` (not placed) leaves the variable alone. ``none`` is what hides every GPU for
+    this engine: the empty string for CUDA programs, ``-1`` for Ollama.
+    """
+    if gpus is None:
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus) if gpus else none}
+
+
 @dataclass(frozen=True)
 class Upstream:
     """Where requests for a ready instance go."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 from modelyard.config import CommandModel
-from modelyard.engines.base import Engine, Launch, Upstream
+from modelyard.engines.base import Engine, Launch, Upstream, gpu_env
 
 
 class CommandEngine(Engine):
@@ -23,7 +23,8 @@ class CommandEngine(Engine):
 
     def launch(self, port: int) -> Launch:
         argv = [part.replace("{port}", str(port)) for part in self.model.command]
-        return Launch(argv, dict(self.model.env), self.model.cwd, self.model.health_path)
+        env = {**self.model.env, **gpu_env(self.model.gpus)}
+        return Launch(argv, env, self.model.cwd, self.model.health_path)
 
     def upstream(self, port: int) -> Upstream:
         return Upstream(f"http://{self.host}:{port}/v1", self.model.upstream_model)

@@ -7,7 +7,7 @@ import shutil
 from functools import cache
 
 from modelyard.config import LlamaCppModel
-from modelyard.engines.base import Engine, Launch, Upstream
+from modelyard.engines.base import Engine, Launch, Upstream, gpu_env
 
 
 @cache
@@ -54,8 +54,12 @@ class LlamaCppEngine(Engine):
         argv += ["--alias", m.name, "--parallel", str(m.parallel)]
         if m.context is not None:
             argv += ["--ctx-size", str(m.context)]
+        if m.gpus == []:
+            argv += ["--n-gpu-layers", "0"]  # placed on the CPU
+        if m.tensor_split:
+            argv += ["--tensor-split", ",".join(f"{w:g}" for w in m.tensor_split)]
         argv += m.args
-        return Launch(argv, dict(m.env), None, "/health")
+        return Launch(argv, {**m.env, **gpu_env(m.gpus)}, None, "/health")
 
     def upstream(self, port: int) -> Upstream:
         # --alias makes llama-server answer with our model name: no rewrite on the hot path.

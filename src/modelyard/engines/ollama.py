@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 
 from modelyard.config import OllamaModel
-from modelyard.engines.base import Engine, Launch, Upstream
+from modelyard.engines.base import Engine, Launch, Upstream, gpu_env
 
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 
@@ -52,9 +52,7 @@ class OllamaEngine(Engine):
         env["OLLAMA_KEEP_ALIVE"] = m.keep_alive
         if m.num_ctx is not None:
             env["OLLAMA_CONTEXT_LENGTH"] = str(m.num_ctx)
-        if m.gpus is not None:
-            # Ollama's documented way to ignore every GPU is an invalid id such as -1.
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in m.gpus) if m.gpus else "-1"
+        env.update(gpu_env(m.gpus, none="-1"))  # Ollama ignores every GPU given an invalid id
         if m.models_dir is not None:
             env["OLLAMA_MODELS"] = str(m.models_dir)
         return Launch([m.binary, "serve"], env, None, "/")

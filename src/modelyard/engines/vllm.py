@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 from modelyard.config import VllmModel
-from modelyard.engines.base import Engine, Launch, Upstream
+from modelyard.engines.base import Engine, Launch, Upstream, gpu_env
 
 _TENSOR_PARALLEL = ("--tensor-parallel-size", "-tp")
 
@@ -37,10 +37,7 @@ class VllmEngine(Engine):
         if m.gpus and len(m.gpus) > 1 and not _has_flag(m.args, _TENSOR_PARALLEL):
             argv += ["--tensor-parallel-size", str(len(m.gpus))]
         argv += m.args
-        env = dict(m.env)
-        if m.gpus is not None:
-            # [] hides every GPU: the model was placed on the CPU, so it must not take one.
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in m.gpus)
+        env = {**m.env, **gpu_env(m.gpus)}
         return Launch(argv, env, None, "/health")
 
     def upstream(self, port: int) -> Upstream:
