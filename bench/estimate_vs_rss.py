@@ -1,7 +1,9 @@
 """modelyard's memory estimate for a GGUF vs the resident memory of the running llama-server.
 
 On a machine without a GPU, the resident set (VmRSS) of llama-server on the CPU stands in
-for VRAM. For each context and parallel setting, with and without ``--no-mmap``: start
+for VRAM. For each context and parallel setting, with mmap and without (``--load-mode none``, this
+build's replacement for ``--no-mmap``, so that the weights are read into anonymous memory and
+count as resident for sure): start
 llama-server on loopback, wait for /health 200, send one short chat completion (so the
 compute buffers are allocated and used), read VmRSS / RssAnon / RssFile from
 /proc/PID/status, and stop the server. The estimate is ``estimate_gguf(facts, context,
@@ -43,6 +45,7 @@ BODY = {
 _KV_SIZE = re.compile(
     r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers,\s*(\d+)/(\d+) seqs\)"
 )
+_LOAD_MODE = re.compile(r"load_mode = (\S+?)\)")
 _BUFFER = re.compile(r"(\S+)\s+(model|compute|output) buffer size =\s*([\d.]+) MiB")
 
 
@@ -58,6 +61,7 @@ class Run:
     rss_file: int
     vm_hwm: int
     kv_reported: float  # MiB, sum of llama.cpp's KV cache lines
+    load_mode: str  # as llama-server logs it
     kv_lines: tuple[str, ...]  # "48.00 MiB (4096 cells, 3 layers, 4/4 seqs)"
     buffers: tuple[str, ...]  # "CPU compute 23.28 MiB"
 
@@ -100,7 +104,8 @@ def measure(
     argv = [binary, "-m", str(weights), "--ctx-size", str(context), "--parallel", str(parallel)]
     argv += ["--threads", "2", "--host", "127.0.0.1", "--port", str(port), "-lv", "4"]
     if not mmap:
-        argv.append("--no-mmap")
+        # This llama-server build has no --no-mmap; --load-mode none is its replacement.
+        argv += ["--load-mode", "none"]
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -124,6 +129,7 @@ def measure(
         log.seek(0)
         text = log.read().decode("utf-8", "replace")
     kv = _KV_SIZE.findall(text)
+    mode = _LOAD_MODE.search(text)
     kv_lines = tuple(f"{m} MiB ({c} cells, {n} layers, {s}/{t} seqs)" for m, c, n, s, t in kv)
     buffers = tuple(dict.fromkeys(f"{b} {k} {m} MiB" for b, k, m in _BUFFER.findall(text)))
     est = estimate_gguf(facts, context, overhead=0)
@@ -138,6 +144,7 @@ def measure(
         rss_file=status.get("RssFile", 0),
         vm_hwm=status.get("VmHWM", 0),
         kv_reported=sum(float(m) for m, *_ in kv),
+        load_mode=mode.group(1) if mode else "?",
         kv_lines=kv_lines,
         buffers=buffers,
     )
@@ -207,7 +214,8 @@ def main() -> None:
     print("\nllama-server's own log lines (KV cache; model, output and compute buffers):\n")
     for r in runs:
         head = f"ctx {r.context}, parallel {r.parallel}, {'mmap' if r.mmap else 'no-mmap'}"
-        print(f"- {head}: KV " + " + ".join(r.kv_lines) + "; " + ", ".join(r.buffers))
+        kv = " + ".join(r.kv_lines)
+        print(f"- {head} (load_mode {r.load_mode}): KV {kv}; " + ", ".join(r.buffers))
 
 
 if __name__ == "__main__":

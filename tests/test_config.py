@@ -203,10 +203,26 @@ def test_split_listen(value: str, expected: tuple[str, int]) -> None:
     assert split_listen(value) == expected
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "s1-variet.yaml", "s5-single-active.yaml"])
-def test_examples_validate(name: str) -> None:
-    cfg = load_config(EXAMPLES / name, environ={})
-    assert cfg.models
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_validate(path: Path) -> None:
+    cfg = load_config(path, environ={"GAMER_AGENT_TOKEN": "t"})
+    assert cfg.models and cfg.warnings == []
+
+
+def test_s4_shares_fit_one_gpu_together() -> None:
+    from modelyard.estimate import need_for
+    from modelyard.gpus import inventory
+    from modelyard.placement import Inventory, Resident, plan_eviction
+
+    cfg = load_config(EXAMPLES / "s4-split-gpu.yaml", environ={})
+    gpus = inventory("rtx-pro", cfg.nodes["rtx-pro"])
+    inv = Inventory({(g.node, g.index): g for g in gpus})
+    coder = need_for(cfg, "coder", gpus, None)
+    running = {"coder": Resident("coder", True, None, coder)}
+    assert (
+        plan_eviction("general", None, running, need_for(cfg, "general", gpus, None), inv).explain()
+        == "general starts beside what runs"
+    )
 
 
 def test_s1_tiers_share_one_swap_group() -> None:
