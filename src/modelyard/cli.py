@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -100,11 +101,7 @@ def _is_ip(host: str) -> bool:
 @app.command()
 def nodes(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """The nodes: mode, reachability and GPUs."""
-    data = _call("GET", url, "/admin/nodes")
-    if as_json:
-        print(json.dumps(data, indent=2))
-        return
-    _nodes_table(data["nodes"])
+    _show(url, "/admin/nodes", as_json, lambda data: _nodes_table(data["nodes"]))
 
 
 def _nodes_table(rows: list[dict[str, Any]]) -> None:
@@ -222,11 +219,16 @@ def status(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
 @app.command()
 def ps(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """The models and the state of their instances."""
-    data = _call("GET", url, "/admin/models")
+    _show(url, "/admin/models", as_json, lambda data: _models_table(data["models"]))
+
+
+def _show(url: str, path: str, as_json: bool, render: Callable[[Any], None]) -> None:
+    """GET ``path`` and print it: as JSON for scripts, else as ``render`` lays it out."""
+    data = _call("GET", url, path)
     if as_json:
         print(json.dumps(data, indent=2))
-        return
-    _models_table(data["models"])
+    else:
+        render(data)
 
 
 def _models_table(models: list[dict[str, Any]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,13 @@ class Launch:
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     health_path: str = "/health"
+
+
+def missing_program(program: str, hint: str) -> str | None:
+    """Why ``program`` cannot run (not on PATH, not an executable path), or None."""
+    if shutil.which(program) is not None:
+        return None
+    return f"{program!r} not found: not on PATH and not an executable path ({hint})"
 
 
 def gpu_env(gpus: list[int] | None, none: str = "") -> dict[str, str]:

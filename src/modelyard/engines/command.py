@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
-
 from modelyard.config import CommandModel
-from modelyard.engines.base import Engine, Launch, Upstream, gpu_env
+from modelyard.engines.base import Engine, Launch, Upstream, gpu_env, missing_program
 
 
 class CommandEngine(Engine):
@@ -16,10 +14,7 @@ class CommandEngine(Engine):
         self.model = model
 
     def problem(self) -> str | None:
-        program = self.model.command[0]
-        if shutil.which(program) is None:
-            return f"command not found: {program!r} (not on PATH and not an executable path)"
-        return None
+        return missing_program(self.model.command[0], "check `command`")
 
     def launch(self, port: int) -> Launch:
         argv = [part.replace("{port}", str(port)) for part in self.model.command]

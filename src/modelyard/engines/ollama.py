@@ -8,13 +8,12 @@ before the daemon is stopped the same call with ``keep_alive: 0`` unloads it.
 from __future__ import annotations
 
 import re
-import shutil
 from typing import Any
 
 import aiohttp
 
 from modelyard.config import OllamaModel
-from modelyard.engines.base import Engine, Launch, Upstream, gpu_env
+from modelyard.engines.base import Engine, Launch, Upstream, gpu_env, missing_program
 
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 
@@ -36,12 +35,7 @@ class OllamaEngine(Engine):
         self.model = model
 
     def problem(self) -> str | None:
-        if shutil.which(self.model.binary) is None:
-            return (
-                f"ollama not found: {self.model.binary!r} is not on PATH and not an executable "
-                "path (install Ollama, or set `binary`)"
-            )
-        return None
+        return missing_program(self.model.binary, "install Ollama, or set `binary`")
 
     def launch(self, port: int) -> Launch:
         m = self.model

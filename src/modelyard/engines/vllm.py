@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
-
 from modelyard.config import VllmModel
-from modelyard.engines.base import Engine, Launch, Upstream, gpu_env
+from modelyard.engines.base import Engine, Launch, Upstream, gpu_env, missing_program
 
 _TENSOR_PARALLEL = ("--tensor-parallel-size", "-tp")
 
@@ -18,12 +16,7 @@ class VllmEngine(Engine):
         self.model = model
 
     def problem(self) -> str | None:
-        if shutil.which(self.model.binary) is None:
-            return (
-                f"vllm not found: {self.model.binary!r} is not on PATH and not an executable "
-                "path (pip install vllm, or set `binary`)"
-            )
-        return None
+        return missing_program(self.model.binary, "pip install vllm, or set `binary`")
 
     def launch(self, port: int) -> Launch:
         m = self.model
