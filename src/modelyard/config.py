@@ -67,6 +67,7 @@ class ModelBase(_Strict):
     memory: Bytes | None = Field(None, description="Declared memory need, over all its GPUs.")
     memory_share: float | None = Field(None, gt=0, le=1, description="Share of each GPU's memory.")
     moe: bool | None = Field(None, description="Mixture of experts; default: read from the GGUF.")
+    manual_only: bool = Field(False, description="Reached only when a client names it.")
 
     @model_validator(mode="after")
     def _split_matches_gpus(self) -> ModelBase:
@@ -280,6 +281,53 @@ class Placement(_Strict):
     moe_on_slow_link: Literal["refuse", "warn"] = "refuse"
 
 
+class Condition(_Strict):
+    """What a request must show for a rule to hold; every key given must hold."""
+
+    header: dict[str, str] | None = None  # names and values compared case-insensitively
+    model: list[str] | None = None  # the name the client asked for
+    tag: str | None = None  # regex on the last user message; removed before forwarding
+    last_message: str | None = None  # regex on the last user message
+    tokens_over: int | None = Field(None, ge=0)
+    tokens_under: int | None = Field(None, ge=0)
+    tools: bool | None = None
+    images: bool | None = None
+    node_mode: dict[str, str] | None = None  # {node: mode}: the node is in that mode now
+    reachable: str | None = None  # a model whose node answers (and, remote, whose URL does)
+    unreachable: str | None = None
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("tag", "last_message")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
+
+
+class Rule(Condition):
+    """One step of the policy: when its conditions hold, what to do."""
+
+    name: str
+    any: list[Condition] | None = Field(None, description="At least one of these holds.")
+    use: str | None = Field(None, description="A tier or model: routing stops here.")
+    force: bool = Field(False, description="The request may enter gated nodes.")
+    forbid: list[str] = Field(default_factory=list, description="Models this request may not use.")
+
+    @model_validator(mode="after")
+    def _does_something(self) -> Rule:
+        if self.use is None and not self.forbid and not self.force:
+            raise ValueError("a rule needs `use`, `forbid` or `force`")
+        return self
+
+
 class Config(_Strict):
     """The whole file."""
 
@@ -290,6 +338,8 @@ class Config(_Strict):
     placement: Placement = Field(default_factory=Placement)
     nodes: dict[str, Node] = Field(default_factory=lambda: {LOCAL_NODE: Node()})
     models: dict[str, Model] = Field(default_factory=dict)
+    tiers: dict[str, list[str]] = Field(default_factory=dict)
+    policy: list[Rule] = Field(default_factory=list)
     source: Path | None = Field(None, exclude=True)
     warnings: list[str] = Field(default_factory=list, exclude=True)  # filled by the loader
 
@@ -318,6 +368,20 @@ class Config(_Strict):
         node = self.models[model].node or self.local_node
         assert node is not None, "validated: every model has a node"
         return node
+
+    def tier_models(self, tier: str, seen: tuple[str, ...] = ()) -> list[str]:
+        """The models of ``tier`` in order, nested tiers flattened; raises on a loop."""
+        if tier in seen:
+            raise ValueError(f"tiers loop: {' -> '.join((*seen, tier))}")
+        out: list[str] = []
+        for member in self.tiers.get(tier, []):
+            names = (
+                self.tier_models(member, (*seen, tier))
+                if member in self.tiers
+                else [m.name for m in [self.resolve(member)] if m is not None]
+            )
+            out += [n for n in names if n not in out]
+        return out
 
     def resolve(self, name: str) -> Model | None:
         """The model a client means by ``name`` (its name or an alias)."""
@@ -416,6 +480,43 @@ def _line(lines: dict[tuple[str | int, ...], int], path: tuple[str | int, ...]) 
     return lines.get(path)
 
 
+def _policy_problems(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
+    """Tiers and rules may name only what exists; tiers may not loop."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for tier, members in config.tiers.items():
+        if config.resolve(tier) is not None:
+            problems.append((("tiers", tier), f"{tier!r} is already a model name or alias"))
+        for i, member in enumerate(members):
+            if member not in config.tiers and config.resolve(member) is None:
+                problems.append((("tiers", tier, i), f"{member!r} is neither a model nor a tier"))
+        try:
+            config.tier_models(tier)
+        except ValueError as exc:
+            problems.append((("tiers", tier), str(exc)))
+    for i, rule in enumerate(config.policy):
+        where: tuple[str | int, ...] = ("policy", i)
+        if (
+            rule.use is not None
+            and rule.use not in config.tiers
+            and config.resolve(rule.use) is None
+        ):
+            problems.append(((*where, "use"), f"{rule.use!r} is neither a model nor a tier"))
+        for name in rule.forbid:
+            if config.resolve(name) is None:
+                problems.append(((*where, "forbid"), f"{name!r} is not a model"))
+        for cond in [rule, *(rule.any or [])]:
+            for node, mode in (cond.node_mode or {}).items():
+                if node not in config.nodes:
+                    problems.append((where, f"node {node!r} does not exist"))
+                elif mode not in config.nodes[node].modes:
+                    modes = ", ".join(config.nodes[node].modes)
+                    problems.append((where, f"node {node} has no mode {mode!r} ({modes})"))
+            for named in (cond.reachable, cond.unreachable):
+                if named is not None and config.resolve(named) is None:
+                    problems.append((where, f"{named!r} is not a model"))
+    return problems
+
+
 def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
     """What each part may be on its own but not together: names, nodes, GPU indices."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
@@ -437,6 +538,7 @@ def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
                 f"nodes {', '.join(locals_)} have no url; only the gateway's own node may lack one",
             )
         )
+    problems += _policy_problems(config)
     for name, model in config.models.items():
         node_name = model.node or config.local_node
         if node_name is None:

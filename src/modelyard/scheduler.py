@@ -279,11 +279,16 @@ class Scheduler:
     # -- requests ---------------------------------------------------------------------------
 
     async def acquire(
-        self, model: str, no_swap: bool = False, timeout: float | None = None, admin: bool = False
+        self,
+        model: str,
+        no_swap: bool = False,
+        timeout: float | None = None,
+        admin: bool = False,
+        force: bool = False,
     ) -> Instance:
         """Wait until ``model`` is ready and take a place on it; raises Refused."""
         future: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(next(self._ids), model, time.monotonic(), no_swap, admin=admin)
+        waiter = Waiter(next(self._ids), model, time.monotonic(), no_swap, admin, force)
         entry = _Waiter(waiter, future, admin)
         self._waiters.append(entry)
         self._kick()
@@ -345,6 +350,15 @@ class Scheduler:
     async def _until(self, done: Callable[[], bool]) -> None:
         while not done():
             await self._changed.wait()
+
+    def unavailable(self) -> dict[str, str]:
+        """Models that failed and may not be tried now, with why (routing skips them)."""
+        now = time.monotonic()
+        out = {}
+        for name, inst in self.instances.items():
+            if inst.state is State.FAILED and (inst.retry_at is None or inst.retry_at > now):
+                out[name] = f"failed: {inst.error}"
+        return out
 
     def progress(self, inst: Instance) -> float | None:
         """Share of the expected load time that has passed, from this model's last loads."""

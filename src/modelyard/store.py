@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import statistics
 import time
@@ -25,6 +26,18 @@ CREATE TABLE IF NOT EXISTS events (
     seconds REAL
 );
 CREATE INDEX IF NOT EXISTS events_model ON events(model, event, at);
+CREATE TABLE IF NOT EXISTS decisions (
+    id TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    asked TEXT NOT NULL,
+    rule TEXT,
+    model TEXT,
+    node TEXT,
+    status INTEGER,
+    degraded TEXT,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_at ON decisions(at);
 CREATE TABLE IF NOT EXISTS node_modes (
     node TEXT PRIMARY KEY,
     mode TEXT NOT NULL,
@@ -58,6 +71,7 @@ class Store:
         # Request rows are written from a worker thread, through a connection of their own.
         self._writer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._pending: list[tuple[Any, ...]] = []
+        self._decisions: list[tuple[Any, ...]] = []
         self._load_cache: dict[str, float | None] = {}
         self._flusher: asyncio.Task[None] | None = None
 
@@ -119,7 +133,43 @@ class Store:
             (time.time(), model, instance, endpoint, status, int(stream), wait_s, duration_s, error)
         )
 
+    def decision(
+        self,
+        id: str,
+        asked: str,
+        rule: str | None,
+        model: str | None,
+        node: str | None,
+        status: int,
+        degraded: str | None,
+        body: dict[str, Any],
+    ) -> None:
+        """Queue one routing decision with its whole trail; written off the event loop."""
+        self._decisions.append(
+            (id, time.time(), asked, rule, model, node, status, degraded, json.dumps(body))
+        )
+
+    def decisions(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest decisions, newest first (pending ones are written first)."""
+        self.flush()
+        rows = self.db.execute(
+            "SELECT body FROM decisions ORDER BY at DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def decision_by_id(self, id: str) -> dict[str, Any] | None:
+        self.flush()
+        row = self.db.execute("SELECT body FROM decisions WHERE id = ?", (id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
     def flush(self) -> None:
+        decided, self._decisions = self._decisions, []
+        if decided:
+            self._writer.executemany(
+                "INSERT OR REPLACE INTO decisions(id, at, asked, rule, model, node, status, "
+                "degraded, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                decided,
+            )
         rows, self._pending = self._pending, []
         if rows:
             self._writer.executemany(

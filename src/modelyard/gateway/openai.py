@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -12,9 +14,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from modelyard.gateway.errors import error_response
-from modelyard.gateway.proxy import forward
+from modelyard.gateway.proxy import UpstreamUnavailable, forward
 from modelyard.gateway.state import Gateway
-from modelyard.scheduler import Refused
+from modelyard.routing import AUTO, Decision, features, route, strip_tags
+from modelyard.scheduler import Instance, Refused
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -44,60 +47,177 @@ async def _proxy(request: Request, path: str) -> Response:
     if isinstance(parsed, Response):
         return parsed
     body, asked = parsed
-    model = gw.config.resolve(asked)
-    if model is None:
-        return error_response(
-            404,
-            f"model {asked!r} does not exist; known models: {', '.join(gw.known_names())}",
-            code="model_not_found",
-            param="model",
-        )
+    decision = route(gw.config, features(body, request.headers), gw.cluster())
+    if decision.target is None:
+        return _no_target(gw, asked)
+    if decision.strip:
+        body = strip_tags(body, decision.strip)
     stream = body.get("stream") is True
     no_swap = request.headers.get("x-modelyard-no-swap", "").lower() in _TRUE
-    try:
-        inst = await gw.scheduler.acquire(model.name, no_swap, timeout=gw.wait_timeout(model.name))
-    except Refused as exc:
-        gw.store.request(
-            model.name, None, path, exc.status, stream, None, time.monotonic() - began, exc.reason
-        )
-        headers = {"x-modelyard-model": model.name}
-        if exc.retry_after is not None:
-            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-        code = "swap_refused" if exc.status == 409 else "model_unavailable"
-        return error_response(exc.status, exc.reason, code=code, headers=headers)
-    waited = time.monotonic() - began
-    upstream = inst.upstream
-    assert upstream is not None, "a granted instance is ready"
-    if upstream.model and body.get("model") != upstream.model:
-        body["model"] = upstream.model  # the one change the forwarded body may need
-        raw = orjson.dumps(body)
-    released = False
+    attempt = Attempt(gw, decision, path, stream, began)
+    for name in decision.candidates:
+        try:
+            inst = await gw.scheduler.acquire(
+                name, no_swap, timeout=gw.wait_timeout(name), force=decision.forced
+            )
+        except Refused as exc:
+            attempt.turned_down(name, exc.status, exc.reason, exc.retry_after)
+            continue
+        upstream = inst.upstream
+        assert upstream is not None, "a granted instance is ready"
+        forwarded = {**body, "model": upstream.model} if upstream.model else body
+        data = raw if forwarded is body and not decision.strip else orjson.dumps(forwarded)
+        try:
+            return await forward(
+                gw.session,
+                upstream,
+                path,
+                data,
+                stream=stream,
+                asked_model=name,
+                headers=attempt.headers(name, inst.id),
+                done=attempt.done(name, inst),
+            )
+        except UpstreamUnavailable as exc:
+            attempt.turned_down(name, 502, str(exc), None)
+        except BaseException:
+            attempt.done(name, inst)(499, "client went away before the answer started")
+            raise
+    return attempt.refusal()
 
-    def done(status: int, error: str | None) -> None:
-        nonlocal released
-        if released:
-            return
-        released = True
-        gw.scheduler.release(inst)
-        gw.store.request(
-            model.name, inst.id, path, status, stream, waited, time.monotonic() - began, error
-        )
 
-    headers = {"x-modelyard-model": model.name, "x-modelyard-instance": inst.id}
-    try:
-        return await forward(
-            gw.session,
-            upstream,
+class Attempt:
+    """One request's way through its Decision's candidates, and what it leaves in the log."""
+
+    def __init__(
+        self, gw: Gateway, decision: Decision, path: str, stream: bool, began: float
+    ) -> None:
+        self.gw, self.decision, self.path, self.stream, self.began = (
+            gw,
+            decision,
             path,
-            raw,
-            stream=stream,
-            asked_model=asked,
-            headers=headers,
-            done=done,
+            stream,
+            began,
         )
-    except BaseException:
-        done(499, "client went away before the answer started")
-        raise
+        self.id = uuid.uuid4().hex[:16]
+        self.hops: list[dict[str, Any]] = []
+        self.last: tuple[int, str, float | None] = (503, "no candidate", None)
+
+    def turned_down(self, name: str, status: int, reason: str, retry: float | None) -> None:
+        self.hops.append({"model": name, "status": status, "why": reason})
+        self.last = (status, reason, retry)
+
+    def degraded(self) -> str | None:
+        if not self.hops:
+            return None
+        first = self.hops[0]
+        return f"{first['model']}: {first['why']}"[:300]
+
+    def headers(self, name: str, instance: str) -> dict[str, str]:
+        out = {
+            "x-modelyard-decision": self.id,
+            "x-modelyard-model": name,
+            "x-modelyard-node": self.gw.config.node_of(name),
+            "x-modelyard-instance": instance,
+        }
+        if self.decision.rule:
+            out["x-modelyard-rule"] = self.decision.rule
+        degraded = self.degraded()
+        if degraded:
+            out["x-modelyard-degraded"] = degraded.encode("ascii", "replace").decode()
+        return out
+
+    def done(self, name: str, inst: Instance) -> Callable[[int, str | None], None]:
+        released = False
+        waited = time.monotonic() - self.began
+
+        def finish(status: int, error: str | None) -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self.gw.scheduler.release(inst)
+            self.gw.store.request(
+                name,
+                inst.id,
+                self.path,
+                status,
+                self.stream,
+                waited,
+                time.monotonic() - self.began,
+                error,
+            )
+            if status == 502 and error and "upstream" in error:
+                return  # the next candidate writes the decision
+            self.log(name, status)
+
+        return finish
+
+    def log(self, model: str | None, status: int) -> None:
+        body = {
+            "id": self.id,
+            **self.decision.as_dict(),
+            "served_by": model,
+            "status": status,
+            "hops": self.hops,
+            "degraded": self.degraded(),
+        }
+        node = self.gw.config.node_of(model) if model else None
+        self.gw.store.decision(
+            self.id,
+            self.decision.asked,
+            self.decision.rule,
+            model,
+            node,
+            status,
+            self.degraded(),
+            body,
+        )
+
+    def refusal(self) -> Response:
+        status, reason, retry = self.last
+        if not self.decision.candidates:
+            status, reason = 503, "every candidate was turned down"
+        self.log(None, status)
+        self.gw.store.request(
+            self.decision.target or self.decision.asked,
+            None,
+            self.path,
+            status,
+            self.stream,
+            None,
+            time.monotonic() - self.began,
+            reason,
+        )
+        headers = {"x-modelyard-decision": self.id}
+        if self.decision.rule:
+            headers["x-modelyard-rule"] = self.decision.rule
+        if retry is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(retry)))
+        code = "swap_refused" if status == 409 else "model_unavailable"
+        message = (
+            reason
+            if len(self.decision.trail) <= 1 and self.hops
+            else (f"{reason} (decision {self.id}: {self.decision.summary()})")
+        )
+        return error_response(status, message, code=code, headers=headers)
+
+
+def _no_target(gw: Gateway, asked: str) -> Response:
+    if asked == AUTO:
+        return error_response(
+            400,
+            "`auto` needs a policy rule with `use` that holds for this request; none did",
+            param="model",
+            code="no_route",
+        )
+    names = [*gw.known_names(), *gw.config.tiers]
+    return error_response(
+        404,
+        f"model {asked!r} does not exist; known models and tiers: {', '.join(names)}",
+        code="model_not_found",
+        param="model",
+    )
 
 
 def _parse(raw: bytes, gw: Gateway) -> tuple[dict[str, Any], str] | Response:

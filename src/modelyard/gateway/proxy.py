@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from modelyard.engines import Upstream
-from modelyard.gateway.errors import error_response, sse_error
+from modelyard.gateway.errors import sse_error
 
 # Hop-by-hop, length and CORS headers are the gateway's own business, not the upstream's.
 _DROP = {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
@@ -26,6 +26,10 @@ def new_session() -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream failed before the client got a byte: the next candidate may serve."""
 
 
 class Renamer:
@@ -65,9 +69,7 @@ async def forward(
         resp = await session.post(url, data=body, headers=send_headers)
     except (aiohttp.ClientError, OSError) as exc:
         await _call(done, 502, f"upstream unreachable: {exc}")
-        return error_response(
-            502, f"the model server did not answer: {exc}", code="upstream_error", headers=headers
-        )
+        raise UpstreamUnavailable(f"the model server did not answer: {exc}") from exc
     out_headers = {
         k: v
         for k, v in resp.headers.items()
@@ -86,12 +88,8 @@ async def forward(
         except (TimeoutError, aiohttp.ClientError) as exc:
             resp.release()
             await _call(done, 502, f"upstream failed mid-answer: {exc}")
-            return error_response(
-                502,
-                f"the model server failed while answering: {exc}",
-                code="upstream_error",
-                headers=headers,
-            )
+            # Nothing reached the client yet: another candidate may still answer.
+            raise UpstreamUnavailable(f"the model server failed while answering: {exc}") from exc
         resp.release()
         if renamer is not None:
             data = renamer.feed(data) + renamer.end()

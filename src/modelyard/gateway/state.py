@@ -10,9 +10,10 @@ from typing import Any
 import aiohttp
 
 from modelyard import __version__
-from modelyard.config import Config
+from modelyard.config import Config, RemoteModel
 from modelyard.gateway.proxy import new_session
 from modelyard.nodes import LocalNode, NodeHandle, RemoteNode
+from modelyard.routing import Cluster
 from modelyard.scheduler import Scheduler
 from modelyard.store import Store
 from modelyard.supervisor import StartError, Supervisor, describe_exit
@@ -39,6 +40,7 @@ class Gateway:
                 self.nodes[name] = RemoteNode(
                     name, config, self.scheduler.on_exit, self.scheduler.on_gone
                 )
+        self.remote_down: dict[str, str] = {}  # remote model → why its URL is not answering
         self.started = time.time()
         self._poller: asyncio.Task[None] | None = None
 
@@ -50,16 +52,50 @@ class Gateway:
     async def open(self) -> None:
         self.session = new_session()
         self.store.start_flusher()
-        await asyncio.gather(*(node.refresh() for node in self.nodes.values()))
+        await asyncio.gather(
+            *(node.refresh() for node in self.nodes.values()), self._probe_remotes()
+        )
         self.scheduler.start_loop()
         self._poller = asyncio.create_task(self._poll())
 
     async def _poll(self) -> None:
-        """Agents' status (reachability, mode, GPUs, exits) and local GPU samples."""
+        """Agents' status (reachability, mode, GPUs, exits), local GPUs, remote URLs."""
         while True:
             await asyncio.sleep(POLL_SECONDS)
-            await asyncio.gather(*(node.refresh() for node in self.nodes.values()))
+            await asyncio.gather(
+                *(node.refresh() for node in self.nodes.values()), self._probe_remotes()
+            )
             self.scheduler.poke()
+
+    async def _probe_remotes(self) -> None:
+        """Is each `remote` model's URL answering? Routing skips the ones that are not."""
+
+        async def probe(name: str, model: RemoteModel) -> None:
+            headers = {"Authorization": f"Bearer {model.api_key}"} if model.api_key else {}
+            try:
+                async with self.session.get(
+                    model.url + "/models", headers=headers, timeout=aiohttp.ClientTimeout(total=3)
+                ) as resp:
+                    if resp.status >= 500:
+                        self.remote_down[name] = f"{model.url} answers {resp.status}"
+                        return
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.remote_down[name] = f"{model.url} does not answer ({type(exc).__name__})"
+                return
+            self.remote_down.pop(name, None)
+
+        remotes = [(n, m) for n, m in self.config.models.items() if isinstance(m, RemoteModel)]
+        await asyncio.gather(*(probe(n, m) for n, m in remotes))
+
+    def cluster(self) -> Cluster:
+        """What routing reads of the cluster now."""
+        views = {name: node.view() for name, node in self.nodes.items()}
+        return Cluster(
+            modes={n: (v.mode, v.kind) for n, v in views.items()},
+            reachable={n: v.reachable for n, v in views.items()},
+            failed=self.scheduler.unavailable(),
+            remote_down=dict(self.remote_down),
+        )
 
     async def close(self) -> None:
         if self._poller is not None:

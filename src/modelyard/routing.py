@@ -1,0 +1,323 @@
+"""Routing: request features + a snapshot of the cluster → a Decision (pure).
+
+The policy is the config's ordered ``policy`` rules. A rule whose conditions hold acts:
+``forbid`` removes models from this request's reach and evaluation goes on; ``force`` lets
+the request into gated nodes; ``use`` names the target (a tier or a model) and ends the
+evaluation. A client that names a concrete model (or alias) gets that model: ``use``
+rules are skipped for it ("no guessing"), ``forbid`` and ``force`` still apply. A client
+that names a tier gets the tier unless a ``use`` rule says otherwise; ``auto`` needs a
+``use`` rule. The target's models, in order, are the candidates; each one is kept or
+turned down with a reason (forbidden, manual-only, node unreachable, drained or gated,
+failed), and the first kept one serves. Every step lands in the Decision's trail.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelyard.config import Condition, Config
+
+AUTO = "auto"
+TOKEN_METHOD = "characters / 3, rounded up, + 4 per message (errs high for English and code)"
+
+
+@dataclass(frozen=True)
+class Features:
+    """What routing reads of a request."""
+
+    model: str
+    headers: Mapping[str, str] = field(default_factory=dict)  # names lower-cased
+    last_user: str = ""
+    tokens: int = 0
+    tools: bool = False
+    images: bool = False
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What routing reads of the cluster at this moment."""
+
+    modes: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # node → (mode, kind)
+    reachable: Mapping[str, bool] = field(default_factory=dict)  # node → answers
+    failed: Mapping[str, str] = field(default_factory=dict)  # model → why it cannot start now
+    remote_down: Mapping[str, str] = field(default_factory=dict)  # remote model → why
+
+
+@dataclass(frozen=True)
+class Step:
+    """One line of the trail: a rule evaluated or a candidate considered."""
+
+    kind: str  # "rule" or "candidate"
+    name: str
+    ok: bool
+    why: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "ok": self.ok, "why": self.why}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where a request goes, why, and everything turned down on the way."""
+
+    asked: str
+    target: str | None
+    rule: str | None
+    candidates: tuple[str, ...]
+    forced: bool
+    strip: tuple[str, ...]  # regexes of prompt tags to remove before forwarding
+    tokens: int
+    trail: tuple[Step, ...]
+
+    @property
+    def model(self) -> str | None:
+        return self.candidates[0] if self.candidates else None
+
+    def summary(self) -> str:
+        turned_down = [f"{s.name}: {s.why}" for s in self.trail if s.kind == "candidate"]
+        head = f"rule {self.rule}" if self.rule else f"asked for {self.asked}"
+        return f"{head} → {self.target}; " + "; ".join(turned_down)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "asked": self.asked,
+            "target": self.target,
+            "rule": self.rule,
+            "model": self.model,
+            "candidates": list(self.candidates),
+            "forced": self.forced,
+            "tokens": self.tokens,
+            "token_method": TOKEN_METHOD,
+            "trail": [s.as_dict() for s in self.trail],
+        }
+
+
+def features(body: Mapping[str, Any], headers: Mapping[str, str]) -> Features:
+    """Features of an OpenAI chat or completions body, read without changing it."""
+    messages = body.get("messages")
+    texts: list[str] = []
+    last_user = ""
+    images = False
+    count = 0
+    if isinstance(messages, list):
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            count += 1
+            text, has_image = _content_text(message.get("content"))
+            images = images or has_image
+            texts.append(text)
+            if message.get("role") == "user":
+                last_user = text
+    elif isinstance(body.get("prompt"), str):
+        last_user = body["prompt"]
+        texts.append(last_user)
+        count = 1
+    chars = sum(len(t) for t in texts)
+    return Features(
+        model=str(body.get("model", "")),
+        headers={k.lower(): v for k, v in headers.items()},
+        last_user=last_user,
+        tokens=-(-chars // 3) + 4 * count,
+        tools=bool(body.get("tools") or body.get("functions")),
+        images=images,
+    )
+
+
+def _content_text(content: Any) -> tuple[str, bool]:
+    if isinstance(content, str):
+        return content, False
+    if not isinstance(content, list):
+        return "", False
+    parts, image = [], False
+    for part in content:
+        if isinstance(part, dict):
+            if part.get("type") == "text" and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif part.get("type") in ("image_url", "input_image", "image"):
+                image = True
+    return "\n".join(parts), image
+
+
+def route(config: Config, req: Features, cluster: Cluster) -> Decision:
+    """The Decision for ``req`` now."""
+    trail: list[Step] = []
+    forbidden: set[str] = set()
+    forced = False
+    strip: list[str] = []
+    explicit = config.resolve(req.model)
+    target: str | None = None
+    rule_name: str | None = None
+    for rule in config.policy:
+        why = _holds(rule, req, cluster, config)
+        if why is None:
+            trail.append(Step("rule", rule.name, False, "conditions do not hold"))
+            continue
+        acts = []
+        if rule.forbid:
+            forbidden |= {m.name for m in map(config.resolve, rule.forbid) if m is not None}
+            acts.append(f"forbids {', '.join(rule.forbid)}")
+        if rule.force:
+            forced = True
+            acts.append("forces gated nodes")
+        strip += [c.tag for c in [rule, *(rule.any or [])] if c.tag and _tag(c.tag, req)]
+        if rule.use is not None and explicit is None:
+            target, rule_name = rule.use, rule.name
+            trail.append(Step("rule", rule.name, True, f"{why}: use {rule.use}" + _and(acts)))
+            break
+        skipped = " (use skipped: the client named a model)" if rule.use else ""
+        trail.append(Step("rule", rule.name, True, why + _and(acts) + skipped))
+        if rule.use is not None:
+            rule_name = rule_name or rule.name
+    if target is None:
+        if explicit is not None:
+            target = explicit.name
+        elif req.model in config.tiers:
+            target = req.model
+    candidates: list[str] = []
+    if target is not None:
+        auto_picked = explicit is None
+        for name in config.tier_models(target) if target in config.tiers else [target]:
+            why_not = _turned_down(name, config, cluster, forbidden, forced, auto_picked)
+            trail.append(Step("candidate", name, why_not is None, why_not or "allowed"))
+            if why_not is None:
+                candidates.append(name)
+    return Decision(
+        req.model,
+        target,
+        rule_name,
+        tuple(candidates),
+        forced,
+        tuple(dict.fromkeys(strip)),
+        req.tokens,
+        tuple(trail),
+    )
+
+
+def _and(acts: list[str]) -> str:
+    return ("; " + ", ".join(acts)) if acts else ""
+
+
+def _turned_down(
+    name: str, config: Config, cluster: Cluster, forbidden: set[str], forced: bool, auto: bool
+) -> str | None:
+    model = config.models[name]
+    node = config.node_of(name)
+    if name in forbidden:
+        return "forbidden by a rule"
+    if auto and model.manual_only:
+        return "manual-only: reached only when named"
+    if not cluster.reachable.get(node, True):
+        return f"node {node} is unreachable"
+    mode, kind = cluster.modes.get(node, ("open", "open"))
+    if kind == "drained":
+        return f"node {node} is in mode {mode} (drained)"
+    if kind == "gated" and not forced:
+        return f"node {node} is in mode {mode} (gated) and nothing forces it"
+    if name in cluster.remote_down:
+        return f"remote down: {cluster.remote_down[name]}"
+    if name in cluster.failed:
+        return cluster.failed[name]
+    return None
+
+
+def _holds(rule: Condition, req: Features, cluster: Cluster, config: Config) -> str | None:
+    """Why ``rule`` (with its ``any`` list) holds for ``req``, or None if it does not."""
+    own = _condition(rule, req, cluster, config)
+    if own is None:
+        return None
+    alternatives = getattr(rule, "any", None)
+    if alternatives:
+        for alt in alternatives:
+            why = _condition(alt, req, cluster, config)
+            if why is not None:
+                return "; ".join(w for w in (own, why) if w)
+        return None
+    return own or "always"
+
+
+def _condition(c: Condition, req: Features, cluster: Cluster, config: Config) -> str | None:
+    """Why every key of ``c`` holds ("" when it has none), or None."""
+    why: list[str] = []
+    if c.header is not None:
+        for name, value in c.header.items():
+            if req.headers.get(name.lower(), "").lower() != value.lower():
+                return None
+            why.append(f"header {name}: {value}")
+    if c.model is not None:
+        if req.model not in c.model:
+            return None
+        why.append(f"model {req.model}")
+    if c.tag is not None:
+        if not _tag(c.tag, req):
+            return None
+        why.append(f"prompt tag {c.tag}")
+    if c.last_message is not None:
+        if not re.search(c.last_message, req.last_user):
+            return None
+        why.append(f"last message matches {c.last_message}")
+    if c.tokens_over is not None:
+        if req.tokens < c.tokens_over:
+            return None
+        why.append(f"about {req.tokens} tokens >= {c.tokens_over}")
+    if c.tokens_under is not None:
+        if req.tokens >= c.tokens_under:
+            return None
+        why.append(f"about {req.tokens} tokens < {c.tokens_under}")
+    if c.tools is not None:
+        if req.tools != c.tools:
+            return None
+        why.append("tools given" if c.tools else "no tools")
+    if c.images is not None:
+        if req.images != c.images:
+            return None
+        why.append("images given" if c.images else "no images")
+    for node, mode in (c.node_mode or {}).items():
+        if cluster.modes.get(node, ("", ""))[0] != mode:
+            return None
+        why.append(f"node {node} in mode {mode}")
+    for named, want in ((c.reachable, True), (c.unreachable, False)):
+        if named is None:
+            continue
+        model = config.resolve(named)
+        assert model is not None, "checked with the config"
+        where = config.node_of(model.name)
+        up = cluster.reachable.get(where, True) and model.name not in cluster.remote_down
+        if up != want:
+            return None
+        why.append(f"{named} {'reachable' if want else 'unreachable'}")
+    return "; ".join(why)
+
+
+def _tag(pattern: str, req: Features) -> bool:
+    return re.search(pattern, req.last_user) is not None
+
+
+def strip_tags(body: dict[str, Any], patterns: tuple[str, ...]) -> dict[str, Any]:
+    """``body`` with the prompt tags removed from its last user message (a copy)."""
+    messages = body.get("messages")
+    if not patterns or not isinstance(messages, list):
+        return body
+    messages = [dict(m) if isinstance(m, dict) else m for m in messages]
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                for pattern in patterns:
+                    content = re.sub(pattern, "", content)
+                message["content"] = content.strip()
+            elif isinstance(content, list):
+                parts = []
+                for part in content:
+                    if isinstance(part, dict) and isinstance(part.get("text"), str):
+                        text = part["text"]
+                        for pattern in patterns:
+                            text = re.sub(pattern, "", text)
+                        part = {**part, "text": text.strip()}
+                    parts.append(part)
+                message["content"] = parts
+            break
+    return {**body, "messages": messages}
