@@ -168,6 +168,79 @@ def mode(
         out.print(f"{data['name']}: {data['mode']} ({data['kind']})", highlight=False)
 
 
+route_app = typer.Typer(help="Routing decisions: explain one before it is sent.")
+app.add_typer(route_app, name="route")
+
+
+@route_app.command("explain")
+def route_explain(
+    model: Annotated[str, typer.Option("--model", "-m", help="The `model` asked for.")] = "auto",
+    prompt: Annotated[str | None, typer.Option(help="The last user message.")] = None,
+    header: Annotated[list[str] | None, typer.Option(help="A header, NAME: VALUE.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="A JSON request body.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("-c", "--config", help="Decide offline from this config.")
+    ] = None,
+    mode: Annotated[list[str] | None, typer.Option(help="With -c: NODE=MODE.")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the decision a request would get now, without sending it."""
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt or ""}]}
+    if file is not None:
+        try:
+            body = json.loads(file.read_text())
+        except (OSError, ValueError) as exc:
+            err.print(f"{file}: not a JSON request body ({exc})")
+            raise typer.Exit(2) from None
+    headers = {}
+    for item in header or []:
+        name, sep, value = item.partition(":")
+        if not sep:
+            err.print(f"--header {item!r}: expected NAME: VALUE")
+            raise typer.Exit(2)
+        headers[name.strip()] = value.strip()
+    if config is None:
+        data = _call(
+            "POST", url, "/admin/route/explain", json={"request": body, "headers": headers}
+        )
+    else:
+        data = _explain_offline(_load_or_exit(config), body, headers, mode or [])
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    out.print(f"asked for {data['asked']!r}, about {data['tokens']} tokens", highlight=False)
+    for step in data["trail"]:
+        mark = "[green]✓[/]" if step["ok"] else "[dim]·[/]"
+        out.print(f"  {mark} {step['kind']} {step['name']}: {step['why']}", highlight=False)
+    chosen = data["model"] or "nothing: every candidate was turned down"
+    via = f" (rule {data['rule']})" if data["rule"] else ""
+    out.print(
+        f"→ {chosen}{via}; fallbacks: {', '.join(data['candidates'][1:]) or 'none'}",
+        highlight=False,
+    )
+
+
+def _explain_offline(
+    cfg: Any, body: dict[str, Any], headers: dict[str, str], modes: list[str]
+) -> dict[str, Any]:
+    """Every node healthy and in its default mode, unless --mode says otherwise."""
+    from modelyard.routing import Cluster, features, route
+
+    chosen = {name: node.initial_mode for name, node in cfg.nodes.items()}
+    for item in modes:
+        node, sep, wanted = item.partition("=")
+        if not sep or node not in cfg.nodes or wanted not in cfg.nodes[node].modes:
+            err.print(f"--mode {item!r}: expected NODE=MODE with a node and mode of the config")
+            raise typer.Exit(2)
+        chosen[node] = wanted
+    cluster = Cluster(
+        modes={n: (m, cfg.nodes[n].modes[m].kind) for n, m in chosen.items()},
+        reachable=dict.fromkeys(cfg.nodes, True),
+    )
+    return route(cfg, features(body, headers), cluster).as_dict()
+
+
 @app.command()
 def check(files: Annotated[list[Path], typer.Argument(help="Config files to validate.")]) -> None:
     """Validate config files; print every error and exit 1 if any."""

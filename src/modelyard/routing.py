@@ -21,6 +21,9 @@ from typing import Any
 from modelyard.config import Condition, Config
 
 AUTO = "auto"
+FORBIDDEN = "forbidden by a rule"
+MANUAL_ONLY = "manual-only: reached only when named"
+_BY_POLICY = (FORBIDDEN, MANUAL_ONLY)
 TOKEN_METHOD = "characters / 3, rounded up, + 4 per message (errs high for English and code)"
 
 
@@ -75,6 +78,13 @@ class Decision:
     @property
     def model(self) -> str | None:
         return self.candidates[0] if self.candidates else None
+
+    def degraded(self) -> str | None:
+        """The first candidate turned down for its health (not by policy), if any."""
+        for step in self.trail:
+            if step.kind == "candidate" and not step.ok and step.why not in _BY_POLICY:
+                return f"{step.name}: {step.why}"
+        return None
 
     def summary(self) -> str:
         turned_down = [f"{s.name}: {s.why}" for s in self.trail if s.kind == "candidate"]
@@ -207,9 +217,9 @@ def _turned_down(
     model = config.models[name]
     node = config.node_of(name)
     if name in forbidden:
-        return "forbidden by a rule"
+        return FORBIDDEN
     if auto and model.manual_only:
-        return "manual-only: reached only when named"
+        return MANUAL_ONLY
     if not cluster.reachable.get(node, True):
         return f"node {node} is unreachable"
     mode, kind = cluster.modes.get(node, ("open", "open"))

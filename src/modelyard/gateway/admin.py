@@ -9,6 +9,7 @@ from starlette.routing import Route
 from modelyard.gateway.errors import error_response
 from modelyard.gateway.state import Gateway
 from modelyard.nodes import AgentError
+from modelyard.routing import features, route
 from modelyard.scheduler import Refused
 
 
@@ -114,7 +115,45 @@ async def set_mode(request: Request) -> Response:
     return JSONResponse(gw.nodes[name].describe())
 
 
+async def decisions(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    try:
+        limit = int(request.query_params.get("limit", "50"))
+    except ValueError:
+        return error_response(400, "`limit` must be a whole number, e.g. ?limit=50")
+    return JSONResponse({"decisions": gw.store.decisions(max(1, min(limit, 1000)))})
+
+
+async def decision(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    found = gw.store.decision_by_id(request.path_params["id"])
+    if found is None:
+        return error_response(404, f"no decision {request.path_params['id']!r}")
+    return JSONResponse(found)
+
+
+async def explain(request: Request) -> Response:
+    """The decision a request would get now, without sending it."""
+    gw: Gateway = request.app.state.gateway
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("request"), dict):
+        return error_response(
+            400, 'expected {"request": {OpenAI body}, "headers": {name: value}}', param="request"
+        )
+    headers = body.get("headers") or {}
+    if not isinstance(headers, dict):
+        return error_response(400, "`headers` must be an object of names to values")
+    req = features(body["request"], {str(k): str(v) for k, v in headers.items()})
+    return JSONResponse(route(gw.config, req, gw.cluster()).as_dict())
+
+
 routes = [
+    Route("/admin/decisions", decisions, methods=["GET"]),
+    Route("/admin/decisions/{id}", decision, methods=["GET"]),
+    Route("/admin/route/explain", explain, methods=["POST"]),
     Route("/admin/nodes", nodes, methods=["GET"]),
     Route("/admin/nodes/{node}/mode", set_mode, methods=["PUT"]),
     Route("/admin/status", status, methods=["GET"]),

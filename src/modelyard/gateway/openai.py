@@ -108,10 +108,11 @@ class Attempt:
         self.last = (status, reason, retry)
 
     def degraded(self) -> str | None:
-        if not self.hops:
-            return None
-        first = self.hops[0]
-        return f"{first['model']}: {first['why']}"[:300]
+        """Why the request is not served by the target's first choice, if it is not."""
+        skipped = self.decision.degraded()
+        if skipped is None and self.hops:
+            skipped = f"{self.hops[0]['model']}: {self.hops[0]['why']}"
+        return skipped[:300] if skipped else None
 
     def headers(self, name: str, instance: str) -> dict[str, str]:
         out = {
