@@ -21,7 +21,7 @@ HELLO = [{"role": "user", "content": "Say hello."}]
 TOKEN = "s3cret-token"
 
 
-def two_node_config(tmp: Path, gemma: Path, ports: dict[str, int]) -> Path:
+def two_node_config(tmp: Path, gemma: Path, ports: dict[str, int], extra: str = "") -> Path:
     config = tmp / "two-nodes.yaml"
     config.write_text(
         f"""\
@@ -58,7 +58,7 @@ models:
     node: lab
     weights: {gemma}
     context: 1024
-"""
+{extra}"""
     )
     return config
 

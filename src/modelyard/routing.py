@@ -3,10 +3,10 @@
 The policy is the config's ordered ``policy`` rules. A rule whose conditions hold acts:
 ``forbid`` removes models from this request's reach and evaluation goes on; ``force`` lets
 the request into gated nodes; ``use`` names the target (a tier or a model) and ends the
-evaluation. A client that names a concrete model (or alias) gets that model: ``use``
-rules are skipped for it ("no guessing"), ``forbid`` and ``force`` still apply. A client
-that names a tier gets the tier unless a ``use`` rule says otherwise; ``auto`` needs a
-``use`` rule. The target's models, in order, are the candidates; each one is kept or
+evaluation. ``use`` rules decide for ``auto``; a client that names a model, an alias or a
+tier gets what it named ("no guessing"), unless a holding ``use`` rule names that very
+name in a ``model`` condition (S2's ``model: big`` force signal). ``forbid`` and ``force``
+apply to every request. The target's models, in order, are the candidates; each one is kept or
 turned down with a reason (forbidden, manual-only, node unreachable, drained or gated,
 failed), and the first kept one serves. Every step lands in the Decision's trail.
 """
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelyard.config import Condition, Config
+from modelyard.config import Condition, Config, Rule
 
 AUTO = "auto"
 FORBIDDEN = "forbidden by a rule"
@@ -174,22 +174,22 @@ def route(config: Config, req: Features, cluster: Cluster) -> Decision:
             forced = True
             acts.append("forces gated nodes")
         strip += [c.tag for c in [rule, *(rule.any or [])] if c.tag and _tag(c.tag, req)]
-        if rule.use is not None and explicit is None:
+        if rule.use is not None and (req.model == AUTO or _names(rule, req.model)):
             target, rule_name = rule.use, rule.name
             trail.append(Step("rule", rule.name, True, f"{why}: use {rule.use}" + _and(acts)))
             break
-        skipped = " (use skipped: the client named a model)" if rule.use else ""
+        skipped = f" (use skipped: the client named {req.model})" if rule.use else ""
         trail.append(Step("rule", rule.name, True, why + _and(acts) + skipped))
         if rule.use is not None:
             rule_name = rule_name or rule.name
     if target is None:
-        if explicit is not None:
-            target = explicit.name
-        elif req.model in config.tiers:
+        if req.model in config.tiers:
             target = req.model
+        elif explicit is not None:
+            target = explicit.name
     candidates: list[str] = []
     if target is not None:
-        auto_picked = explicit is None
+        auto_picked = explicit is None or target != explicit.name
         for name in config.tier_models(target) if target in config.tiers else [target]:
             why_not = _turned_down(name, config, cluster, forbidden, forced, auto_picked)
             trail.append(Step("candidate", name, why_not is None, why_not or "allowed"))
@@ -205,6 +205,11 @@ def route(config: Config, req: Features, cluster: Cluster) -> Decision:
         req.tokens,
         tuple(trail),
     )
+
+
+def _names(rule: Rule, asked: str) -> bool:
+    """Does ``rule`` speak of the name the client asked for (a ``model`` condition)?"""
+    return any(c.model and asked in c.model for c in [rule, *(rule.any or [])])
 
 
 def _and(acts: list[str]) -> str:

@@ -1,0 +1,130 @@
+"""Routing end to end: S2's order through the gateway, real agents and real llama-server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.conftest import Gateway, free_port
+from tests.test_nodes_e2e import Agents, node, two_node_config, wait_for
+
+pytestmark = pytest.mark.e2e
+
+POLICY = """\
+  cloud:
+    engine: remote
+    url: http://127.0.0.1:{dead}/v1
+  cloud-manual:
+    engine: remote
+    url: http://127.0.0.1:{dead}/v1
+    manual_only: true
+tiers:
+  small: [gemma-small]
+  big: [gemma-big, gemma-small]
+  deep: [cloud, cloud-manual, big]
+policy:
+  - name: force-big
+    any:
+      - header: {{X-Force-Big: "true"}}
+      - model: big
+      - tag: "#force_big"
+    use: big
+    force: true
+  - name: gaming-gate
+    node_mode: {{gamer: gaming}}
+    use: small
+  - name: long-prompt
+    tokens_over: 300
+    use: big
+  - name: default
+    use: small
+"""
+
+
+@pytest.fixture
+def s2(serve, gemma: Path, tmp_path: Path) -> Iterator[tuple[Gateway, Agents]]:  # type: ignore[no-untyped-def]
+    ports = {"gamer": free_port(), "lab": free_port()}
+    config = two_node_config(tmp_path, gemma, ports, POLICY.format(dead=free_port()))
+    agents = Agents(config, tmp_path)
+    try:
+        agents.start("gamer", ports["gamer"])
+        agents.start("lab", ports["lab"])
+        gw = serve(config)
+        wait_for(lambda: node(gw, "gamer")["reachable"])
+        yield gw, agents
+    finally:
+        agents.close()
+
+
+def ask(gw: Gateway, text: str, model: str = "auto", **kw: Any) -> tuple[Any, dict[str, str]]:
+    raw = gw.client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": text}], max_tokens=4, **kw
+    )
+    return raw.parse(), dict(raw.headers)
+
+
+def trail(gw: Gateway, headers: dict[str, str]) -> dict[str, Any]:
+    decision = gw.admin("GET", f"/admin/decisions/{headers['x-modelyard-decision']}").json()
+    assert decision["id"] == headers["x-modelyard-decision"]
+    return decision  # type: ignore[no-any-return]
+
+
+def test_s2_routing_order(s2) -> None:  # type: ignore[no-untyped-def]
+    gw, agents = s2
+    long_prompt = "Please review this code. " + "x = compute(y) + 1\n" * 60  # about 400 tokens
+
+    answer, h = ask(gw, "Hello there")
+    assert (answer.model, h["x-modelyard-rule"], h["x-modelyard-node"]) == (
+        "gemma-small",
+        "default",
+        "server",
+    )
+    answer, h = ask(gw, long_prompt)
+    assert (answer.model, h["x-modelyard-rule"]) == ("gemma-big", "long-prompt")
+    assert trail(gw, h)["served_by"] == "gemma-big"
+
+    assert gw.cli("mode", "gamer", "gaming").returncode == 0
+    answer, h = ask(gw, long_prompt)
+    assert (answer.model, h["x-modelyard-rule"]) == ("gemma-small", "gaming-gate")
+    steps = trail(gw, h)["trail"]
+    assert any(s["name"] == "gaming-gate" and s["ok"] and "gaming" in s["why"] for s in steps)
+
+    # Each force signal reaches the big model through the gate.
+    _, h = ask(gw, "Hi", extra_headers={"X-Force-Big": "true"})
+    assert (h["x-modelyard-model"], h["x-modelyard-rule"]) == ("gemma-big", "force-big")
+    _, h = ask(gw, "Hi", model="big")
+    assert (h["x-modelyard-model"], h["x-modelyard-rule"]) == ("gemma-big", "force-big")
+    tagged, h = ask(gw, "Hi #force_big")
+    assert (h["x-modelyard-model"], h["x-modelyard-rule"]) == ("gemma-big", "force-big")
+    plain, _ = ask(gw, "Hi", model="big")
+    assert tagged.usage.prompt_tokens == plain.usage.prompt_tokens  # the tag was not forwarded
+
+    # Big node gone: fail soft to small, and say so.
+    assert gw.cli("mode", "gamer", "normal").returncode == 0
+    agents.kill("gamer")
+    wait_for(lambda: not node(gw, "gamer")["reachable"])
+    answer, h = ask(gw, long_prompt)
+    assert answer.model == "gemma-small" and h["x-modelyard-rule"] == "long-prompt"
+    assert "gemma-big" in h["x-modelyard-degraded"] and "unreachable" in h["x-modelyard-degraded"]
+
+
+def test_remote_down_and_manual_only(s2) -> None:  # type: ignore[no-untyped-def]
+    gw, _ = s2
+    answer, h = ask(gw, "Think hard", model="deep")
+    assert answer.model == "gemma-big"
+    steps = {s["name"]: s for s in trail(gw, h)["trail"] if s["kind"] == "candidate"}
+    assert not steps["cloud"]["ok"] and "remote down" in steps["cloud"]["why"]
+    assert not steps["cloud-manual"]["ok"] and "manual-only" in steps["cloud-manual"]["why"]
+    assert "cloud" in h["x-modelyard-degraded"]
+
+    explained = gw.cli("route", "explain", "--model", "deep", "--prompt", "x", "--json")
+    assert '"model": "gemma-big"' in explained.stdout
+
+    # Named explicitly, the manual-only model is tried; it is down, so the answer says why.
+    with pytest.raises(openai.APIStatusError) as info:
+        ask(gw, "Hi", model="cloud-manual")
+    assert info.value.status_code == 503 and "cloud-manual" in info.value.message
