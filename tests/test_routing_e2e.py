@@ -87,6 +87,16 @@ def test_s2_routing_order(s2) -> None:  # type: ignore[no-untyped-def]
     assert (answer.model, h["x-modelyard-rule"]) == ("gemma-big", "long-prompt")
     assert trail(gw, h)["served_by"] == "gemma-big"
 
+    # Replay the logged requests through a config whose default is the big tier.
+    changed = gw.config.read_text().replace(
+        "  - name: default\n    use: small", "  - name: default\n    use: big"
+    )
+    other = gw.config.with_name("other.yaml")
+    other.write_text(changed)
+    replay = gw.cli("route", "explain", "-c", str(other), "--replay", "20")
+    assert replay.returncode == 0, replay.stderr
+    assert "(default) → gemma-big (default)" in replay.stdout
+
     assert gw.cli("mode", "gamer", "gaming").returncode == 0
     answer, h = ask(gw, long_prompt)
     assert (answer.model, h["x-modelyard-rule"]) == ("gemma-small", "gaming-gate")

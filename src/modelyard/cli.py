@@ -182,10 +182,19 @@ def route_explain(
         Path | None, typer.Option("-c", "--config", help="Decide offline from this config.")
     ] = None,
     mode: Annotated[list[str] | None, typer.Option(help="With -c: NODE=MODE.")] = None,
+    replay: Annotated[
+        int | None, typer.Option(help="Instead: the last N logged requests through -c FILE.")
+    ] = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
     """Print the decision a request would get now, without sending it."""
+    if replay is not None:
+        if config is None:
+            err.print("--replay needs -c FILE: the config to replay the logged requests through")
+            raise typer.Exit(2)
+        route_replay(config, replay, url, as_json)
+        return
     body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt or ""}]}
     if file is not None:
         try:
@@ -239,6 +248,55 @@ def _explain_offline(
         reachable=dict.fromkeys(cfg.nodes, True),
     )
     return route(cfg, features(body, headers), cluster).as_dict()
+
+
+@route_app.command("replay")
+def route_replay(
+    config: Annotated[Path, typer.Option("-c", "--config", help="The new config to try.")],
+    last: Annotated[int, typer.Option("--last", "-n", help="How many logged requests.")] = 50,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the last N logged requests through another config; print what would change."""
+    from modelyard.routing import Cluster, Features, route
+
+    cfg = _load_or_exit(config)
+    logged = _call("GET", url, f"/admin/decisions?limit={last}")["decisions"]
+    live = {n["name"]: n for n in _call("GET", url, "/admin/nodes")["nodes"]}
+    modes = {}
+    for name, spec in cfg.nodes.items():
+        mode = live.get(name, {}).get("mode")
+        mode = mode if mode in spec.modes else spec.initial_mode
+        modes[name] = (mode, spec.modes[mode].kind)
+    reachable = {n: bool(live.get(n, {}).get("reachable", True)) for n in cfg.nodes}
+    cluster = Cluster(modes=modes, reachable=reachable)
+    changes = []
+    for old in logged:
+        if "features" not in old:
+            continue
+        new = route(cfg, Features.from_dict(old["features"]), cluster)
+        if (new.model, new.rule) != (old["model"], old["rule"]):
+            changes.append(
+                {
+                    "id": old["id"],
+                    "asked": old["asked"],
+                    "was": {"model": old["model"], "rule": old["rule"]},
+                    "now": {"model": new.model, "rule": new.rule},
+                }
+            )
+    if as_json:
+        print(json.dumps({"replayed": len(logged), "changed": changes}, indent=2))
+        return
+    out.print(
+        f"replayed {len(logged)} request(s) through {config}: {len(changes)} would change",
+        highlight=False,
+    )
+    for c in changes:
+        out.print(
+            f"  {c['id']} asked {c['asked']!r}: {c['was']['model']} ({c['was']['rule']}) → "
+            f"{c['now']['model']} ({c['now']['rule']})",
+            highlight=False,
+        )
 
 
 @app.command()

@@ -38,6 +38,32 @@ class Features:
     tools: bool = False
     images: bool = False
 
+    def as_dict(self) -> dict[str, Any]:
+        """What a replay needs; credentials are never kept."""
+        headers = {k: v for k, v in self.headers.items() if k not in _SECRET_HEADERS}
+        return {
+            "model": self.model,
+            "headers": headers,
+            "last_user": self.last_user[:65536],
+            "tokens": self.tokens,
+            "tools": self.tools,
+            "images": self.images,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Features:
+        return cls(
+            str(data["model"]),
+            dict(data.get("headers") or {}),
+            str(data.get("last_user", "")),
+            int(data.get("tokens", 0)),
+            bool(data.get("tools")),
+            bool(data.get("images")),
+        )
+
+
+_SECRET_HEADERS = {"authorization", "x-api-key", "api-key", "cookie", "proxy-authorization"}
+
 
 @dataclass(frozen=True)
 class Cluster:
@@ -67,6 +93,7 @@ class Decision:
     """Where a request goes, why, and everything turned down on the way."""
 
     asked: str
+    features: Features
     target: str | None
     rule: str | None
     candidates: tuple[str, ...]
@@ -94,6 +121,7 @@ class Decision:
     def as_dict(self) -> dict[str, Any]:
         return {
             "asked": self.asked,
+            "features": self.features.as_dict(),
             "target": self.target,
             "rule": self.rule,
             "model": self.model,
@@ -197,6 +225,7 @@ def route(config: Config, req: Features, cluster: Cluster) -> Decision:
                 candidates.append(name)
     return Decision(
         req.model,
+        req,
         target,
         rule_name,
         tuple(candidates),
