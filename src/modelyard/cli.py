@@ -182,6 +182,7 @@ def route_explain(
         Path | None, typer.Option("-c", "--config", help="Decide offline from this config.")
     ] = None,
     mode: Annotated[list[str] | None, typer.Option(help="With -c: NODE=MODE.")] = None,
+    down: Annotated[list[str] | None, typer.Option(help="With -c: NODE is unreachable.")] = None,
     replay: Annotated[
         int | None, typer.Option(help="Instead: the last N logged requests through -c FILE.")
     ] = None,
@@ -214,7 +215,7 @@ def route_explain(
             "POST", url, "/admin/route/explain", json={"request": body, "headers": headers}
         )
     else:
-        data = _explain_offline(_load_or_exit(config), body, headers, mode or [])
+        data = _explain_offline(_load_or_exit(config), body, headers, mode or [], down or [])
     if as_json:
         print(json.dumps(data, indent=2))
         return
@@ -231,9 +232,9 @@ def route_explain(
 
 
 def _explain_offline(
-    cfg: Any, body: dict[str, Any], headers: dict[str, str], modes: list[str]
+    cfg: Any, body: dict[str, Any], headers: dict[str, str], modes: list[str], down: list[str]
 ) -> dict[str, Any]:
-    """Every node healthy and in its default mode, unless --mode says otherwise."""
+    """Every node healthy and in its default mode, unless --mode or --down say otherwise."""
     from modelyard.routing import Cluster, features, route
 
     chosen = {name: node.initial_mode for name, node in cfg.nodes.items()}
@@ -245,7 +246,7 @@ def _explain_offline(
         chosen[node] = wanted
     cluster = Cluster(
         modes={n: (m, cfg.nodes[n].modes[m].kind) for n, m in chosen.items()},
-        reachable=dict.fromkeys(cfg.nodes, True),
+        reachable={n: n not in down for n in cfg.nodes},
     )
     return route(cfg, features(body, headers), cluster).as_dict()
 

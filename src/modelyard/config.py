@@ -504,16 +504,21 @@ def _policy_problems(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
         for name in rule.forbid:
             if config.resolve(name) is None:
                 problems.append(((*where, "forbid"), f"{name!r} is not a model"))
-        for cond in [rule, *(rule.any or [])]:
+        conditions = [(where, rule)] + [
+            ((*where, "any", j), c) for j, c in enumerate(rule.any or [])
+        ]
+        for at, cond in conditions:
             for node, mode in (cond.node_mode or {}).items():
                 if node not in config.nodes:
-                    problems.append((where, f"node {node!r} does not exist"))
+                    problems.append(((*at, "node_mode"), f"node {node!r} does not exist"))
                 elif mode not in config.nodes[node].modes:
                     modes = ", ".join(config.nodes[node].modes)
-                    problems.append((where, f"node {node} has no mode {mode!r} ({modes})"))
-            for named in (cond.reachable, cond.unreachable):
+                    problems.append(
+                        ((*at, "node_mode"), f"node {node} has no mode {mode!r} ({modes})")
+                    )
+            for key, named in (("reachable", cond.reachable), ("unreachable", cond.unreachable)):
                 if named is not None and config.resolve(named) is None:
-                    problems.append((where, f"{named!r} is not a model"))
+                    problems.append(((*at, key), f"{named!r} is not a model"))
     return problems
 
 

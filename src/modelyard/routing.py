@@ -185,7 +185,6 @@ def route(config: Config, req: Features, cluster: Cluster) -> Decision:
     trail: list[Step] = []
     forbidden: set[str] = set()
     forced = False
-    strip: list[str] = []
     explicit = config.resolve(req.model)
     target: str | None = None
     rule_name: str | None = None
@@ -201,20 +200,25 @@ def route(config: Config, req: Features, cluster: Cluster) -> Decision:
         if rule.force:
             forced = True
             acts.append("forces gated nodes")
-        strip += [c.tag for c in [rule, *(rule.any or [])] if c.tag and _tag(c.tag, req)]
         if rule.use is not None and (req.model == AUTO or _names(rule, req.model)):
             target, rule_name = rule.use, rule.name
             trail.append(Step("rule", rule.name, True, f"{why}: use {rule.use}" + _and(acts)))
             break
         skipped = f" (use skipped: the client named {req.model})" if rule.use else ""
         trail.append(Step("rule", rule.name, True, why + _and(acts) + skipped))
-        if rule.use is not None:
-            rule_name = rule_name or rule.name
     if target is None:
         if req.model in config.tiers:
             target = req.model
         elif explicit is not None:
             target = explicit.name
+    # Prompt tags are routing instructions, never meant for the model: every configured tag
+    # that matches is removed, whether or not its rule held.
+    strip = [
+        c.tag
+        for rule in config.policy
+        for c in [rule, *(rule.any or [])]
+        if c.tag and _tag(c.tag, req)
+    ]
     candidates: list[str] = []
     if target is not None:
         auto_picked = explicit is None or target != explicit.name
