@@ -77,6 +77,10 @@ def test_s2_routing_order(s2) -> None:  # type: ignore[no-untyped-def]
     gw, agents = s2
     long_prompt = "Please review this code. " + "x = compute(y) + 1\n" * 60  # about 400 tokens
 
+    listed = {m.id: m.model_extra for m in gw.client.models.list().data}
+    assert listed["big"]["tier"] == ["gemma-big", "gemma-small"]  # type: ignore[index]
+    assert listed["auto"]["policy"][0] == "force-big"  # type: ignore[index]
+
     answer, h = ask(gw, "Hello there")
     assert (answer.model, h["x-modelyard-rule"], h["x-modelyard-node"]) == (
         "gemma-small",

@@ -131,7 +131,7 @@ class Gateway:
         }
 
     def model_cards(self) -> list[dict[str, Any]]:
-        """/v1/models entries: the OpenAI fields plus each model's true state."""
+        """/v1/models entries: each model with its true state, then the tiers and ``auto``."""
         cards = []
         for name in self.config.models:
             info = self.describe(name)
@@ -142,6 +142,26 @@ class Gateway:
                     "created": int(self.started),
                     "owned_by": "modelyard",
                     **{k: info[k] for k in ("aliases", "engine", "state", "progress", "error")},
+                }
+            )
+        for tier in self.config.tiers:
+            cards.append(
+                {
+                    "id": tier,
+                    "object": "model",
+                    "created": int(self.started),
+                    "owned_by": "modelyard",
+                    "tier": self.config.tier_models(tier),
+                }
+            )
+        if self.config.policy:
+            cards.append(
+                {
+                    "id": "auto",
+                    "object": "model",
+                    "created": int(self.started),
+                    "owned_by": "modelyard",
+                    "policy": [r.name for r in self.config.policy],
                 }
             )
         return cards
