@@ -196,11 +196,9 @@ class Attempt:
         if retry is not None:
             headers["Retry-After"] = str(max(1, math.ceil(retry)))
         code = "swap_refused" if status == 409 else "model_unavailable"
-        message = (
-            reason
-            if len(self.decision.trail) <= 1 and self.hops
-            else (f"{reason} (decision {self.id}: {self.decision.summary()})")
-        )
+        # A plain request for one model gets the reason alone; a routed one, the trail too.
+        routed = len(self.decision.trail) > 1 or not self.hops
+        message = f"{reason} (decision {self.id}: {self.decision.summary()})" if routed else reason
         return error_response(status, message, code=code, headers=headers)
 
 
