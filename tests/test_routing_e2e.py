@@ -142,3 +142,97 @@ def test_remote_down_and_manual_only(s2) -> None:  # type: ignore[no-untyped-def
     with pytest.raises(openai.APIStatusError) as info:
         ask(gw, "Hi", model="cloud-manual")
     assert info.value.status_code == 503 and "cloud-manual" in info.value.message
+
+
+def test_the_two_node_demo_file(gemma: Path, llama_server: str, tmp_path: Path) -> None:
+    """examples/demo-two-nodes.yaml as shipped: both nodes through one port, S2's policy, and
+    `cloud` (a real llama-server standing in for the external API) picked for #deep."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.conftest import alive
+
+    ports = {"gw": free_port(), "gamer": free_port(), "cloud": free_port()}
+    env = {
+        **os.environ,
+        "MODELYARD_LISTEN": f"127.0.0.1:{ports['gw']}",
+        "MODELYARD_GAMER_PORT": str(ports["gamer"]),
+        "MODELYARD_STATE_DIR": str(tmp_path / "gw"),
+        "MODELYARD_GAMER_STATE_DIR": str(tmp_path / "gamer"),
+        "MODELYARD_DEMO_WEIGHTS": str(gemma),
+        "MODELYARD_CLOUD_URL": f"http://127.0.0.1:{ports['cloud']}/v1",
+    }
+    demo = Path(__file__).parent.parent / "examples" / "demo-two-nodes.yaml"
+    procs = [
+        subprocess.Popen(
+            [
+                llama_server,
+                "-m",
+                str(gemma),
+                "--port",
+                str(ports["cloud"]),
+                "-c",
+                "1024",
+                "--threads",
+                "2",
+                "--alias",
+                "cloud",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(
+            [sys.executable, "-m", "modelyard", "agent", "-c", str(demo), "--node", "gamer"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        ),
+        subprocess.Popen(
+            [sys.executable, "-m", "modelyard", "serve", "-c", str(demo)],
+            env=env,
+            stdout=(tmp_path / "gw.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        ),
+    ]
+    base = f"http://127.0.0.1:{ports['gw']}"
+    client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0)
+    try:
+
+        def ready() -> bool:
+            try:
+                nodes = httpx.get(base + "/admin/nodes", timeout=2).json()["nodes"]
+                cloud = httpx.get(f"http://127.0.0.1:{ports['cloud']}/health", timeout=2)
+            except httpx.HTTPError:
+                return False
+            return all(n["reachable"] for n in nodes) and cloud.status_code == 200
+
+        wait_for(ready, timeout=60)
+
+        def cloud_seen_up() -> bool:  # the gateway polls remote URLs every 2 s
+            probe = {
+                "request": {"model": "auto", "messages": [{"role": "user", "content": "#deep"}]}
+            }
+            return httpx.post(base + "/admin/route/explain", json=probe).json()["model"] == "cloud"
+
+        wait_for(cloud_seen_up, timeout=30)
+
+        def ask_demo(text: str, model: str = "auto") -> dict[str, str]:
+            raw = client.chat.completions.with_raw_response.create(
+                model=model, messages=[{"role": "user", "content": text}], max_tokens=4
+            )
+            assert raw.parse().choices
+            return dict(raw.headers)
+
+        assert ask_demo("hello")["x-modelyard-model"] == "gemma-small"
+        h = ask_demo("Please refactor this function")
+        assert (h["x-modelyard-model"], h["x-modelyard-node"]) == ("gemma-big", "gamer")
+        h = ask_demo("#deep what is a monad?")
+        assert (h["x-modelyard-model"], h["x-modelyard-rule"]) == ("cloud", "very-complex")
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(60)
+    assert not [p.pid for p in procs if alive(p.pid)]
