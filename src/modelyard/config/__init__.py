@@ -1,0 +1,56 @@
+"""The config file: its schema, loading with located errors, and cross-checks (pure).
+
+``schema`` says every key; ``loader`` reads YAML, expands ``${ENV}`` and locates every
+error by file, line and key; ``checks`` finds what each part allows alone but not together.
+"""
+
+from modelyard.config.checks import cross_check
+from modelyard.config.loader import ConfigError, ConfigIssue, load_config, parse_config
+from modelyard.config.schema import (
+    LOCAL_NODE,
+    NAME_PATTERN,
+    CommandModel,
+    Condition,
+    Config,
+    Engines,
+    GpuSpec,
+    LlamaCppModel,
+    Model,
+    ModelBase,
+    ModeSpec,
+    Node,
+    OllamaModel,
+    Placement,
+    RemoteModel,
+    Rule,
+    Scheduler,
+    VllmModel,
+    split_listen,
+)
+
+__all__ = [
+    "LOCAL_NODE",
+    "NAME_PATTERN",
+    "CommandModel",
+    "Condition",
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "Engines",
+    "GpuSpec",
+    "LlamaCppModel",
+    "ModeSpec",
+    "Model",
+    "ModelBase",
+    "Node",
+    "OllamaModel",
+    "Placement",
+    "RemoteModel",
+    "Rule",
+    "Scheduler",
+    "VllmModel",
+    "cross_check",
+    "load_config",
+    "parse_config",
+    "split_listen",
+]
