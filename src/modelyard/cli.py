@@ -55,6 +55,13 @@ def serve(
             raise typer.Exit(2) from None
         cfg = cfg.model_copy(update={"listen": listen})
     host, port = split_listen(cfg.listen)
+    if not cfg.access.keys and not cfg.access.allow_open_lan and not _loopback(host):
+        err.print(
+            f"refusing to serve {host}:{port} with no API keys: anyone on the network could use "
+            "it. Add keys under access.keys (modelyard key new), bind 127.0.0.1, or set "
+            "access.allow_open_lan: true"
+        )
+        raise typer.Exit(2)
     err.print(f"modelyard: {len(cfg.models)} model(s) from {config}, listening on {host}:{port}")
     uvicorn.run(create_app(cfg), host=host, port=port, log_level="info", access_log=False)
 
@@ -86,6 +93,34 @@ def agent(
     uvicorn.run(
         create_agent_app(cfg, node), host=host, port=port, log_level="info", access_log=False
     )
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command("key")
+def new_key(
+    name: Annotated[str, typer.Argument(help="A name for whoever gets the key.")],
+    admin: Annotated[bool, typer.Option(help="Also the admin scope.")] = False,
+) -> None:
+    """Make a new API key: the key for its holder, and the lines for access.keys."""
+    import hashlib
+    import secrets
+
+    key = "my-" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    scopes = "[user, admin]" if admin else "[user]"
+    out.print(f"key (give it to {name}; it is not kept anywhere): {key}", highlight=False)
+    out.print("add to the config under access.keys:", highlight=False)
+    out.print(f"  - {{name: {name}, sha256: {digest}, scopes: {scopes}}}", markup=False)
 
 
 def _is_ip(host: str) -> bool:
@@ -470,6 +505,9 @@ def _load_or_exit(path: Path) -> Any:
 
 
 def _send(client: httpx.Client, method: str, url: str, path: str, **kw: Any) -> httpx.Response:
+    key = os.environ.get("MODELYARD_API_KEY")
+    if key and "headers" not in kw:
+        kw["headers"] = {"Authorization": f"Bearer {key}"}
     try:
         resp = client.request(method, url.rstrip("/") + path, **kw)
     except httpx.HTTPError as exc:

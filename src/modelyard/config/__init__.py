@@ -9,6 +9,8 @@ from modelyard.config.loader import ConfigError, ConfigIssue, load_config, parse
 from modelyard.config.schema import (
     LOCAL_NODE,
     NAME_PATTERN,
+    Access,
+    ApiKey,
     CommandModel,
     Condition,
     Config,
@@ -31,6 +33,8 @@ from modelyard.config.schema import (
 __all__ = [
     "LOCAL_NODE",
     "NAME_PATTERN",
+    "Access",
+    "ApiKey",
     "CommandModel",
     "Condition",
     "Config",

@@ -71,6 +71,19 @@ def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
             )
         )
     problems += _policy_problems(config)
+    names = [k.name for k in config.access.keys]
+    for i, key in enumerate(config.access.keys):
+        if names.count(key.name) > 1:
+            problems.append((("access", "keys", i, "name"), f"two keys are named {key.name!r}"))
+        for j, allowed in enumerate(key.models or []):
+            if (
+                allowed not in config.tiers
+                and allowed != "auto"
+                and config.resolve(allowed) is None
+            ):
+                problems.append(
+                    (("access", "keys", i, "models", j), f"{allowed!r} is not a model or tier")
+                )
     for name, model in config.models.items():
         node_name = model.node or config.local_node
         if node_name is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -316,6 +317,54 @@ class Rule(Condition):
         return self
 
 
+def _rate(value: Any) -> Any:
+    """``60/min``, ``5/s``, ``1000/h`` → requests per second."""
+    if value is None or isinstance(value, int | float):
+        return value
+    count, sep, unit = str(value).partition("/")
+    per = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}.get(unit.strip())
+    if not sep or per is None or not count.strip().isdigit():
+        raise ValueError(f"{value!r}: expected a rate such as 60/min, 5/s or 1000/h")
+    return int(count) / per
+
+
+Scope = Literal["user", "admin"]
+
+
+def _user_scope() -> list[Scope]:
+    return ["user"]
+
+
+class ApiKey(_Strict):
+    """A key that may use the gateway; only its SHA-256 is kept."""
+
+    name: str
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="Hex digest.")
+    key: str | None = Field(None, description="The key itself, from ${ENV}; hashed at load.")
+    scopes: list[Scope] = Field(default_factory=_user_scope)
+    models: list[str] | None = Field(None, description="Names, aliases or tiers it may use.")
+    rate: Annotated[float | None, BeforeValidator(_rate)] = Field(
+        None, description="Requests per second it may make, written 60/min."
+    )
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ApiKey:
+        if (self.sha256 is None) == (self.key is None):
+            raise ValueError("give exactly one of `sha256` (from `modelyard key new`) or `key`")
+        return self
+
+    def digest(self) -> str:
+        return self.sha256 or hashlib.sha256((self.key or "").encode()).hexdigest()
+
+
+class Access(_Strict):
+    keys: list[ApiKey] = Field(default_factory=list)
+    allow_open_lan: bool = Field(
+        False, description="Serve a non-loopback address with no keys (an explicit choice)."
+    )
+    max_body: Bytes = Field(16 * 1024**2, description="Largest request body accepted.")
+
+
 class Config(_Strict):
     """The whole file."""
 
@@ -326,6 +375,7 @@ class Config(_Strict):
     placement: Placement = Field(default_factory=Placement)
     nodes: dict[str, Node] = Field(default_factory=lambda: {LOCAL_NODE: Node()})
     models: dict[str, Model] = Field(default_factory=dict)
+    access: Access = Field(default_factory=Access)
     tiers: dict[str, list[str]] = Field(default_factory=dict)
     policy: list[Rule] = Field(default_factory=list)
     source: Path | None = Field(None, exclude=True)

@@ -7,12 +7,14 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from modelyard.config import Config
 from modelyard.gateway import admin, openai
+from modelyard.gateway.access import AccessGuard
 from modelyard.gateway.errors import error_response
 from modelyard.gateway.state import Gateway
 from modelyard.schedule import State
@@ -62,6 +64,7 @@ def create_app(config: Config) -> Starlette:
         routes=[Route("/health", health), Route("/ready", ready), *openai.routes, *admin.routes],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error},
+        middleware=[Middleware(AccessGuard, access=config.access)],
     )
     app.state.gateway = gateway
     return app

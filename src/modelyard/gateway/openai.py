@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from modelyard.gateway.access import may_use
 from modelyard.gateway.errors import error_response
 from modelyard.gateway.proxy import UpstreamUnavailable, forward
 from modelyard.gateway.state import Gateway
@@ -47,6 +48,17 @@ async def _proxy(request: Request, path: str) -> Response:
     if isinstance(parsed, Response):
         return parsed
     body, asked = parsed
+    key = request.scope.get("state", {}).get("api_key")
+    named = gw.config.resolve(asked)
+    if not may_use(key, asked, named.name if named else None):
+        return error_response(
+            403,
+            f"API key {key.name!r} may not use {asked!r}; it may use: {', '.join(key.models)}",
+            code="model_not_allowed",
+            param="model",
+        )
+    if len(raw) > gw.config.access.max_body:
+        return error_response(413, f"the body is over {gw.config.access.max_body} bytes")
     decision = route(gw.config, features(body, request.headers), gw.cluster())
     if decision.target is None:
         return _no_target(gw, asked)

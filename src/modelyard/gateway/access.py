@@ -1,0 +1,103 @@
+"""Access: API keys with scopes and rate limits, and a cap on request bodies (ASGI middleware).
+
+With no keys in the config the gateway is open (the CLI refuses to bind a non-loopback
+address that way unless ``access.allow_open_lan`` says so). With keys, every route but
+``/health`` and ``/ready`` needs ``Authorization: Bearer KEY`` (or ``x-api-key``); the
+OpenAI API needs the ``user`` scope, ``/admin`` the ``admin`` scope. Keys are compared by
+their SHA-256, the only form kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from modelyard.config import Access, ApiKey
+from modelyard.gateway.errors import error_response
+
+OPEN_PATHS = ("/health", "/ready")
+
+
+class AccessGuard:
+    """Checks the key, its scope and its rate, and the body's declared size, before the app."""
+
+    def __init__(self, app: ASGIApp, access: Access) -> None:
+        self.app = app
+        self.max_body = access.max_body
+        self.keys = {key.digest(): key for key in access.keys}
+        self._buckets: dict[str, tuple[float, float]] = {}  # key name → (tokens, at)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            refusal = error_response(
+                413, f"the body is {int(length)} bytes; this gateway takes at most {self.max_body}"
+            )
+            await refusal(scope, receive, send)
+            return
+        if self.keys:
+            key, denied = self._check(scope["path"], headers)
+            if denied is not None:
+                await denied(scope, receive, send)
+                return
+            scope.setdefault("state", {})["api_key"] = key
+        await self.app(scope, receive, send)
+
+    def _check(
+        self, path: str, headers: dict[str, str]
+    ) -> tuple[ApiKey | None, JSONResponse | None]:
+        given = headers.get("authorization", "")
+        token = given[7:].strip() if given.lower().startswith("bearer ") else ""
+        token = token or headers.get("x-api-key", "")
+        if not token:
+            return None, error_response(
+                401, "an API key is needed: Authorization: Bearer KEY", code="missing_api_key"
+            )
+        key = self.keys.get(hashlib.sha256(token.encode()).hexdigest())
+        if key is None:
+            return None, error_response(401, "this API key is not known", code="invalid_api_key")
+        need = "admin" if path.startswith("/admin") else "user"
+        if need not in key.scopes:
+            return key, error_response(
+                403,
+                f"API key {key.name!r} lacks the {need!r} scope needed for {path}",
+                code="insufficient_scope",
+            )
+        wait = self._spend(key)
+        if wait > 0:
+            return key, error_response(
+                429,
+                f"API key {key.name!r} is over its rate of {key.rate:g} requests/s",
+                code="rate_limited",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+        return key, None
+
+    def _spend(self, key: ApiKey) -> float:
+        """Token bucket of one second's worth (at least one): seconds until the next token."""
+        if key.rate is None:
+            return 0.0
+        now = time.monotonic()
+        capacity = max(1.0, key.rate)
+        tokens, at = self._buckets.get(key.name, (capacity, now))
+        tokens = min(capacity, tokens + (now - at) * key.rate)
+        if tokens < 1:
+            self._buckets[key.name] = (tokens, now)
+            return (1 - tokens) / key.rate
+        self._buckets[key.name] = (tokens - 1, now)
+        return 0.0
+
+
+def may_use(key: ApiKey | None, asked: str, canonical: str | None) -> bool:
+    """Whether ``key`` may ask for ``asked`` (``canonical``: the model it resolves to)."""
+    if key is None or key.models is None:
+        return True
+    return asked in key.models or (canonical is not None and canonical in key.models)
