@@ -285,3 +285,54 @@ def test_stop_reason_names_the_swap() -> None:
     assert plan.actions == [Stop("a", "drained")]
     plan = decide(MODELS, {"a": inst("a", State.STOPPED, since=4)}, [Waiter(1, "c", 3)], T, 4)
     assert plan.actions == [Start("c", "request waiting")]
+
+
+SLOTTED = {"s": ModelRule("s", slots=2, queue=3)}
+
+
+@pytest.mark.parametrize(
+    ("state", "in_flight", "waiting", "expected"),
+    [
+        pytest.param(
+            State.READY,
+            0,
+            3,
+            [("grant", "1", "s"), ("grant", "2", "s")],
+            id="grants up to the free slots, FIFO",
+        ),
+        pytest.param(State.READY, 2, 3, [], id="all slots busy: everyone waits"),
+        pytest.param(
+            State.READY,
+            2,
+            5,
+            [("refuse", "4", "429"), ("refuse", "5", "429")],
+            id="beyond the queue: 429",
+        ),
+        pytest.param(
+            State.READY,
+            1,
+            6,
+            [("refuse", "5", "429"), ("refuse", "6", "429"), ("grant", "1", "s")],
+            id="one free slot plus the queue",
+        ),
+        pytest.param(
+            State.STARTING,
+            0,
+            7,
+            [("refuse", "6", "503"), ("refuse", "7", "503")],
+            id="waiting for a load is a queue too: 503",
+        ),
+    ],
+)
+def test_slots_and_queue(
+    state: State, in_flight: int, waiting: int, expected: list[tuple[str, ...]]
+) -> None:
+    instances = {"s": inst("s", state, since=0, in_flight=in_flight)}
+    waiters = [Waiter(i, "s", float(i)) for i in range(1, waiting + 1)]
+    assert kinds(decide(SLOTTED, instances, waiters, T, 10).actions) == expected
+
+
+def test_admin_start_is_not_counted_in_the_queue() -> None:
+    instances = {"s": inst("s", State.STARTING, since=0)}
+    waiters = [Waiter(i, "s", float(i)) for i in range(1, 6)] + [Waiter(9, "s", 9, admin=True)]
+    assert decide(SLOTTED, instances, waiters, T, 10).actions == []

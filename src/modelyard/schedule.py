@@ -51,6 +51,13 @@ class ModelRule:
     node: str = "local"
     need: Need | None = None  # memory on each GPU of its node; None: not checked
     blocked: str | None = None  # a standing reason it may not start (MoE on a slow link)
+    slots: int | None = None  # requests it serves at once; None: no limit
+    queue: int = 100  # requests that may wait beyond its free slots
+
+    def room(self, in_flight: int) -> int:
+        """Waiters it takes now: its free slots plus its queue."""
+        free = (self.slots - in_flight) if self.slots is not None else 10**9
+        return max(0, free) + self.queue
 
 
 @dataclass(frozen=True)
@@ -180,9 +187,15 @@ def decide(
     }
 
     live: list[Waiter] = []
+    counted: dict[str, int] = {}
     for w in waiters:
         node = nodes.get(models[w.model].node, NodeView(models[w.model].node))
         refusal = _refusal(w, view(w.model), models[w.model], node, residents, inventory, now)
+        if refusal is None and not w.admin:
+            counted[w.model] = counted.get(w.model, 0) + 1
+            v = view(w.model)
+            if counted[w.model] > models[w.model].room(v.in_flight):
+                refusal = _queue_full(models[w.model], v)
         if refusal is None:
             live.append(w)
         else:
@@ -262,6 +275,15 @@ def _refusal(
     return None
 
 
+def _queue_full(rule: ModelRule, v: InstanceView) -> tuple[int, str]:
+    if v.state is State.READY:
+        return 429, (
+            f"{rule.name} is busy: {v.in_flight} running on {rule.slots} slot(s) and its queue "
+            f"of {rule.queue} is full"
+        )
+    return 503, f"{rule.name} is {v.state.value}, and {rule.queue} request(s) already wait for it"
+
+
 def _resources(rule: ModelRule) -> set[tuple[str, ...]]:
     """What a start occupies: one start at a time per swap group and per GPU."""
     keys: set[tuple[str, ...]] = {("model", rule.name)}
@@ -332,7 +354,8 @@ def _ready(
     if challenger is not None and not rule.pinned:
         deadline = max(challenger.since, v.since) + timing.max_swap_delay
     if deadline is None or now < deadline:
-        plan.actions.extend(Grant(w.id, rule.name) for w in mine)
+        free = len(mine) if rule.slots is None else max(0, rule.slots - v.in_flight)
+        plan.actions.extend(Grant(w.id, rule.name) for w in mine[:free])
     if deadline is not None and challenger is not None:
         idle = v.in_flight == 0 and not mine
         if now >= deadline or idle:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelyard.config import Config
+from modelyard.config import Config, LlamaCppModel, Model
 from modelyard.engines import Upstream
 from modelyard.nodes import NodeHandle
 from modelyard.placement import Inventory, slow_link
@@ -102,6 +103,7 @@ class Scheduler:
         self.store = store
         self.instances: dict[str, Instance] = {}
         self._waiters: list[_Waiter] = []
+        self._served: dict[str, deque[float]] = {}  # recent release times, for Retry-After
         self._ids = itertools.count(1)
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
@@ -163,7 +165,9 @@ class Scheduler:
                 )
                 if problem and self.config.placement.moe_on_slow_link == "refuse":
                     blocked = f"{name} refused: {problem} (placement.moe_on_slow_link: refuse)"
-            rules[name] = ModelRule(name, m.swap_group, m.pinned, m.ttl, node, need, blocked)
+            rules[name] = ModelRule(
+                name, m.swap_group, m.pinned, m.ttl, node, need, blocked, _slots(m), m.queue
+            )
         return rules
 
     def inventory(self) -> Inventory:
@@ -196,7 +200,7 @@ class Scheduler:
                 inst.last_used = now
                 entry.future.set_result(inst)
             else:
-                retry = inst.retry_at - now if inst.retry_at else None
+                retry = inst.retry_at - now if inst.retry_at else self._queue_wait(inst.model, now)
                 entry.future.set_exception(Refused(action.status, action.reason, retry))
             return
         inst = self.instances[action.model]
@@ -312,7 +316,17 @@ class Scheduler:
     def release(self, inst: Instance) -> None:
         inst.in_flight -= 1
         inst.last_used = time.monotonic()
+        self._served.setdefault(inst.model, deque(maxlen=200)).append(inst.last_used)
         self._kick()
+
+    def _queue_wait(self, model: str, now: float) -> float:
+        """Seconds until a place frees up: the waiting line over the recent service rate."""
+        done = [t for t in self._served.get(model, ()) if t > now - 60]
+        waiting = 1 + sum(1 for w in self._waiters if w.waiter.model == model)
+        if len(done) >= 2 and now > done[0]:
+            return waiting / (len(done) / (now - done[0]))
+        typical = self.store.typical_load_seconds(model)  # nothing served yet: a load away
+        return typical if typical else 5.0
 
     @asynccontextmanager
     async def lease(
@@ -387,6 +401,7 @@ class Scheduler:
             "instance": inst.id if inst.generation else None,
             "pid": inst.pid,
             "in_flight": inst.in_flight,
+            "slots": _slots(self.config.models[inst.model]),
             "waiting": sum(1 for w in self._waiters if w.waiter.model == inst.model),
             "since_s": round(now - inst.since, 1) if inst.generation else None,
             "progress": self.progress(inst),
@@ -406,3 +421,8 @@ class Scheduler:
             if not entry.future.done():
                 entry.future.set_exception(Refused(503, "the gateway is shutting down"))
         await asyncio.gather(*(node.close() for node in self.nodes.values()))
+
+
+def _slots(model: Model) -> int | None:
+    """Requests a model serves at once: its `slots`, else llama.cpp's `parallel`, else no cap."""
+    return model.slots or (model.parallel if isinstance(model, LlamaCppModel) else None)

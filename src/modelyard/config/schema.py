@@ -57,6 +57,10 @@ class ModelBase(_Strict):
     memory_share: float | None = Field(None, gt=0, le=1, description="Share of each GPU's memory.")
     moe: bool | None = Field(None, description="Mixture of experts; default: read from the GGUF.")
     manual_only: bool = Field(False, description="Reached only when a client names it.")
+    slots: int | None = Field(
+        None, ge=1, description="Requests served at once; default: llama.cpp's `parallel`."
+    )
+    queue: int = Field(100, ge=0, description="Requests that may wait beyond the free slots.")
 
     @model_validator(mode="after")
     def _split_matches_gpus(self) -> ModelBase:

@@ -23,7 +23,8 @@ _DROP = {"content-length", "transfer-encoding", "connection", "keep-alive", "dat
 
 def new_session() -> aiohttp.ClientSession:
     """One pooled client for all upstreams: no total timeout (generations are long)."""
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
+    # Idle connections are dropped before llama-server's own 5 s keep-alive ends.
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4, ttl_dns_cache=300)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
 
@@ -66,7 +67,7 @@ async def forward(
     url = upstream.base_url + path
     send_headers = {"Content-Type": "application/json", **upstream.headers}
     try:
-        resp = await session.post(url, data=body, headers=send_headers)
+        resp = await _post(session, url, body, send_headers)
     except (aiohttp.ClientError, OSError) as exc:
         await _call(done, 502, f"upstream unreachable: {exc}")
         raise UpstreamUnavailable(f"the model server did not answer: {exc}") from exc
@@ -142,6 +143,23 @@ class ProxyStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self._closed()
+
+
+async def _post(
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
+) -> aiohttp.ClientResponse:
+    """POST, once more on a new connection if a pooled one turns out closed by the server.
+
+    A server may close an idle keep-alive connection just as it is reused; it then answered
+    nothing, so sending the request again cannot run it twice.
+    """
+    for attempt in range(3):
+        try:
+            return await session.post(url, data=body, headers=headers)
+        except aiohttp.ServerDisconnectedError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def _call(
