@@ -62,3 +62,65 @@ def test_full_queue_answers_429_and_every_slot_comes_back(one_slot: Gateway) -> 
     assert all(int(a.headers["Retry-After"]) >= 1 for a in answers if a.status_code == 429)
     audit = one_slot.model("q")
     assert (audit["in_flight"], audit["waiting"]) == (0, 0)
+
+
+def engine_busy(gw: Gateway) -> bool:
+    """Is any slot of q's llama-server generating? (its own /slots endpoint)"""
+    base = str(gw.model("q")["upstream"]).removesuffix("/v1")
+    return any(slot["is_processing"] for slot in httpx.get(base + "/slots", timeout=10).json())
+
+
+def wait_until(check, timeout: float = 30, show=None) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not reached in time: {show() if show else ''}"
+        # Not faster: llama-server polled on /slots many times a second was seen to miss a
+        # closed connection until the polling stopped.
+        time.sleep(1.0)
+
+
+def test_a_client_that_goes_away_frees_its_slot_and_stops_the_engine(one_slot: Gateway) -> None:
+    assert post(one_slot).status_code == 200  # loaded
+    long = {
+        "model": "q",
+        "max_tokens": 2000,
+        "messages": [{"role": "user", "content": "Write a very long story."}],
+    }
+    # Non-streamed, mid-generation: the client gives up after a moment.
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(one_slot.url + "/v1/chat/completions", json=long, timeout=1.5)
+    wait_until(
+        lambda: not engine_busy(one_slot) and one_slot.model("q")["in_flight"] == 0,
+        show=lambda: (engine_busy(one_slot), one_slot.model("q")),
+    )
+
+    # Streamed, mid-generation.
+    with httpx.stream(
+        "POST", one_slot.url + "/v1/chat/completions", json={**long, "stream": True}, timeout=60
+    ) as stream:
+        next(line for line in stream.iter_lines() if line.startswith("data: "))
+        assert engine_busy(one_slot)
+    wait_until(lambda: not engine_busy(one_slot) and one_slot.model("q")["in_flight"] == 0)
+
+    # Queued behind a busy slot: leaving gives its place back, the running one goes on.
+    with httpx.stream(
+        "POST",
+        one_slot.url + "/v1/chat/completions",
+        json={**long, "max_tokens": 200, "stream": True},
+        timeout=120,
+    ) as stream:
+        lines = stream.iter_lines()
+        next(line for line in lines if line.startswith("data: "))
+        with pytest.raises(httpx.ReadTimeout):
+            post_with_timeout(one_slot, 1.0)
+        wait_until(lambda: one_slot.model("q")["waiting"] == 0)
+        assert one_slot.model("q")["in_flight"] == 1
+        assert any('"finish_reason":"length"' in line for line in lines)
+    assert one_slot.model("q")["in_flight"] == 0
+
+
+def post_with_timeout(gw: Gateway, timeout: float) -> httpx.Response:
+    body = {"model": "q", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    return httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=timeout)

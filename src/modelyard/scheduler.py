@@ -400,6 +400,7 @@ class Scheduler:
             "state": inst.state.value,
             "instance": inst.id if inst.generation else None,
             "pid": inst.pid,
+            "upstream": inst.upstream.base_url if inst.upstream else None,
             "in_flight": inst.in_flight,
             "slots": _slots(self.config.models[inst.model]),
             "waiting": sum(1 for w in self._waiters if w.waiter.model == inst.model),

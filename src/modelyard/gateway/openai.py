@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -24,15 +26,44 @@ _TRUE = {"1", "true", "yes", "on"}
 
 
 async def chat_completions(request: Request) -> Response:
-    return await _proxy(request, "/chat/completions")
+    return await _until_gone(request, _proxy(request, "/chat/completions"))
 
 
 async def completions(request: Request) -> Response:
-    return await _proxy(request, "/completions")
+    return await _until_gone(request, _proxy(request, "/completions"))
 
 
 async def embeddings(request: Request) -> Response:
-    return await _proxy(request, "/embeddings")
+    return await _until_gone(request, _proxy(request, "/embeddings"))
+
+
+async def _until_gone(request: Request, work: Coroutine[Any, Any, Response]) -> Response:
+    """Run ``work`` until it answers or the client goes away, whichever comes first.
+
+    A client that disconnects while queued, while its model loads, or while a non-streamed
+    answer is generated cancels ``work``: its place in the queue goes, its slot comes back
+    (``finally``) and the upstream request is closed, which stops the generation. Streamed
+    answers are watched by the stream itself once they start.
+    """
+    await request.body()  # read first: the watcher below only sees what follows
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task  # its place, its slot and its upstream are given back first
+    if task.cancelled():
+        return Response(status_code=499)  # nobody is there to read it
+    return task.result()
 
 
 async def list_models(request: Request) -> Response:
