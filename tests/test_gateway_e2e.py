@@ -248,9 +248,11 @@ def test_command_and_remote_engines(serve, gemma: Path, llama_server: str, tmp_p
             gw = serve(config)
         finally:
             del os.environ["TEST_REMOTE_KEY"]
-        httpx_deadline = time.monotonic() + 60
-        while httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code != 200:
-            assert time.monotonic() < httpx_deadline
+        # Until the gateway's own probe (every 2 s) sees the remote up, routing skips it.
+        deadline = time.monotonic() + 60
+        probe = {"request": {"model": "far", "messages": []}}
+        while not gw.admin("POST", "/admin/route/explain", json=probe).json()["candidates"]:
+            assert time.monotonic() < deadline, "the gateway never saw the remote up"
             time.sleep(0.2)
         model, _ = chat(gw, "cmd")
         assert model == "cmd"  # renamed from server-side-name
