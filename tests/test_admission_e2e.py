@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from tests.conftest import Gateway, gemma_model, write_config
@@ -124,3 +125,40 @@ def test_a_client_that_goes_away_frees_its_slot_and_stops_the_engine(one_slot: G
 def post_with_timeout(gw: Gateway, timeout: float) -> httpx.Response:
     body = {"model": "q", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     return httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=timeout)
+
+
+def test_a_waiting_stream_is_kept_alive_then_answered(one_slot: Gateway) -> None:
+    """Queued behind a busy slot, a streamed request gets its 200 and comment lines at once,
+    then the answer; the SDK reads through the comments."""
+    assert post(one_slot).status_code == 200
+    busy = {
+        "model": "q",
+        "stream": True,
+        "max_tokens": 120,
+        "messages": [{"role": "user", "content": "Count to one hundred."}],
+    }
+    waiting = {**busy, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
+    with httpx.stream(
+        "POST", one_slot.url + "/v1/chat/completions", json=busy, timeout=120
+    ) as first:
+        lines = first.iter_lines()
+        next(line for line in lines if line.startswith("data: "))
+        with httpx.stream(
+            "POST", one_slot.url + "/v1/chat/completions", json=waiting, timeout=120
+        ) as second:
+            assert second.status_code == 200
+            assert "x-modelyard-decision" in second.headers
+            seen = second.iter_lines()
+            assert next(seen).startswith(": modelyard: waiting")  # before the slot is free
+            for _ in lines:  # the first stream ends, the slot frees, the second proceeds
+                pass
+            rest = list(seen)
+    assert any(line.startswith("data: ") and '"content"' in line for line in rest)
+    assert rest[-2:] == ["data: [DONE]", ""] or "data: [DONE]" in rest
+    client = openai.OpenAI(base_url=one_slot.url + "/v1", api_key="none", max_retries=0)
+    chunks = list(
+        client.chat.completions.create(
+            model="q", stream=True, max_tokens=4, messages=[{"role": "user", "content": "Hi"}]
+        )
+    )
+    assert chunks and one_slot.model("q")["in_flight"] == 0

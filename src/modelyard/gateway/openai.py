@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from modelyard.gateway.access import may_use
 from modelyard.gateway.errors import error_response
+from modelyard.gateway.keepalive import stream_or_wait
 from modelyard.gateway.proxy import UpstreamUnavailable, forward
 from modelyard.gateway.state import Gateway
 from modelyard.routing import AUTO, Decision, features, route, strip_tags
@@ -98,35 +99,44 @@ async def _proxy(request: Request, path: str) -> Response:
     stream = body.get("stream") is True
     no_swap = request.headers.get("x-modelyard-no-swap", "").lower() in _TRUE
     attempt = Attempt(gw, decision, path, stream, began)
-    for name in decision.candidates:
-        try:
-            inst = await gw.scheduler.acquire(
-                name, no_swap, timeout=gw.wait_timeout(name), force=decision.forced
-            )
-        except Refused as exc:
-            attempt.turned_down(name, exc.status, exc.reason, exc.retry_after)
-            continue
-        upstream = inst.upstream
-        assert upstream is not None, "a granted instance is ready"
-        forwarded = {**body, "model": upstream.model} if upstream.model else body
-        data = raw if forwarded is body and not decision.strip else orjson.dumps(forwarded)
-        try:
-            return await forward(
-                gw.session,
-                upstream,
-                path,
-                data,
-                stream=stream,
-                asked_model=name,
-                headers=attempt.headers(name, inst.id),
-                done=attempt.done(name, inst),
-            )
-        except UpstreamUnavailable as exc:
-            attempt.turned_down(name, 502, str(exc), None)
-        except BaseException:
-            attempt.done(name, inst)(499, "client went away before the answer started")
-            raise
-    return attempt.refusal()
+
+    async def serve() -> Response:
+        for name in decision.candidates:
+            try:
+                inst = await gw.scheduler.acquire(
+                    name, no_swap, timeout=gw.wait_timeout(name), force=decision.forced
+                )
+            except Refused as exc:
+                attempt.turned_down(name, exc.status, exc.reason, exc.retry_after)
+                continue
+            upstream = inst.upstream
+            assert upstream is not None, "a granted instance is ready"
+            forwarded = {**body, "model": upstream.model} if upstream.model else body
+            data = raw if forwarded is body and not decision.strip else orjson.dumps(forwarded)
+            finish = attempt.done(name, inst)
+            try:
+                return await forward(
+                    gw.session,
+                    upstream,
+                    path,
+                    data,
+                    stream=stream,
+                    asked_model=name,
+                    headers=attempt.headers(name, inst.id),
+                    done=finish,
+                )
+            except UpstreamUnavailable as exc:
+                attempt.turned_down(name, 502, str(exc), None)
+            except BaseException:
+                finish(499, "client went away before the answer started")
+                raise
+        return attempt.refusal()
+
+    if not stream:
+        return await serve()
+    return await stream_or_wait(
+        asyncio.ensure_future(serve()), {"x-modelyard-decision": attempt.id}
+    )
 
 
 class Attempt:

@@ -144,6 +144,18 @@ class ProxyStream(StreamingResponse):
         finally:
             await self._closed()
 
+    async def abandon(self) -> None:
+        """Close it unread: the upstream request and the instance's slot are given back."""
+        await self._closed()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The stream's bytes, for a response that already started elsewhere (keep-alive)."""
+        try:
+            async for chunk in self.body_iterator:
+                yield chunk if isinstance(chunk, bytes) else str(chunk).encode()
+        finally:
+            await self._closed()
+
 
 async def _post(
     session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
