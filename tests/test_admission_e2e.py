@@ -101,7 +101,8 @@ def test_a_client_that_goes_away_frees_its_slot_and_stops_the_engine(one_slot: G
     with httpx.stream(
         "POST", one_slot.url + "/v1/chat/completions", json={**long, "stream": True}, timeout=60
     ) as stream:
-        next(line for line in stream.iter_lines() if line.startswith("data: "))
+        lines = stream.iter_lines()  # kept: a dropped iterator closes the response
+        next(line for line in lines if '"content":"' in line)  # generating now
         assert engine_busy(one_slot)
     wait_until(lambda: not engine_busy(one_slot) and one_slot.model("q")["in_flight"] == 0)
 
