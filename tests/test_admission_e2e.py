@@ -163,3 +163,25 @@ def test_a_waiting_stream_is_kept_alive_then_answered(one_slot: Gateway) -> None
         )
     )
     assert chunks and one_slot.model("q")["in_flight"] == 0
+
+
+def test_context_window_warns_then_refuses(one_slot: Gateway) -> None:
+    """q's window is 1024 tokens: over 60% warns in a header, over 75% is a 400."""
+
+    def ask(chars: int, max_tokens: int) -> httpx.Response:
+        body = {
+            "model": "q",
+            "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": "word " * (chars // 5)}],
+        }
+        return httpx.post(one_slot.url + "/v1/chat/completions", json=body, timeout=120)
+
+    fine = ask(100, 8)
+    assert fine.status_code == 200 and "x-modelyard-context-warning" not in fine.headers
+    warned = ask(1500, 150)  # about 654 of 1024 tokens
+    assert warned.status_code == 200
+    assert "64% of the window of q" in warned.headers["x-modelyard-context-warning"]
+    refused = ask(1500, 400)
+    error = refused.json()["error"]
+    assert refused.status_code == 400 and error["code"] == "context_length_exceeded"
+    assert "1024-token window" in error["message"]

@@ -763,3 +763,51 @@ def test_policy_config_errors(extra: str, expected: list[str]) -> None:
     assert len(issues) == len(expected), issues
     for issue, want in zip(issues, expected, strict=True):
         assert issue.startswith("/etc/modelyard/" + want), issues
+
+
+WINDOWS = """\
+models:
+  short: {engine: llama.cpp, weights: s.gguf, context: 4096, parallel: 2}
+  long: {engine: llama.cpp, weights: l.gguf, context: 32768}
+  open: {engine: remote, url: "http://x/v1"}
+tiers:
+  chat: [short, long]
+"""
+
+
+@pytest.mark.parametrize(
+    ("model", "chars", "max_tokens", "candidates", "why"),
+    [
+        pytest.param("chat", 300, 100, ("short", "long"), None, id="fits: both"),
+        pytest.param(
+            "chat",
+            3000,
+            600,
+            ("long",),
+            "context too long: about 1604 tokens is 78% of its 2048-token window",
+            id="over 75% of a slot's window: the larger model takes it",
+        ),
+        pytest.param(
+            "short",
+            3000,
+            600,
+            (),
+            "context too long: about 1604 tokens is 78% of its 2048-token window",
+            id="named, too long: nothing left",
+        ),
+        pytest.param("open", 300000, 0, ("open",), None, id="no known window: not checked"),
+    ],
+)
+def test_context_window(
+    model: str, chars: int, max_tokens: int, candidates: tuple[str, ...], why: str | None
+) -> None:
+    config = parse_config(WINDOWS, "/etc/modelyard/test.yaml", {})
+    body = {
+        "model": model,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": "x" * chars}],
+    }
+    decision = route(config, features(body, {}), Cluster())
+    assert decision.candidates == candidates
+    refused = [s.why for s in decision.trail if s.kind == "candidate" and not s.ok]
+    assert refused[0].startswith(why) if why else refused == []

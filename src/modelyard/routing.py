@@ -18,10 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelyard.config import Condition, Config, Rule
+from modelyard.config import Condition, Config, LlamaCppModel, Rule, VllmModel
 
 AUTO = "auto"
 FORBIDDEN = "forbidden by a rule"
+CONTEXT = "context too long"
 MANUAL_ONLY = "manual-only: reached only when named"
 _BY_POLICY = (FORBIDDEN, MANUAL_ONLY)
 TOKEN_METHOD = "characters / 3, rounded up, + 4 per message (errs high for English and code)"
@@ -37,6 +38,12 @@ class Features:
     tokens: int = 0
     tools: bool = False
     images: bool = False
+    max_tokens: int = 0  # what the client asked to generate, if it said
+
+    @property
+    def need(self) -> int:
+        """Tokens the request may take in a context window: its prompt and its answer."""
+        return self.tokens + self.max_tokens
 
     def as_dict(self) -> dict[str, Any]:
         """What a replay needs; credentials are never kept."""
@@ -48,6 +55,7 @@ class Features:
             "tokens": self.tokens,
             "tools": self.tools,
             "images": self.images,
+            "max_tokens": self.max_tokens,
         }
 
     @classmethod
@@ -59,6 +67,7 @@ class Features:
             int(data.get("tokens", 0)),
             bool(data.get("tools")),
             bool(data.get("images")),
+            int(data.get("max_tokens", 0)),
         )
 
 
@@ -162,7 +171,28 @@ def features(body: Mapping[str, Any], headers: Mapping[str, str]) -> Features:
         tokens=-(-chars // 3) + 4 * count,
         tools=bool(body.get("tools") or body.get("functions")),
         images=images,
+        max_tokens=_int(body.get("max_completion_tokens", body.get("max_tokens"))),
     )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def window(config: Config, name: str) -> int | None:
+    """The context window one request gets on ``name``, where the config says it."""
+    model = config.models[name]
+    if isinstance(model, LlamaCppModel) and model.context:
+        return model.context // model.parallel  # llama-server divides it among its slots
+    if isinstance(model, VllmModel) and model.max_model_len:
+        return model.max_model_len
+    return None
+
+
+def context_use(config: Config, name: str, req: Features) -> float | None:
+    """Share of ``name``'s window the request may take, if the window is known."""
+    size = window(config, name)
+    return req.need / size if size else None
 
 
 def _content_text(content: Any) -> tuple[str, bool]:
@@ -224,6 +254,13 @@ def route(config: Config, req: Features, cluster: Cluster) -> Decision:
         auto_picked = explicit is None or target != explicit.name
         for name in config.tier_models(target) if target in config.tiers else [target]:
             why_not = _turned_down(name, config, cluster, forbidden, forced, auto_picked)
+            use = context_use(config, name, req)
+            if why_not is None and use is not None and use > config.models[name].context_refuse:
+                why_not = (
+                    f"{CONTEXT}: about {req.need} tokens is {use:.0%} of its "
+                    f"{window(config, name)}-token window (refused above "
+                    f"{config.models[name].context_refuse:.0%})"
+                )
             trail.append(Step("candidate", name, why_not is None, why_not or "allowed"))
             if why_not is None:
                 candidates.append(name)

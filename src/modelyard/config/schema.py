@@ -61,6 +61,8 @@ class ModelBase(_Strict):
         None, ge=1, description="Requests served at once; default: llama.cpp's `parallel`."
     )
     queue: int = Field(100, ge=0, description="Requests that may wait beyond the free slots.")
+    context_warn: float = Field(0.6, gt=0, le=1, description="Share of the window that warns.")
+    context_refuse: float = Field(0.75, gt=0, le=1, description="Share above which it refuses.")
 
     @model_validator(mode="after")
     def _split_matches_gpus(self) -> ModelBase:

@@ -20,7 +20,7 @@ from modelyard.gateway.errors import error_response
 from modelyard.gateway.keepalive import stream_or_wait
 from modelyard.gateway.proxy import UpstreamUnavailable, forward
 from modelyard.gateway.state import Gateway
-from modelyard.routing import AUTO, Decision, features, route, strip_tags
+from modelyard.routing import AUTO, CONTEXT, Decision, context_use, features, route, strip_tags
 from modelyard.scheduler import Instance, Refused
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -176,6 +176,11 @@ class Attempt:
         }
         if self.decision.rule:
             out["x-modelyard-rule"] = self.decision.rule
+        use = context_use(self.gw.config, name, self.decision.features)
+        if use is not None and use > self.gw.config.models[name].context_warn:
+            out["x-modelyard-context-warning"] = (
+                f"about {self.decision.features.need} tokens, {use:.0%} of the window of {name}"
+            )
         degraded = self.degraded()
         if degraded:
             out["x-modelyard-degraded"] = degraded.encode("ascii", "replace").decode()
@@ -230,7 +235,19 @@ class Attempt:
 
     def refusal(self) -> Response:
         status, reason, retry = self.last
-        if not self.decision.candidates:
+        turned = [s for s in self.decision.trail if s.kind == "candidate" and not s.ok]
+        code = "swap_refused" if status == 409 else "model_unavailable"
+        if (
+            not self.decision.candidates
+            and turned
+            and all(s.why.startswith(CONTEXT) for s in turned)
+        ):
+            status, reason, code = (
+                400,
+                f"{turned[0].name}: {turned[0].why}",
+                "context_length_exceeded",
+            )
+        elif not self.decision.candidates:
             status, reason = 503, "every candidate was turned down"
         self.log(None, status)
         self.gw.store.request(
@@ -248,7 +265,6 @@ class Attempt:
             headers["x-modelyard-rule"] = self.decision.rule
         if retry is not None:
             headers["Retry-After"] = str(max(1, math.ceil(retry)))
-        code = "swap_refused" if status == 409 else "model_unavailable"
         # A plain request for one model gets the reason alone; a routed one, the trail too.
         routed = len(self.decision.trail) > 1 or not self.hops
         message = f"{reason} (decision {self.id}: {self.decision.summary()})" if routed else reason
