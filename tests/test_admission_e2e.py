@@ -185,3 +185,25 @@ def test_context_window_warns_then_refuses(one_slot: Gateway) -> None:
     error = refused.json()["error"]
     assert refused.status_code == 400 and error["code"] == "context_length_exceeded"
     assert "1024-token window" in error["message"]
+
+
+def test_shutdown_lets_a_running_stream_finish(one_slot: Gateway) -> None:
+    import signal
+
+    assert post(one_slot).status_code == 200
+    body = {
+        "model": "q",
+        "stream": True,
+        "max_tokens": 60,
+        "messages": [{"role": "user", "content": "Count to one hundred."}],
+    }
+    with httpx.stream(
+        "POST", one_slot.url + "/v1/chat/completions", json=body, timeout=120
+    ) as stream:
+        lines = stream.iter_lines()
+        next(line for line in lines if '"content":"' in line)
+        one_slot.proc.send_signal(signal.SIGTERM)  # mid-answer
+        rest = list(lines)
+    assert "data: [DONE]" in rest
+    assert any('"finish_reason":"length"' in line for line in rest)
+    assert one_slot.proc.wait(60) in (0, -15)  # uvicorn re-raises the signal once done

@@ -63,7 +63,16 @@ def serve(
         )
         raise typer.Exit(2)
     err.print(f"modelyard: {len(cfg.models)} model(s) from {config}, listening on {host}:{port}")
-    uvicorn.run(create_app(cfg), host=host, port=port, log_level="info", access_log=False)
+    # On SIGTERM/SIGINT: stop taking requests, let those running finish (bounded by the
+    # drain timeout), then stop the engines.
+    uvicorn.run(
+        create_app(cfg),
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=int(cfg.scheduler.drain_timeout) or 1,
+    )
 
 
 @app.command()
