@@ -207,3 +207,56 @@ def test_shutdown_lets_a_running_stream_finish(one_slot: Gateway) -> None:
     assert "data: [DONE]" in rest
     assert any('"finish_reason":"length"' in line for line in rest)
     assert one_slot.proc.wait(60) in (0, -15)  # uvicorn re-raises the signal once done
+
+
+def test_reload_applies_a_valid_config_and_keeps_a_running_stream(
+    serve,
+    gemma: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    import signal
+    import time
+
+    config = write_config(tmp_path, gemma_model("keep", gemma) + gemma_model("gone", gemma))
+    gw = serve(config)
+    original = config.read_text()
+
+    config.write_text(original.replace("engine: llama.cpp", "engine: llama.cpp\n    ttl: soon", 1))
+    bad = gw.cli("reload")
+    assert bad.returncode == 1 and "did not validate" in bad.stderr and "ttl" in bad.stderr
+    assert {m["name"] for m in gw.admin("GET", "/admin/models").json()["models"]} == {
+        "keep",
+        "gone",
+    }
+
+    body = {
+        "model": "keep",
+        "stream": True,
+        "max_tokens": 60,
+        "messages": [{"role": "user", "content": "Count to one hundred."}],
+    }
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body, timeout=120) as s:
+        lines = s.iter_lines()
+        next(line for line in lines if '"content":"' in line)
+        changed = original.replace("  gone:", "  added:")
+        config.write_text(changed)
+        done = gw.cli("reload")
+        assert done.returncode == 0, done.stderr
+        assert "added ['added']" in done.stdout and "removed ['gone']" in done.stdout
+        rest = list(lines)  # the stream on the unchanged model went on to its end
+    assert "data: [DONE]" in rest
+    assert {m["name"] for m in gw.admin("GET", "/admin/models").json()["models"]} == {
+        "keep",
+        "added",
+    }
+
+    config.write_text(changed.replace("listen: 127.0.0.1:", "listen: 127.0.0.2:"))
+    refused = gw.cli("reload")
+    assert refused.returncode == 1 and "restart the gateway" in refused.stderr
+
+    config.write_text(changed.replace("  added:", "  again:"))
+    gw.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while "again" not in {m["name"] for m in gw.admin("GET", "/admin/models").json()["models"]}:
+        assert time.monotonic() < deadline, "SIGHUP did not reload"
+        time.sleep(0.2)

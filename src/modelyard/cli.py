@@ -467,6 +467,20 @@ def restart(name: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> N
 
 
 @app.command()
+def reload(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Make the gateway read its config file again; applied only if it validates."""
+    data = _call("POST", url, "/admin/reload", timeout=600)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    out.print(
+        f"reloaded {data['reloaded']}: added {data['added'] or 'none'}, changed "
+        f"{data['changed'] or 'none'}, removed {data['removed'] or 'none'}",
+        highlight=False,
+    )
+
+
+@app.command()
 def logs(
     name: str,
     lines: Annotated[int, typer.Option("-n", "--lines")] = 100,

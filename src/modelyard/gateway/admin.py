@@ -6,8 +6,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from modelyard.config import ConfigError, load_config
 from modelyard.gateway.errors import error_response
-from modelyard.gateway.state import Gateway
+from modelyard.gateway.state import Gateway, ReloadRefused
 from modelyard.nodes import AgentError
 from modelyard.routing import features, route
 from modelyard.scheduler import Refused
@@ -150,7 +151,29 @@ async def explain(request: Request) -> Response:
     return JSONResponse(route(gw.config, req, gw.cluster()).as_dict())
 
 
+async def reload(request: Request) -> Response:
+    """Read the config file again; apply it only if it validates (else the old one stays)."""
+    gw: Gateway = request.app.state.gateway
+    source = gw.config.source
+    if source is None:
+        return error_response(409, "this gateway was not started from a config file")
+    try:
+        new = load_config(source)
+    except ConfigError as exc:
+        return error_response(
+            400,
+            "the new config did not validate; the running one stays:\n" + str(exc),
+            code="invalid_config",
+        )
+    try:
+        applied = await gw.reload(new)
+    except ReloadRefused as exc:
+        return error_response(409, f"{exc}; the running config stays", code="restart_needed")
+    return JSONResponse({"reloaded": str(source), **applied})
+
+
 routes = [
+    Route("/admin/reload", reload, methods=["POST"]),
     Route("/admin/decisions", decisions, methods=["GET"]),
     Route("/admin/decisions/{id}", decision, methods=["GET"]),
     Route("/admin/route/explain", explain, methods=["POST"]),

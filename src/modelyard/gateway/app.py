@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,11 +16,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from modelyard.config import Config
+from modelyard.config import Config, ConfigError, load_config
 from modelyard.gateway import admin, openai
 from modelyard.gateway.access import AccessGuard
 from modelyard.gateway.errors import error_response
-from modelyard.gateway.state import Gateway
+from modelyard.gateway.state import Gateway, ReloadRefused
 from modelyard.schedule import State
 
 
@@ -48,6 +52,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, message)
 
 
+async def _reload_on_signal(gateway: Gateway) -> None:
+    """SIGHUP: read the config file again and apply it if it validates; say what happened."""
+    if gateway.config.source is None:
+        return
+    try:
+        applied = await gateway.reload(load_config(gateway.config.source))
+    except (ConfigError, ReloadRefused) as exc:
+        print(f"modelyard: reload refused, the running config stays:\n{exc}", file=sys.stderr)
+        return
+    print(f"modelyard: config reloaded: {applied}", file=sys.stderr)
+
+
 def create_app(config: Config) -> Starlette:
     """The gateway for ``config``; processes start on first use and stop on shutdown."""
     gateway = Gateway(config)
@@ -55,6 +71,11 @@ def create_app(config: Config) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.open()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no SIGHUP on Windows
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: asyncio.ensure_future(_reload_on_signal(gateway))
+            )
         try:
             yield
         finally:

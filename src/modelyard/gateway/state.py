@@ -21,6 +21,10 @@ from modelyard.supervisor import StartError, Supervisor, describe_exit
 POLL_SECONDS = 2.0  # how often agents are asked for their status and GPUs are sampled
 
 
+class ReloadRefused(Exception):
+    """A new config that cannot be applied to a running gateway."""
+
+
 class Gateway:
     """The running gateway of one node."""
 
@@ -105,6 +109,32 @@ class Gateway:
         await self.scheduler.close()
         await self.session.close()
         await self.store.close()
+
+    async def reload(self, new: Config) -> dict[str, Any]:
+        """Apply a validated config: running answers go on; changed and removed models stop
+        (after their requests finish) and come back with their new settings on demand."""
+        fixed = [
+            k
+            for k in ("listen", "state_dir", "nodes", "access")
+            if getattr(new, k) != getattr(self.config, k)
+        ]
+        if fixed:
+            raise ReloadRefused(f"{', '.join(fixed)} changed: restart the gateway to apply that")
+        old = self.config
+        removed = [m for m in old.models if m not in new.models]
+        changed = [m for m in old.models if m in new.models and old.models[m] != new.models[m]]
+        await asyncio.gather(*(self.scheduler.stop(m) for m in removed + changed))
+        self.config = new
+        for node in self.nodes.values():
+            node.config = new  # type: ignore[attr-defined]
+        self.scheduler.apply_config(new)
+        for name in removed:
+            self.scheduler.instances.pop(name, None)
+        added = [m for m in new.models if m not in old.models]
+        self.store.event(
+            "config", "reloaded", f"added {added}, changed {changed}, removed {removed}"
+        )
+        return {"added": added, "changed": changed, "removed": removed}
 
     def known_names(self) -> list[str]:
         names = list(self.config.models)
