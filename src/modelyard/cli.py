@@ -375,10 +375,10 @@ def _warnings(cfg: Any) -> list[str]:
 @app.command()
 def status(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """The gateway, its models and its latest events."""
-    data = _call("GET", url, "/admin/status")
-    if as_json:
-        print(json.dumps(data, indent=2))
-        return
+    _show(url, "/admin/status", as_json, _status_text)
+
+
+def _status_text(data: dict[str, Any]) -> None:
     out.print(
         f"modelyard {data['version']} on {data['listen']}, up {format_duration(data['uptime_s'])}, "
         f"config {data['config']}",
@@ -398,9 +398,11 @@ def ps(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     _show(url, "/admin/models", as_json, lambda data: _models_table(data["models"]))
 
 
-def _show(url: str, path: str, as_json: bool, render: Callable[[Any], None]) -> None:
-    """GET ``path`` and print it: as JSON for scripts, else as ``render`` lays it out."""
-    data = _call("GET", url, path)
+def _show(
+    url: str, path: str, as_json: bool, render: Callable[[Any], None], method: str = "GET"
+) -> None:
+    """Call ``path`` and print the answer: as JSON for scripts, else as ``render`` lays it out."""
+    data = _call(method, url, path, timeout=30 if method == "GET" else 600)
     if as_json:
         print(json.dumps(data, indent=2))
     else:
@@ -441,11 +443,14 @@ def _models_table(models: list[dict[str, Any]]) -> None:
 
 
 def _admin_action(action: str, name: str, url: str, as_json: bool) -> None:
-    data = _call("POST", url, f"/admin/models/{name}/{action}", timeout=600)
-    if as_json:
-        print(json.dumps(data, indent=2))
-    else:
-        out.print(f"{data['name']}: {data['state']}", highlight=False)
+    path = f"/admin/models/{name}/{action}"
+    _show(
+        url,
+        path,
+        as_json,
+        lambda d: out.print(f"{d['name']}: {d['state']}", highlight=False),
+        method="POST",
+    )
 
 
 @app.command()
@@ -469,14 +474,16 @@ def restart(name: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> N
 @app.command()
 def reload(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Make the gateway read its config file again; applied only if it validates."""
-    data = _call("POST", url, "/admin/reload", timeout=600)
-    if as_json:
-        print(json.dumps(data, indent=2))
-        return
-    out.print(
-        f"reloaded {data['reloaded']}: added {data['added'] or 'none'}, changed "
-        f"{data['changed'] or 'none'}, removed {data['removed'] or 'none'}",
-        highlight=False,
+    _show(
+        url,
+        "/admin/reload",
+        as_json,
+        lambda data: out.print(
+            f"reloaded {data['reloaded']}: added {data['added'] or 'none'}, changed "
+            f"{data['changed'] or 'none'}, removed {data['removed'] or 'none'}",
+            highlight=False,
+        ),
+        method="POST",
     )
 
 
