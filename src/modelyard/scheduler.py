@@ -122,6 +122,7 @@ class Scheduler:
         )
         for name in config.models:
             self.instances.setdefault(name, Instance(name))
+        self._rules: dict[str, ModelRule] | None = None
         self._kick()
 
     # -- the loop -------------------------------------------------------------------------
@@ -153,7 +154,15 @@ class Scheduler:
                 pass
 
     def rules(self) -> dict[str, ModelRule]:
-        """What decide needs of each model now: where it runs and what it needs there."""
+        """What decide needs of each model: where it runs and what it needs there.
+
+        Worked out once per config and per look at the nodes (``poke``), not per request.
+        """
+        if self._rules is None:
+            self._rules = self._work_out_rules()
+        return self._rules
+
+    def _work_out_rules(self) -> dict[str, ModelRule]:
         rules = {}
         for name, m in self.config.models.items():
             node = self.config.node_of(name)
@@ -180,6 +189,7 @@ class Scheduler:
 
     def poke(self) -> None:
         """Look again: something outside changed (a node's mode, GPUs or reachability)."""
+        self._rules = None
         self._kick()
 
     def _pulse(self) -> None:
