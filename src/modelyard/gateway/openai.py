@@ -7,8 +7,8 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 import orjson
 from starlette.requests import Request
@@ -126,6 +126,7 @@ async def _proxy(request: Request, path: str) -> Response:
                     done=finish,
                 )
             except UpstreamUnavailable as exc:
+                finish(502, str(exc), decided=False)  # the next candidate, or the refusal, decides
                 attempt.turned_down(name, 502, str(exc), None)
             except BaseException:
                 finish(499, "client went away before the answer started")
@@ -137,6 +138,12 @@ async def _proxy(request: Request, path: str) -> Response:
     return await stream_or_wait(
         asyncio.ensure_future(serve()), {"x-modelyard-decision": attempt.id}
     )
+
+
+class Finish(Protocol):
+    """Gives the instance's slot back and records the request (once, whatever calls it)."""
+
+    def __call__(self, status: int, error: str | None, decided: bool = True) -> None: ...
 
 
 class Attempt:
@@ -186,11 +193,11 @@ class Attempt:
             out["x-modelyard-degraded"] = degraded.encode("ascii", "replace").decode()
         return out
 
-    def done(self, name: str, inst: Instance) -> Callable[[int, str | None], None]:
+    def done(self, name: str, inst: Instance) -> Finish:
         released = False
         waited = time.monotonic() - self.began
 
-        def finish(status: int, error: str | None) -> None:
+        def finish(status: int, error: str | None, decided: bool = True) -> None:
             nonlocal released
             if released:
                 return
@@ -206,9 +213,8 @@ class Attempt:
                 time.monotonic() - self.began,
                 error,
             )
-            if status == 502 and error and "upstream" in error:
-                return  # the next candidate writes the decision
-            self.log(name, status)
+            if decided:
+                self.log(name, status)
 
         return finish
 

@@ -63,13 +63,16 @@ async def forward(
     headers: dict[str, str],
     done: Callable[[int, str | None], Awaitable[None] | None],
 ) -> Response:
-    """POST ``body`` to ``upstream`` + ``path``; ``done(status, error)`` runs when it is over."""
+    """POST ``body`` to ``upstream`` + ``path``; ``done(status, error)`` runs when it is over.
+
+    Raises UpstreamUnavailable, without calling ``done``, when the upstream fails before the
+    client got a byte: the caller then tries another candidate.
+    """
     url = upstream.base_url + path
     send_headers = {"Content-Type": "application/json", **upstream.headers}
     try:
         resp = await _post(session, url, body, send_headers)
     except (aiohttp.ClientError, OSError) as exc:
-        await _call(done, 502, f"upstream unreachable: {exc}")
         raise UpstreamUnavailable(f"the model server did not answer: {exc}") from exc
     out_headers = {
         k: v
@@ -88,7 +91,6 @@ async def forward(
             data = await resp.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
             resp.release()
-            await _call(done, 502, f"upstream failed mid-answer: {exc}")
             # Nothing reached the client yet: another candidate may still answer.
             raise UpstreamUnavailable(f"the model server failed while answering: {exc}") from exc
         resp.release()
