@@ -80,12 +80,15 @@ class Gateway:
     url: str
     config: Path
     log: Path
+    key: str | None = None  # sent on admin calls, for configs with API keys
 
     @property
     def client(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0)
 
     def admin(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        if self.key is not None:
+            kw["headers"] = {"Authorization": f"Bearer {self.key}", **kw.get("headers", {})}
         return httpx.request(method, self.url + path, timeout=120, **kw)
 
     def model(self, name: str) -> dict[str, Any]:
@@ -178,3 +181,21 @@ def gemma_model(name: str, weights: Path, **extra: Any) -> str:
     ]
     lines += [f"    {key}: {value}" for key, value in extra.items()]
     return "\n".join(lines) + "\n"
+
+
+SLOW_UPSTREAM = Path(__file__).parent / "slow_upstream.py"
+
+
+def stub_model(name: str, *args: str, **extra: Any) -> str:
+    """A YAML block for one model served by tests/slow_upstream.py (a real process)."""
+    argv = ", ".join([sys.executable, str(SLOW_UPSTREAM), "--port", "'{port}'", *args])
+    lines = [f"  {name}:", "    engine: command", f"    command: [{argv}]"]
+    lines += [f"    {key}: {value}" for key, value in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+def stub_log(gw: Gateway, model: str) -> dict[str, Any]:
+    """What the slow upstream serving ``model`` recorded: each request and the peak."""
+    upstream = gw.model(model)["upstream"]
+    assert upstream, f"{model} is not running"
+    return dict(httpx.get(upstream.removesuffix("/v1") + "/stub/log", timeout=10).json())

@@ -140,6 +140,22 @@ def test_good_config_parses_every_engine() -> None:
             id="managed llama-server flag",
         ),
         pytest.param(
+            "timeouts:\n  idle: -5s\n",
+            "test.yaml:2: timeouts.idle: '-5s' is not a duration",
+            id="negative timeout",
+        ),
+        pytest.param(
+            "timeouts:\n  connect: 0\n",
+            "test.yaml:2: timeouts.connect: Input should be greater than 0",
+            id="zero timeout",
+        ),
+        pytest.param(
+            "models:\n  a:\n    engine: remote\n    url: https://x/v1\n"
+            "    timeouts: {first_bytes: 5s}\n",
+            "test.yaml:5: models.a.timeouts.first_bytes: unknown key",
+            id="misspelt timeout",
+        ),
+        pytest.param(
             "models: [a, b]\n",
             "test.yaml:1: models: Input should be a valid dictionary",
             id="models as a list",
@@ -235,3 +251,15 @@ def test_s5_heavy_models_never_run_together() -> None:
     cfg = load_config(EXAMPLES / "s5-single-active.yaml", environ={})
     heavy = [m for m in cfg.models.values() if m.swap_group == "vram-32g"]
     assert len(heavy) >= 2
+
+
+def test_timeouts_default_then_config_then_model() -> None:
+    cfg = parse(
+        "timeouts: {idle: 30s}\nmodels:\n"
+        "  a: {engine: remote, url: 'https://x/v1', timeouts: {first_byte: 2m}}\n"
+        "  b: {engine: remote, url: 'https://y/v1'}\n"
+    )
+    a = cfg.timeouts.over(cfg.models["a"].timeouts)
+    assert (a.connect, a.first_byte, a.idle) == (10.0, 120.0, 30.0)
+    b = cfg.timeouts.over(cfg.models["b"].timeouts)
+    assert (b.connect, b.first_byte, b.idle) == (10.0, 600.0, 30.0)

@@ -336,3 +336,49 @@ def test_admin_start_is_not_counted_in_the_queue() -> None:
     instances = {"s": inst("s", State.STARTING, since=0)}
     waiters = [Waiter(i, "s", float(i)) for i in range(1, 6)] + [Waiter(9, "s", 9, admin=True)]
     assert decide(SLOTTED, instances, waiters, T, 10).actions == []
+
+
+def _w(id: int, model: str, since: float, priority: int = 0) -> Waiter:
+    return Waiter(id, model, since, priority=priority)
+
+
+@pytest.mark.parametrize(
+    ("instances", "waiters", "expected"),
+    [
+        pytest.param(
+            {"s": inst("s", State.READY, since=0, in_flight=1)},
+            [_w(1, "s", 1), _w(2, "s", 2), _w(3, "s", 3, priority=10)],
+            [("grant", "3", "s")],
+            id="one free slot: the interactive request before older batch ones",
+        ),
+        pytest.param(
+            {"s": inst("s", State.READY, since=0)},
+            [_w(1, "s", 1), _w(2, "s", 2, priority=5), _w(3, "s", 3, priority=10)],
+            [("grant", "3", "s"), ("grant", "2", "s")],
+            id="two free slots: highest priorities, highest first",
+        ),
+        pytest.param(
+            {"s": inst("s", State.READY, since=0)},
+            [_w(4, "s", 4, priority=1), _w(2, "s", 2, priority=1), _w(3, "s", 3, priority=1)],
+            [("grant", "2", "s"), ("grant", "3", "s")],
+            id="equal priorities: arrival order",
+        ),
+        pytest.param(
+            {"s": inst("s", State.READY, since=0, in_flight=2)},
+            [_w(i, "s", float(i)) for i in range(1, 4)] + [_w(9, "s", 9, priority=10)],
+            [("refuse", "9", "429")],
+            id="a full queue admits in arrival order: priority does not push others out",
+        ),
+        pytest.param(
+            {"a": inst("a", State.STOPPED), "b": inst("b", State.STOPPED)},
+            [_w(1, "a", 1), _w(2, "b", 2, priority=10)],
+            [("start", "b")],
+            id="a swap group loads the model of the highest-priority request first",
+        ),
+    ],
+)
+def test_priority(
+    instances: dict[str, InstanceView], waiters: list[Waiter], expected: list[tuple[str, ...]]
+) -> None:
+    models = {**SLOTTED, "a": MODELS["a"], "b": MODELS["b"]}
+    assert kinds(decide(models, instances, waiters, T, 10).actions) == expected

@@ -15,6 +15,8 @@ Rules, in the order they apply:
   by ``drain_timeout``, and it stops;
 * in each swap group, the waiting model with the oldest request starts next, once every
   other member has stopped: never two members up, even for an instant;
+* waiting requests are granted by priority (their API key's), then in arrival order; a
+  model's queue admits them in arrival order whatever their priority;
 * an idle model stops after its ``ttl``; a pinned one never does;
 * a model that crashed while serving restarts by itself, with exponential backoff.
 """
@@ -111,6 +113,7 @@ class Waiter:
     no_swap: bool = False
     admin: bool = False  # an operator's start: allowed on gated and drained nodes
     force: bool = False  # a request that explicitly forces a gated node
+    priority: int = 0  # higher is granted first (its API key's); ties in arrival order
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,7 @@ def decide(
             plan.actions.append(Refuse(w.id, w.model, *refusal))
 
     by_model: dict[str, list[Waiter]] = {}
-    for w in live:
+    for w in sorted(live, key=_served_first):
         by_model.setdefault(w.model, []).append(w)
 
     challengers: dict[str, Waiter] = {}
@@ -275,6 +278,11 @@ def _refusal(
     return None
 
 
+def _served_first(w: Waiter) -> tuple[int, float, int]:
+    """Grant order: higher priority first, then the oldest (ids break ties in a burst)."""
+    return (-w.priority, w.since, w.id)
+
+
 def _queue_full(rule: ModelRule, v: InstanceView) -> tuple[int, str]:
     if v.state is State.READY:
         return 429, (
@@ -322,7 +330,7 @@ def _next_starts(
             if name not in by_model:
                 candidates.append(Waiter(-1, name, v.retry_at))
     chosen: list[Waiter] = []
-    for w in sorted(candidates, key=lambda w: w.since):
+    for w in sorted(candidates, key=_served_first):
         rule = models[w.model]
         keys = _resources(rule)
         if keys & busy:

@@ -42,11 +42,14 @@ from modelyard.supervisor import StartError
 class Refused(Exception):
     """A request the scheduler will not serve now; ``status`` is the HTTP status to answer."""
 
-    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, status: int, reason: str, retry_after: float | None = None, timed_out: bool = False
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.retry_after = retry_after
+        self.timed_out = timed_out  # the wait ran out, nothing refused it
 
 
 @dataclass
@@ -299,10 +302,14 @@ class Scheduler:
         timeout: float | None = None,
         admin: bool = False,
         force: bool = False,
+        priority: int = 0,
     ) -> Instance:
-        """Wait until ``model`` is ready and take a place on it; raises Refused."""
+        """Wait until ``model`` is ready and take a place on it; raises Refused.
+
+        Waiters with a higher ``priority`` are granted first; equal ones in arrival order.
+        """
         future: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(next(self._ids), model, time.monotonic(), no_swap, admin, force)
+        waiter = Waiter(next(self._ids), model, time.monotonic(), no_swap, admin, force, priority)
         entry = _Waiter(waiter, future, admin)
         self._waiters.append(entry)
         self._kick()
@@ -310,7 +317,9 @@ class Scheduler:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
             self._forget(entry)
-            raise Refused(503, f"{model} was not ready within {timeout:g}s", 5.0) from None
+            raise Refused(
+                503, f"{model} was not ready within {timeout:g}s", 5.0, timed_out=True
+            ) from None
         except asyncio.CancelledError:
             self._forget(entry)
             raise

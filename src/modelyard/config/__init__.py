@@ -26,6 +26,7 @@ from modelyard.config.schema import (
     RemoteModel,
     Rule,
     Scheduler,
+    Timeouts,
     VllmModel,
     split_listen,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "RemoteModel",
     "Rule",
     "Scheduler",
+    "Timeouts",
     "VllmModel",
     "cross_check",
     "load_config",

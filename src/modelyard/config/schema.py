@@ -37,6 +37,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ModelTimeouts(_Strict):
+    """A model's own limits on one upstream request; unset ones come from `timeouts`."""
+
+    connect: Seconds | None = Field(None, gt=0)
+    first_byte: Seconds | None = Field(None, gt=0)
+    idle: Seconds | None = Field(None, gt=0)
+
+
+class Timeouts(_Strict):
+    """Limits on one upstream request (docs/config.md, "Timeouts")."""
+
+    connect: Seconds = Field(10.0, gt=0, description="Opening the connection to the server.")
+    first_byte: Seconds = Field(
+        600.0,
+        gt=0,
+        description="From sending the request to the first byte of the answer (a whole "
+        "answer when it is not streamed).",
+    )
+    idle: Seconds = Field(120.0, gt=0, description="Longest silence inside a streamed answer.")
+
+    def over(self, own: ModelTimeouts) -> Timeouts:
+        """These defaults with a model's own values put over them."""
+        return self.model_copy(update=own.model_dump(exclude_none=True))
+
+
 class ModelBase(_Strict):
     """What every model has, whatever its engine."""
 
@@ -63,6 +88,7 @@ class ModelBase(_Strict):
     queue: int = Field(100, ge=0, description="Requests that may wait beyond the free slots.")
     context_warn: float = Field(0.6, gt=0, le=1, description="Share of the window that warns.")
     context_refuse: float = Field(0.75, gt=0, le=1, description="Share above which it refuses.")
+    timeouts: ModelTimeouts = Field(default_factory=ModelTimeouts)
 
     @model_validator(mode="after")
     def _split_matches_gpus(self) -> ModelBase:
@@ -352,6 +378,11 @@ class ApiKey(_Strict):
     rate: Annotated[float | None, BeforeValidator(_rate)] = Field(
         None, description="Requests per second it may make, written 60/min."
     )
+    priority: int = Field(
+        0,
+        description="Waiting requests with a higher priority are served first (interactive "
+        "over batch); equal ones in arrival order.",
+    )
 
     @model_validator(mode="after")
     def _one_secret(self) -> ApiKey:
@@ -382,6 +413,7 @@ class Config(_Strict):
     nodes: dict[str, Node] = Field(default_factory=lambda: {LOCAL_NODE: Node()})
     models: dict[str, Model] = Field(default_factory=dict)
     access: Access = Field(default_factory=Access)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
     tiers: dict[str, list[str]] = Field(default_factory=dict)
     policy: list[Rule] = Field(default_factory=list)
     source: Path | None = Field(None, exclude=True)

@@ -20,6 +20,7 @@ from modelyard.gateway.errors import error_response
 from modelyard.gateway.keepalive import stream_or_wait
 from modelyard.gateway.proxy import UpstreamUnavailable, forward
 from modelyard.gateway.state import Gateway
+from modelyard.gateway.timeouts import Deadline, limits_for
 from modelyard.routing import AUTO, CONTEXT, Decision, context_use, features, route, strip_tags
 from modelyard.scheduler import Instance, Refused
 
@@ -100,13 +101,24 @@ async def _proxy(request: Request, path: str) -> Response:
     no_swap = request.headers.get("x-modelyard-no-swap", "").lower() in _TRUE
     attempt = Attempt(gw, decision, path, stream, began)
 
+    deadline = Deadline(request.headers, stream, began)
+    priority = key.priority if key is not None else 0
+
     async def serve() -> Response:
         for name in decision.candidates:
+            if deadline.passed():
+                attempt.turned_down(name, 504, f"not tried: {deadline.why()} has passed", None)
+                break  # nobody would read the answer: no hidden retries past it
+            wait, cut = deadline.bound(gw.wait_timeout(name))
             try:
                 inst = await gw.scheduler.acquire(
-                    name, no_swap, timeout=gw.wait_timeout(name), force=decision.forced
+                    name, no_swap, timeout=wait, force=decision.forced, priority=priority
                 )
             except Refused as exc:
+                if cut and exc.timed_out:
+                    why = f"{name} was not ready before {deadline.why()} passed"
+                    attempt.turned_down(name, 504, why, None)
+                    break
                 attempt.turned_down(name, exc.status, exc.reason, exc.retry_after)
                 continue
             upstream = inst.upstream
@@ -123,11 +135,13 @@ async def _proxy(request: Request, path: str) -> Response:
                     stream=stream,
                     asked_model=name,
                     headers=attempt.headers(name, inst.id),
+                    limits=limits_for(gw.config, name, deadline),
                     done=finish,
                 )
             except UpstreamUnavailable as exc:
-                finish(502, str(exc), decided=False)  # the next candidate, or the refusal, decides
-                attempt.turned_down(name, 502, str(exc), None)
+                # The next candidate, or the refusal, decides what the client gets.
+                finish(exc.status, str(exc), decided=False)
+                attempt.turned_down(name, exc.status, str(exc), None)
             except BaseException:
                 finish(499, "client went away before the answer started")
                 raise
@@ -242,7 +256,7 @@ class Attempt:
     def refusal(self) -> Response:
         status, reason, retry = self.last
         turned = [s for s in self.decision.trail if s.kind == "candidate" and not s.ok]
-        code = "swap_refused" if status == 409 else "model_unavailable"
+        code = {409: "swap_refused", 504: "timeout"}.get(status, "model_unavailable")
         if (
             not self.decision.candidates
             and turned

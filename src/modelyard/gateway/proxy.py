@@ -7,6 +7,8 @@ model name, and only for engines whose upstream name differs from the one asked 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -16,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from modelyard.engines import Upstream
 from modelyard.gateway.errors import sse_error
+from modelyard.gateway.timeouts import Limits
 
 # Hop-by-hop, length and CORS headers are the gateway's own business, not the upstream's.
 _DROP = {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
@@ -30,7 +33,15 @@ def new_session() -> aiohttp.ClientSession:
 
 
 class UpstreamUnavailable(Exception):
-    """The upstream failed before the client got a byte: the next candidate may serve."""
+    """The upstream failed before the client got a byte: the next candidate may serve.
+
+    ``status`` is what the client gets if no other candidate serves: 502 for a server that
+    does not answer or breaks, 504 for one that is too slow.
+    """
+
+    def __init__(self, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Renamer:
@@ -61,19 +72,28 @@ async def forward(
     stream: bool,
     asked_model: str,
     headers: dict[str, str],
+    limits: Limits,
     done: Callable[[int, str | None], Awaitable[None] | None],
 ) -> Response:
     """POST ``body`` to ``upstream`` + ``path``; ``done(status, error)`` runs when it is over.
 
-    Raises UpstreamUnavailable, without calling ``done``, when the upstream fails before the
-    client got a byte: the caller then tries another candidate.
+    Raises UpstreamUnavailable, without calling ``done``, when the upstream fails or times
+    out before the client got a byte: the caller then tries another candidate. The first
+    chunk of a stream is read here, so a server that never starts its answer counts as such.
     """
     url = upstream.base_url + path
     send_headers = {"Content-Type": "application/json", **upstream.headers}
     try:
-        resp = await _post(session, url, body, send_headers)
+        resp, first = await _begin(session, url, body, send_headers, stream, limits)
+    except aiohttp.ConnectionTimeoutError as exc:
+        within = f"{round(limits.connect, 2):g}s (timeouts.connect)"
+        raise UpstreamUnavailable(f"{asked_model}: no connection within {within}", 504) from exc
+    except TimeoutError as exc:
+        within = f"{round(limits.first_byte, 2):g}s ({limits.first_byte_why})"
+        raise UpstreamUnavailable(f"{asked_model}: no answer within {within}", 504) from exc
     except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamUnavailable(f"the model server did not answer: {exc}") from exc
+        raise UpstreamUnavailable(f"{asked_model}: its server failed to answer: {exc}") from exc
+    is_sse = resp.content_type == "text/event-stream"
     out_headers = {
         k: v
         for k, v in resp.headers.items()
@@ -85,44 +105,50 @@ async def forward(
         if upstream.model and upstream.model != asked_model
         else None
     )
-    is_sse = resp.content_type == "text/event-stream"
     if not (stream and is_sse):
-        try:
-            data = await resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            resp.release()
-            # Nothing reached the client yet: another candidate may still answer.
-            raise UpstreamUnavailable(f"the model server failed while answering: {exc}") from exc
         resp.release()
         if renamer is not None:
-            data = renamer.feed(data) + renamer.end()
+            first = renamer.feed(first) + renamer.end()
         await _call(
-            done, resp.status, None if resp.status < 400 else data[:500].decode("utf-8", "replace")
+            done,
+            resp.status,
+            None if resp.status < 400 else first[:500].decode("utf-8", "replace"),
         )
-        return Response(data, status_code=resp.status, headers=out_headers)
+        return Response(first, status_code=resp.status, headers=out_headers)
 
     error: str | None = None
+    status = resp.status
     complete = False
+    content = resp.content
 
     async def relay() -> AsyncIterator[bytes]:
-        nonlocal error, complete
+        nonlocal error, status, complete
+        chunk = first
         try:
-            async for chunk in resp.content.iter_any():
+            while chunk:
                 yield renamer.feed(chunk) if renamer is not None else chunk
+                async with asyncio.timeout(limits.idle):
+                    chunk = await content.readany()
             if renamer is not None:
                 yield renamer.end()
             complete = True
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            error = f"upstream failed mid-stream: {exc}"
-            yield sse_error(f"the model server failed mid-stream: {exc}")
+        except TimeoutError:
+            error, status = (
+                f"{asked_model} sent nothing for {round(limits.idle, 2):g}s (timeouts.idle)",
+                504,
+            )
+            yield sse_error(f"{error}; the answer was cut", "timeout")
+        except aiohttp.ClientError as exc:
+            error, status = f"{asked_model}: its server failed mid-stream: {exc}", 502
+            yield sse_error(error)
 
     async def closed() -> None:
         if complete:
             resp.release()  # the connection goes back to the pool
-            await _call(done, resp.status, None)
+            await _call(done, status, None)
         else:
             resp.close()  # client gone or upstream broken: closing stops the generation
-            await _call(done, resp.status if error else 499, error or "client went away")
+            await _call(done, status if error else 499, error or "client went away")
 
     return ProxyStream(relay(), closed, status_code=resp.status, headers=out_headers)
 
@@ -159,8 +185,34 @@ class ProxyStream(StreamingResponse):
             await self._closed()
 
 
+async def _begin(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    stream: bool,
+    limits: Limits,
+) -> tuple[aiohttp.ClientResponse, bytes]:
+    """The response and its first bytes (a stream's first chunk, else the whole body).
+
+    Bounded by ``limits.first_byte``; on any failure or cancel the upstream connection is
+    closed, which is what stops the server generating.
+    """
+    resp: aiohttp.ClientResponse | None = None
+    try:
+        async with asyncio.timeout(limits.first_byte):
+            resp = await _post(session, url, body, headers, limits.connect)
+            if stream and resp.content_type == "text/event-stream":
+                return resp, await resp.content.readany()
+            return resp, await resp.read()
+    except BaseException:
+        if resp is not None:
+            resp.close()
+        raise
+
+
 async def _post(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], connect: float
 ) -> aiohttp.ClientResponse:
     """POST, once more on a new connection if a pooled one turns out closed by the server.
 
@@ -169,11 +221,18 @@ async def _post(
     """
     for attempt in range(3):
         try:
-            return await session.post(url, data=body, headers=headers)
+            return await session.post(url, data=body, headers=headers, timeout=_timeouts(connect))
         except aiohttp.ServerDisconnectedError:
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+@functools.lru_cache(maxsize=64)
+def _timeouts(connect: float) -> aiohttp.ClientTimeout:
+    # The first-byte and idle limits are the caller's (asyncio.timeout): aiohttp's read
+    # timeout would also bound a whole non-streamed answer.
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect)
 
 
 async def _call(

@@ -1,0 +1,144 @@
+"""A slow OpenAI-compatible server for fault tests: it waits, stalls, and records aborts.
+
+Run as a model server (``engine: command``), it answers ``POST /v1/chat/completions`` and
+``POST /v1/completions``, streamed or not, shaped by an optional ``stub`` object in the
+request body (the SDK's ``extra_body``):
+
+    {"tag": "a", "first_byte": 2.0, "chunks": 8, "gap": 0.05, "stall_after": 3, "stall": 10}
+
+``first_byte``: seconds before the first chunk (or the whole answer); ``gap``: seconds
+between chunks; after ``stall_after`` chunks it is silent for ``stall`` seconds. A streamed
+answer's headers go out at once, as llama-server's do.
+
+Every request leaves a record: its tag, whether it was streamed, how many chunks went out,
+and how it ended, ``done`` or ``aborted`` (the client closed the connection: aiohttp
+cancels the handler). ``GET /stub/log`` returns the records and the highest number of
+requests it ever served at once; ``GET /health`` answers ok.
+
+    python tests/slow_upstream.py --port 8089
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+LOG: list[dict[str, Any]] = []
+NOW = {"running": 0, "peak": 0}
+
+
+def _chunk(i: int) -> bytes:
+    event = {
+        "id": "chatcmpl-slow",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": "slow",
+        "choices": [{"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}],
+    }
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+def _last() -> bytes:
+    event = {
+        "id": "chatcmpl-slow",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": "slow",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+    }
+    return b"data: " + orjson.dumps(event) + b"\n\ndata: [DONE]\n\n"
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    spec: dict[str, Any] = body.get("stub") or {}
+    record: dict[str, Any] = {
+        "tag": spec.get("tag"),
+        "stream": bool(body.get("stream")),
+        "sent": 0,
+        "outcome": "running",
+        "began": time.time(),
+    }
+    LOG.append(record)
+    NOW["running"] += 1
+    NOW["peak"] = max(NOW["peak"], NOW["running"])
+    chunks = int(spec.get("chunks", 8))
+    try:
+        if not record["stream"]:
+            await asyncio.sleep(float(spec.get("first_byte", 0)))
+            text = " ".join(f"t{i}" for i in range(chunks))
+            record["outcome"] = "done"
+            return web.json_response(
+                {
+                    "id": "chatcmpl-slow",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": "slow",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 4, "completion_tokens": chunks, "total_tokens": 0},
+                }
+            )
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await asyncio.sleep(float(spec.get("first_byte", 0)))
+        for i in range(chunks):
+            if i and i == spec.get("stall_after"):
+                await asyncio.sleep(float(spec.get("stall", 3600)))
+            await resp.write(_chunk(i))
+            record["sent"] = i + 1
+            await asyncio.sleep(float(spec.get("gap", 0)))
+        await resp.write(_last())
+        await resp.write_eof()
+        record["outcome"] = "done"
+        return resp
+    except (asyncio.CancelledError, ConnectionResetError):
+        record["outcome"] = "aborted"
+        raise
+    finally:
+        record["ended"] = time.time()
+        NOW["running"] -= 1
+
+
+async def log(request: web.Request) -> web.Response:
+    return web.json_response({"requests": LOG, "peak": NOW["peak"], "running": NOW["running"]})
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--backlog", type=int, default=128, help="the listen queue's length")
+    args = parser.parse_args()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", chat)
+    app.router.add_get("/stub/log", log)
+    app.router.add_get("/health", health)
+    # handler_cancellation: a client that closes its connection cancels the handler,
+    # which is how an abort shows up here.
+    web.run_app(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        backlog=args.backlog,
+        print=None,
+        handler_cancellation=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
