@@ -108,7 +108,7 @@ def test_gateway_killed_and_restarted_loses_nothing(serve: Any, tmp_path: Path) 
 
     db = sqlite3.connect(tmp_path / "state" / "modelyard.db")
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    assert db.execute("SELECT COUNT(*) FROM requests").fetchone() == (3,)
+    assert db.execute("SELECT COUNT(*) FROM request_log").fetchone() == (3,)
     db.close()
 
     again = serve(config)

@@ -8,6 +8,7 @@ from typing import Any
 
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Gateway, free_port
 from tests.test_nodes_e2e import Agents, node, two_node_config, wait_for
@@ -231,6 +232,44 @@ def test_the_two_node_demo_file(gemma: Path, llama_server: str, tmp_path: Path) 
         assert (h["x-modelyard-model"], h["x-modelyard-node"]) == ("gemma-big", "gamer")
         h = ask_demo("#deep what is a monad?")
         assert (h["x-modelyard-model"], h["x-modelyard-rule"]) == ("cloud", "very-complex")
+
+        # Telemetry across the two nodes: a stream on the agent's node, then the request
+        # log (llama-server's own token counts), /metrics and `modelyard top`.
+        stream = client.chat.completions.create(
+            model="big", messages=[{"role": "user", "content": "Hi"}], max_tokens=6, stream=True
+        )
+        assert sum(1 for c in stream if c.choices and c.choices[0].delta.content) >= 1
+        rows = httpx.get(base + "/admin/requests?limit=10").json()["requests"]
+        assert [(r["model"], r["node"]) for r in rows[:2]] == [
+            ("gemma-big", "gamer"),
+            ("cloud", "server"),
+        ]
+        streamed, plain = rows[0], rows[2]
+        assert streamed["stream"] and streamed["tokens_out"] == 6 and streamed["tokens_in"] > 0
+        assert plain["tokens_out"] == 4 and plain["tokens_in"] > 0  # from `usage`
+        metrics = httpx.get(base + "/metrics").text
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(metrics)
+            for s in f.samples
+        }
+        assert samples[("modelyard_node_up", (("node", "gamer"),))] == 1
+        assert samples[("modelyard_node_mode", (("mode", "normal"), ("node", "gamer")))] == 1
+        ok = (("model", "gemma-big"), ("outcome", "ok"))
+        assert samples[("modelyard_requests_total", ok)] == 2
+        assert samples[("modelyard_tokens_per_second_count", (("model", "gemma-big"),))] == 1
+        declared = (("gpu", "0"), ("name", "RTX 3090"), ("node", "gamer"))
+        assert samples[("modelyard_gpu_memory_total_bytes", declared)] == 24 * 1024**3
+        top = subprocess.run(
+            [sys.executable, "-m", "modelyard", "top", "--once", "--url", base],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**env, "COLUMNS": "160"},
+        )
+        assert top.returncode == 0, top.stderr
+        for text in ("server", "gamer", "RTX 3090", "gemma-small", "gemma-big", "200 ok"):
+            assert text in top.stdout, top.stdout
     finally:
         for proc in reversed(procs):
             proc.terminate()

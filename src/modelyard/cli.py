@@ -316,6 +316,7 @@ def route_replay(
     reachable = {n: bool(live.get(n, {}).get("reachable", True)) for n in cfg.nodes}
     cluster = Cluster(modes=modes, reachable=reachable)
     changes = []
+    textless = sum(1 for old in logged if old.get("features", {}).get("text_kept") is False)
     for old in logged:
         if "features" not in old:
             continue
@@ -329,13 +330,22 @@ def route_replay(
                     "now": {"model": new.model, "rule": new.rule},
                 }
             )
+    reads_text = any(r.last_message or r.tag for r in cfg.policy)
+    note = (
+        f"{textless} of them were logged without their text (telemetry.keep_prompts: false): "
+        "their `last_message` and `tag` conditions were judged on an empty message"
+        if textless and reads_text
+        else None
+    )
     if as_json:
-        print(json.dumps({"replayed": len(logged), "changed": changes}, indent=2))
+        print(json.dumps({"replayed": len(logged), "changed": changes, "note": note}, indent=2))
         return
     out.print(
         f"replayed {len(logged)} request(s) through {config}: {len(changes)} would change",
         highlight=False,
     )
+    if note:
+        out.print(f"  note: {note}", highlight=False)
     for c in changes:
         out.print(
             f"  {c['id']} asked {c['asked']!r}: {c['was']['model']} ({c['was']['rule']}) → "
@@ -396,6 +406,38 @@ def _status_text(data: dict[str, Any]) -> None:
 def ps(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """The models and the state of their instances."""
     _show(url, "/admin/models", as_json, lambda data: _models_table(data["models"]))
+
+
+@app.command()
+def top(
+    url: UrlOpt = DEFAULT_URL,
+    interval: Annotated[float, typer.Option(help="Seconds between redraws.")] = 1.0,
+    rows: Annotated[int, typer.Option(help="Recent requests shown.")] = 15,
+    once: Annotated[bool, typer.Option("--once", help="Print one view and exit.")] = False,
+) -> None:
+    """A live view of nodes, GPUs, instances, queues and the latest requests."""
+    import time
+
+    from rich.live import Live
+
+    from modelyard.top import frame
+
+    def fetch(client: httpx.Client) -> Any:
+        status = _send(client, "GET", url, "/admin/status").json()
+        recent = _send(client, "GET", url, f"/admin/requests?limit={rows}").json()["requests"]
+        return frame(status, recent)
+
+    with httpx.Client(timeout=10) as client:
+        if once:
+            out.print(fetch(client))
+            return
+        with Live(fetch(client), console=out, auto_refresh=False, screen=True) as live:
+            try:
+                while True:
+                    time.sleep(interval)
+                    live.update(fetch(client), refresh=True)
+            except KeyboardInterrupt:
+                pass
 
 
 def _show(

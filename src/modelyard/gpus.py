@@ -40,9 +40,14 @@ def _read_one(nvml: Any, node: str, index: int) -> Gpu:
         except nvml.NVMLError:
             return None
 
-    utilization = None
+    utilization = temperature = None
+    power = None
     with contextlib.suppress(nvml.NVMLError):
         utilization = int(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+    with contextlib.suppress(nvml.NVMLError):
+        temperature = int(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
+    with contextlib.suppress(nvml.NVMLError):
+        power = nvml.nvmlDeviceGetPowerUsage(handle) / 1000  # milliwatts
     return Gpu(
         node=node,
         index=index,
@@ -52,6 +57,9 @@ def _read_one(nvml: Any, node: str, index: int) -> Gpu:
         pcie_gen=optional("nvmlDeviceGetCurrPcieLinkGeneration"),
         pcie_width=optional("nvmlDeviceGetCurrPcieLinkWidth"),
         utilization=utilization,
+        temperature=temperature,
+        power=power,
+        measured=True,
     )
 
 

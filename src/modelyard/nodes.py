@@ -48,6 +48,9 @@ def gpu_dict(gpu: Gpu) -> dict[str, Any]:
         "memory_total": gpu.total,
         "memory_used": gpu.used,
         "utilization": gpu.utilization,
+        "temperature": gpu.temperature,
+        "power": gpu.power,
+        "measured": gpu.measured,
         "pcie_gen": gpu.pcie_gen,
         "pcie_width": gpu.pcie_width,
     }
@@ -268,6 +271,9 @@ class RemoteNode:
                 g.get("pcie_gen"),
                 g.get("pcie_width"),
                 g.get("utilization"),
+                g.get("temperature"),
+                g.get("power"),
+                bool(g.get("measured")),
             )
             for g in status["gpus"]
         ]

@@ -29,6 +29,9 @@ class Gpu:
     pcie_gen: int | None = None
     pcie_width: int | None = None
     utilization: int | None = None  # percent, NVML only
+    temperature: int | None = None  # °C, NVML only
+    power: float | None = None  # watts, NVML only
+    measured: bool = False  # read from NVML (``used`` is real), not declared
 
     @property
     def label(self) -> str:

@@ -45,13 +45,14 @@ class Features:
         """Tokens the request may take in a context window: its prompt and its answer."""
         return self.tokens + self.max_tokens
 
-    def as_dict(self) -> dict[str, Any]:
-        """What a replay needs; credentials are never kept."""
+    def as_dict(self, text: bool = True) -> dict[str, Any]:
+        """What a replay needs; credentials are never kept, the prompt only if ``text``."""
         headers = {k: v for k, v in self.headers.items() if k not in _SECRET_HEADERS}
         return {
             "model": self.model,
             "headers": headers,
-            "last_user": self.last_user[:65536],
+            "last_user": self.last_user[:65536] if text else "",
+            "text_kept": text,
             "tokens": self.tokens,
             "tools": self.tools,
             "images": self.images,
@@ -127,10 +128,10 @@ class Decision:
         head = f"rule {self.rule}" if self.rule else f"asked for {self.asked}"
         return f"{head} → {self.target}; " + "; ".join(turned_down)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, text: bool = True) -> dict[str, Any]:
         return {
             "asked": self.asked,
-            "features": self.features.as_dict(),
+            "features": self.features.as_dict(text),
             "target": self.target,
             "rule": self.rule,
             "model": self.model,

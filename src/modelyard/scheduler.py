@@ -62,6 +62,7 @@ class Instance:
     since: float = 0.0
     last_used: float = 0.0
     failures: int = 0
+    restarts: int = 0  # crashes and failed starts since the gateway began (a counter)
     retry_at: float | None = None
     restart: bool = False
     stop_wanted: bool = False
@@ -239,6 +240,7 @@ class Scheduler:
             inst.upstream, inst.pid = await node.start(inst.model, timeout)
         except StartError as exc:
             inst.failures += 1
+            inst.restarts += 1
             inst.error = str(exc)
             inst.state, inst.since, inst.stop_wanted = State.FAILED, time.monotonic(), False
             gave_up = inst.failures >= self.timing.max_restarts
@@ -269,6 +271,7 @@ class Scheduler:
             return
         now = time.monotonic()
         inst.failures += 1
+        inst.restarts += 1
         inst.state, inst.since, inst.upstream, inst.pid = State.FAILED, now, None, None
         inst.error, inst.restart = why, True
         gave_up = inst.failures >= self.timing.max_restarts
@@ -384,6 +387,14 @@ class Scheduler:
         while not done():
             await self._changed.wait()
 
+    def waiting(self) -> dict[str, int]:
+        """Requests waiting for each model (admin starts not counted)."""
+        out: dict[str, int] = {}
+        for w in self._waiters:
+            if not w.admin:
+                out[w.waiter.model] = out.get(w.waiter.model, 0) + 1
+        return out
+
     def unavailable(self) -> dict[str, str]:
         """Models that failed and may not be tried now, with why (routing skips them)."""
         now = time.monotonic()
@@ -422,13 +433,16 @@ class Scheduler:
             "upstream": inst.upstream.base_url if inst.upstream else None,
             "in_flight": inst.in_flight,
             "slots": _slots(self.config.models[inst.model]),
-            "waiting": sum(1 for w in self._waiters if w.waiter.model == inst.model),
+            "waiting": sum(
+                1 for w in self._waiters if w.waiter.model == inst.model and not w.admin
+            ),
             "since_s": round(now - inst.since, 1) if inst.generation else None,
             "progress": self.progress(inst),
             "reason": inst.reason or None,
             "error": inst.error,
             "retry_in_s": round(inst.retry_at - now, 1) if inst.retry_at else None,
             "failures": inst.failures,
+            "restarts": inst.restarts,
         }
 
     async def close(self) -> None:

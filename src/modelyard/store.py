@@ -1,20 +1,26 @@
 """The store: SQLite in WAL mode for what must survive a restart.
 
-Instance events (ready with its load time, stopped, failed, crashed) and one row per
-request. Request rows are buffered and written off the event loop after the response
-is done, never before the first byte.
+Instance events (ready with its load time, stopped, failed, crashed), routing decisions,
+node modes and the request log, one row per request. Decisions and request rows are
+buffered and written off the event loop within a second (a kill -9 loses at most that
+second), never before the first byte; old ones are pruned to the configured bound.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import sqlite3
 import statistics
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -43,19 +49,77 @@ CREATE TABLE IF NOT EXISTS node_modes (
     mode TEXT NOT NULL,
     at REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS requests (
+CREATE TABLE IF NOT EXISTS request_log (
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL,
-    model TEXT NOT NULL,
-    instance TEXT,
+    key TEXT,
     endpoint TEXT NOT NULL,
+    asked TEXT NOT NULL,
+    model TEXT,
+    node TEXT,
+    instance TEXT,
+    decision TEXT,
     status INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
     stream INTEGER NOT NULL,
+    tokens_in INTEGER,
+    tokens_out INTEGER,
     wait_s REAL,
-    duration_s REAL,
+    ttft_s REAL,
+    duration_s REAL NOT NULL,
     error TEXT
 );
+CREATE INDEX IF NOT EXISTS request_log_at ON request_log(at);
 """
+
+_ROW = (
+    "at", "key", "endpoint", "asked", "model", "node", "instance", "decision", "status",
+    "outcome", "stream", "tokens_in", "tokens_out", "wait_s", "ttft_s", "duration_s", "error",
+)  # fmt: skip
+_DECISION = ("id", "at", "asked", "rule", "model", "node", "status", "degraded", "body")
+
+
+def _insert_json(table: str, columns: tuple[str, ...], verb: str = "INSERT") -> str:
+    # All queued rows go in as one JSON array and one statement: one call into SQLite,
+    # so the writer thread needs the GIL back once per flush, not once per row (with
+    # the event loop busy, each of those waits cost up to 5 ms: seen as a backlog that
+    # grew without bound in bench/soak.py).
+    picks = ", ".join(f"value->>{i}" for i in range(len(columns)))
+    return f"{verb} INTO {table}({', '.join(columns)}) SELECT {picks} FROM json_each(?)"
+
+
+_INSERT_ROWS = _insert_json("request_log", _ROW)
+_INSERT_DECISIONS = _insert_json("decisions", _DECISION, "INSERT OR REPLACE")
+_FILTERS = ("key", "asked", "model", "node", "outcome", "status", "decision")
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    """One request as the log keeps it: who, what was asked and served, how it went.
+
+    No prompt text and no key: ``key`` is the key's name.
+    """
+
+    at: float  # wall clock, when it arrived
+    key: str | None
+    endpoint: str
+    asked: str
+    model: str | None  # the model that served it, or the last one tried
+    node: str | None
+    instance: str | None
+    decision: str | None
+    status: int
+    outcome: str
+    stream: bool
+    tokens_in: int | None
+    tokens_out: int | None
+    wait_s: float | None  # for a slot or a load
+    ttft_s: float | None  # arrival to the first byte of the answer
+    duration_s: float
+    error: str | None
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in _ROW)
 
 
 class Store:
@@ -74,6 +138,9 @@ class Store:
         self._decisions: list[tuple[Any, ...]] = []
         self._load_cache: dict[str, float | None] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._in_flight: asyncio.Future[None] | None = None  # the flush running in a thread
 
     def event(self, model: str, event: str, detail: str = "", seconds: float | None = None) -> None:
         """Record an instance event now (rare: starts and stops, not requests)."""
@@ -117,21 +184,9 @@ class Store:
             self._load_cache[model] = statistics.median(r[0] for r in rows) if rows else None
         return self._load_cache[model]
 
-    def request(
-        self,
-        model: str,
-        instance: str | None,
-        endpoint: str,
-        status: int,
-        stream: bool,
-        wait_s: float | None,
-        duration_s: float,
-        error: str | None = None,
-    ) -> None:
+    def request(self, row: RequestRow) -> None:
         """Queue one request row; written within a second, off the event loop."""
-        self._pending.append(
-            (time.time(), model, instance, endpoint, status, int(stream), wait_s, duration_s, error)
-        )
+        self._pending.append(row.values())
 
     def decision(
         self,
@@ -145,9 +200,7 @@ class Store:
         body: dict[str, Any],
     ) -> None:
         """Queue one routing decision with its whole trail; written off the event loop."""
-        self._decisions.append(
-            (id, time.time(), asked, rule, model, node, status, degraded, json.dumps(body))
-        )
+        self._decisions.append((id, time.time(), asked, rule, model, node, status, degraded, body))
 
     def decisions(self, limit: int = 50) -> list[dict[str, Any]]:
         """The latest decisions, newest first (pending ones are written first)."""
@@ -163,26 +216,85 @@ class Store:
         return json.loads(row[0]) if row else None
 
     def flush(self) -> None:
+        """Write what is queued now (on the caller's thread)."""
+        self._write(*self._take())
+
+    def _take(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        # Called on the event loop, where rows are queued: nothing is appended meanwhile.
         decided, self._decisions = self._decisions, []
-        if decided:
-            self._writer.executemany(
-                "INSERT OR REPLACE INTO decisions(id, at, asked, rule, model, node, status, "
-                "degraded, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                decided,
-            )
         rows, self._pending = self._pending, []
-        if rows:
-            self._writer.executemany(
-                "INSERT INTO requests(at, model, instance, endpoint, status, stream, wait_s, "
-                "duration_s, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
+        return decided, rows
+
+    def _write(self, decided: list[tuple[Any, ...]], rows: list[tuple[Any, ...]]) -> None:
+        if not decided and not rows:
+            return
+        with self._lock:  # one transaction at a time on the writer connection
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            self._writer.execute("BEGIN")
+            try:
+                if decided:
+                    self._writer.execute(_INSERT_DECISIONS, (orjson.dumps(decided),))
+                if rows:
+                    self._writer.execute(_INSERT_ROWS, (orjson.dumps(rows),))
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+            self._writer.execute("COMMIT")
+
+    def prune(self, keep_requests: int, keep_decisions: int) -> None:
+        """Keep the newest ``keep_requests`` request rows and ``keep_decisions`` decisions."""
+        with self._lock:
+            if self._closed:
+                return
+            self._writer.execute(
+                "DELETE FROM request_log WHERE id <= (SELECT MAX(id) FROM request_log) - ?",
+                (keep_requests,),
+            )
+            self._writer.execute(
+                "DELETE FROM decisions WHERE rowid <= (SELECT MAX(rowid) FROM decisions) - ?",
+                (keep_decisions,),
             )
 
-    def start_flusher(self, every: float = 1.0) -> None:
+    def requests(
+        self, filters: dict[str, str | int], since: float | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """The newest request rows matching ``filters`` (exact values), newest first."""
+        self.flush()
+        where: list[str] = []
+        args: list[str | int | float] = []
+        for name, value in filters.items():
+            if name not in _FILTERS:
+                raise ValueError(f"no filter {name!r}; filters: {', '.join(_FILTERS)}")
+            where.append(f"{name} = ?")
+            args.append(value)
+        if since is not None:
+            where.append("at >= ?")
+            args.append(since)
+        query = f"SELECT {', '.join(_ROW)} FROM request_log"
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        rows = self.db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [{**dict(zip(_ROW, row, strict=True)), "stream": bool(row[10])} for row in rows]
+
+    def start_flusher(
+        self, every: float = 1.0, keep_requests: int = 100_000, keep_decisions: int = 100_000
+    ) -> None:
+        """Write what is queued every ``every`` seconds in a thread; prune once a minute."""
+
+        def tick(decided: list[tuple[Any, ...]], rows: list[tuple[Any, ...]], prune: bool) -> None:
+            self._write(decided, rows)
+            if prune:
+                self.prune(keep_requests, keep_decisions)
+
         async def loop() -> None:
-            while True:
+            for n in itertools.count(1):
                 await asyncio.sleep(every)
-                await asyncio.to_thread(self.flush)
+                # Shielded: a cancel (close) must not leave a write running unseen.
+                self._in_flight = asyncio.ensure_future(
+                    asyncio.to_thread(tick, *self._take(), n % 60 == 0)
+                )
+                await asyncio.shield(self._in_flight)
 
         self._flusher = asyncio.create_task(loop())
 
@@ -191,6 +303,11 @@ class Store:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
+        if self._in_flight is not None and not self._in_flight.done():
+            with contextlib.suppress(Exception):
+                await self._in_flight  # its rows are in before the last write and the close
         self.flush()
-        self._writer.close()
-        self.db.close()
+        with self._lock:
+            self._closed = True
+            self._writer.close()
+            self.db.close()

@@ -402,6 +402,18 @@ class Access(_Strict):
     max_body: Bytes = Field(16 * 1024**2, description="Largest request body accepted.")
 
 
+class TelemetrySpec(_Strict):
+    """The request log's and the decisions' retention (docs/config.md, "telemetry")."""
+
+    keep_requests: int = Field(100_000, ge=100, description="Newest request rows kept.")
+    keep_decisions: int = Field(100_000, ge=100, description="Newest routing decisions kept.")
+    keep_prompts: bool = Field(
+        False,
+        description="Keep each request's last user message in its decision, so that `route "
+        "replay` can judge `last_message` and `tag` conditions; off: no prompt text is stored.",
+    )
+
+
 class Config(_Strict):
     """The whole file."""
 
@@ -414,6 +426,7 @@ class Config(_Strict):
     models: dict[str, Model] = Field(default_factory=dict)
     access: Access = Field(default_factory=Access)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
     tiers: dict[str, list[str]] = Field(default_factory=dict)
     policy: list[Rule] = Field(default_factory=list)
     source: Path | None = Field(None, exclude=True)

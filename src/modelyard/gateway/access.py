@@ -3,8 +3,8 @@
 With no keys in the config the gateway is open (the CLI refuses to bind a non-loopback
 address that way unless ``access.allow_open_lan`` says so). With keys, every route but
 ``/health`` and ``/ready`` needs ``Authorization: Bearer KEY`` (or ``x-api-key``); the
-OpenAI API needs the ``user`` scope, ``/admin`` the ``admin`` scope. Keys are compared by
-their SHA-256, the only form kept.
+OpenAI API needs the ``user`` scope, ``/admin`` and ``/metrics`` the ``admin`` scope. Keys
+are compared by their SHA-256, the only form kept.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class AccessGuard:
         key = self.keys.get(hashlib.sha256(token.encode()).hexdigest())
         if key is None:
             return None, error_response(401, "this API key is not known", code="invalid_api_key")
-        need = "admin" if path.startswith("/admin") else "user"
+        need = "admin" if path.startswith(("/admin", "/metrics")) else "user"
         if need not in key.scopes:
             return key, error_response(
                 403,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -12,6 +14,7 @@ from modelyard.gateway.state import Gateway, ReloadRefused
 from modelyard.nodes import AgentError
 from modelyard.routing import features, route
 from modelyard.scheduler import Refused
+from modelyard.units import parse_duration
 
 
 async def status(request: Request) -> Response:
@@ -125,6 +128,28 @@ async def decisions(request: Request) -> Response:
     return JSONResponse({"decisions": gw.store.decisions(max(1, min(limit, 1000)))})
 
 
+async def requests(request: Request) -> Response:
+    """The request log, newest first: ``?model=&key=&asked=&node=&outcome=&status=&decision=``,
+    ``since=10m`` (that long back), ``limit=`` (1 to 1000, default 50)."""
+    gw: Gateway = request.app.state.gateway
+    query = dict(request.query_params)
+    try:
+        limit = max(1, min(int(query.pop("limit", "50")), 1000))
+        since = query.pop("since", None)
+        after = time.time() - parse_duration(since) if since is not None else None
+        filters: dict[str, str | int] = dict(query)
+        if "status" in filters:
+            filters["status"] = int(filters["status"])
+        rows = gw.store.requests(filters, after, limit)
+    except ValueError as exc:
+        return error_response(
+            400,
+            f"{exc}; expected e.g. ?model=NAME&outcome=ok&status=200&since=10m&limit=50 "
+            "(filters: key, asked, model, node, outcome, status, decision)",
+        )
+    return JSONResponse({"requests": rows})
+
+
 async def decision(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     found = gw.store.decision_by_id(request.path_params["id"])
@@ -176,6 +201,7 @@ routes = [
     Route("/admin/reload", reload, methods=["POST"]),
     Route("/admin/decisions", decisions, methods=["GET"]),
     Route("/admin/decisions/{id}", decision, methods=["GET"]),
+    Route("/admin/requests", requests, methods=["GET"]),
     Route("/admin/route/explain", explain, methods=["POST"]),
     Route("/admin/nodes", nodes, methods=["GET"]),
     Route("/admin/nodes/{node}/mode", set_mode, methods=["PUT"]),

@@ -22,6 +22,7 @@ from modelyard.gateway.access import AccessGuard
 from modelyard.gateway.errors import error_response
 from modelyard.gateway.state import Gateway, ReloadRefused
 from modelyard.schedule import State
+from modelyard.telemetry import CONTENT_TYPE
 
 
 async def health(request: Request) -> Response:
@@ -41,6 +42,12 @@ async def ready(request: Request) -> Response:
     state = gw.scheduler.instances[model.name].state
     code = 200 if state is State.READY else 503
     return JSONResponse({"model": model.name, "state": state.value}, status_code=code)
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text format: requests, latency, tokens, instances, queues, nodes, GPUs."""
+    gw: Gateway = request.app.state.gateway
+    return Response(gw.telemetry.render(), media_type=CONTENT_TYPE)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -82,7 +89,13 @@ def create_app(config: Config) -> Starlette:
             await gateway.close()
 
     app = Starlette(
-        routes=[Route("/health", health), Route("/ready", ready), *openai.routes, *admin.routes],
+        routes=[
+            Route("/health", health),
+            Route("/ready", ready),
+            Route("/metrics", metrics),
+            *openai.routes,
+            *admin.routes,
+        ],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error},
         middleware=[Middleware(AccessGuard, access=config.access)],

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
-import uuid
 from collections.abc import Coroutine
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from modelyard.config import ApiKey
 from modelyard.gateway.access import may_use
+from modelyard.gateway.attempt import Attempt, rejected
 from modelyard.gateway.errors import error_response
 from modelyard.gateway.keepalive import stream_or_wait
-from modelyard.gateway.proxy import UpstreamUnavailable, forward
+from modelyard.gateway.proxy import Result, UpstreamUnavailable, forward
 from modelyard.gateway.state import Gateway
 from modelyard.gateway.timeouts import Deadline, limits_for
-from modelyard.routing import AUTO, CONTEXT, Decision, context_use, features, route, strip_tags
-from modelyard.scheduler import Instance, Refused
+from modelyard.routing import AUTO, Decision, features, route, strip_tags
+from modelyard.scheduler import Refused
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -77,39 +77,34 @@ async def _proxy(request: Request, path: str) -> Response:
     gw: Gateway = request.app.state.gateway
     began = time.monotonic()
     raw = await request.body()
-    parsed = _parse(raw, gw)
-    if isinstance(parsed, Response):
-        return parsed
-    body, asked = parsed
     key = request.scope.get("state", {}).get("api_key")
-    named = gw.config.resolve(asked)
-    if not may_use(key, asked, named.name if named else None):
-        return error_response(
-            403,
-            f"API key {key.name!r} may not use {asked!r}; it may use: {', '.join(key.models)}",
-            code="model_not_allowed",
-            param="model",
-        )
-    if len(raw) > gw.config.access.max_body:
-        return error_response(413, f"the body is over {gw.config.access.max_body} bytes")
-    decision = route(gw.config, features(body, request.headers), gw.cluster())
-    if decision.target is None:
-        return _no_target(gw, asked)
+    admitted = _admit(gw, raw, request, key)
+    if isinstance(admitted, Response):
+        return rejected(gw, path, raw, began, key.name if key else None, admitted)
+    body, decision = admitted
     if decision.strip:
         body = strip_tags(body, decision.strip)
     stream = body.get("stream") is True
     no_swap = request.headers.get("x-modelyard-no-swap", "").lower() in _TRUE
-    attempt = Attempt(gw, decision, path, stream, began)
+    attempt = Attempt(gw, decision, path, stream, began, key.name if key else None)
 
     deadline = Deadline(request.headers, stream, began)
     priority = key.priority if key is not None else 0
 
     async def serve() -> Response:
+        try:
+            return await hops()
+        except asyncio.CancelledError:
+            attempt.gone()
+            raise
+
+    async def hops() -> Response:
         for name in decision.candidates:
             if deadline.passed():
                 attempt.turned_down(name, 504, f"not tried: {deadline.why()} has passed", None)
                 break  # nobody would read the answer: no hidden retries past it
             wait, cut = deadline.bound(gw.wait_timeout(name))
+            asked_at = time.monotonic()
             try:
                 inst = await gw.scheduler.acquire(
                     name, no_swap, timeout=wait, force=decision.forced, priority=priority
@@ -125,7 +120,7 @@ async def _proxy(request: Request, path: str) -> Response:
             assert upstream is not None, "a granted instance is ready"
             forwarded = {**body, "model": upstream.model} if upstream.model else body
             data = raw if forwarded is body and not decision.strip else orjson.dumps(forwarded)
-            finish = attempt.done(name, inst)
+            finish = attempt.done(name, inst, asked_at)
             try:
                 return await forward(
                     gw.session,
@@ -140,10 +135,10 @@ async def _proxy(request: Request, path: str) -> Response:
                 )
             except UpstreamUnavailable as exc:
                 # The next candidate, or the refusal, decides what the client gets.
-                finish(exc.status, str(exc), decided=False)
+                finish(Result(exc.status, str(exc)), decided=False)
                 attempt.turned_down(name, exc.status, str(exc), None)
             except BaseException:
-                finish(499, "client went away before the answer started")
+                finish(Result(499, "client went away before the answer started"))
                 raise
         return attempt.refusal()
 
@@ -154,141 +149,29 @@ async def _proxy(request: Request, path: str) -> Response:
     )
 
 
-class Finish(Protocol):
-    """Gives the instance's slot back and records the request (once, whatever calls it)."""
-
-    def __call__(self, status: int, error: str | None, decided: bool = True) -> None: ...
-
-
-class Attempt:
-    """One request's way through its Decision's candidates, and what it leaves in the log."""
-
-    def __init__(
-        self, gw: Gateway, decision: Decision, path: str, stream: bool, began: float
-    ) -> None:
-        self.gw, self.decision, self.path, self.stream, self.began = (
-            gw,
-            decision,
-            path,
-            stream,
-            began,
+def _admit(
+    gw: Gateway, raw: bytes, request: Request, key: ApiKey | None
+) -> tuple[dict[str, Any], Decision] | Response:
+    """The body and its routing decision, or the 4xx that says what is wrong with it."""
+    parsed = _parse(raw, gw)
+    if isinstance(parsed, Response):
+        return parsed
+    body, asked = parsed
+    named = gw.config.resolve(asked)
+    if key is not None and not may_use(key, asked, named.name if named else None):
+        return error_response(
+            403,
+            f"API key {key.name!r} may not use {asked!r}; "
+            f"it may use: {', '.join(key.models or [])}",
+            code="model_not_allowed",
+            param="model",
         )
-        self.id = uuid.uuid4().hex[:16]
-        self.hops: list[dict[str, Any]] = []
-        self.last: tuple[int, str, float | None] = (503, "no candidate", None)
-
-    def turned_down(self, name: str, status: int, reason: str, retry: float | None) -> None:
-        self.hops.append({"model": name, "status": status, "why": reason})
-        self.last = (status, reason, retry)
-
-    def degraded(self) -> str | None:
-        """Why the request is not served by the target's first choice, if it is not."""
-        skipped = self.decision.degraded()
-        if skipped is None and self.hops:
-            skipped = f"{self.hops[0]['model']}: {self.hops[0]['why']}"
-        return skipped[:300] if skipped else None
-
-    def headers(self, name: str, instance: str) -> dict[str, str]:
-        out = {
-            "x-modelyard-decision": self.id,
-            "x-modelyard-model": name,
-            "x-modelyard-node": self.gw.config.node_of(name),
-            "x-modelyard-instance": instance,
-        }
-        if self.decision.rule:
-            out["x-modelyard-rule"] = self.decision.rule
-        use = context_use(self.gw.config, name, self.decision.features)
-        if use is not None and use > self.gw.config.models[name].context_warn:
-            out["x-modelyard-context-warning"] = (
-                f"about {self.decision.features.need} tokens, {use:.0%} of the window of {name}"
-            )
-        degraded = self.degraded()
-        if degraded:
-            out["x-modelyard-degraded"] = degraded.encode("ascii", "replace").decode()
-        return out
-
-    def done(self, name: str, inst: Instance) -> Finish:
-        released = False
-        waited = time.monotonic() - self.began
-
-        def finish(status: int, error: str | None, decided: bool = True) -> None:
-            nonlocal released
-            if released:
-                return
-            released = True
-            self.gw.scheduler.release(inst)
-            self.gw.store.request(
-                name,
-                inst.id,
-                self.path,
-                status,
-                self.stream,
-                waited,
-                time.monotonic() - self.began,
-                error,
-            )
-            if decided:
-                self.log(name, status)
-
-        return finish
-
-    def log(self, model: str | None, status: int) -> None:
-        body = {
-            "id": self.id,
-            **self.decision.as_dict(),
-            "served_by": model,
-            "status": status,
-            "hops": self.hops,
-            "degraded": self.degraded(),
-        }
-        node = self.gw.config.node_of(model) if model else None
-        self.gw.store.decision(
-            self.id,
-            self.decision.asked,
-            self.decision.rule,
-            model,
-            node,
-            status,
-            self.degraded(),
-            body,
-        )
-
-    def refusal(self) -> Response:
-        status, reason, retry = self.last
-        turned = [s for s in self.decision.trail if s.kind == "candidate" and not s.ok]
-        code = {409: "swap_refused", 504: "timeout"}.get(status, "model_unavailable")
-        if (
-            not self.decision.candidates
-            and turned
-            and all(s.why.startswith(CONTEXT) for s in turned)
-        ):
-            status, reason, code = (
-                400,
-                f"{turned[0].name}: {turned[0].why}",
-                "context_length_exceeded",
-            )
-        elif not self.decision.candidates:
-            status, reason = 503, "every candidate was turned down"
-        self.log(None, status)
-        self.gw.store.request(
-            self.decision.target or self.decision.asked,
-            None,
-            self.path,
-            status,
-            self.stream,
-            None,
-            time.monotonic() - self.began,
-            reason,
-        )
-        headers = {"x-modelyard-decision": self.id}
-        if self.decision.rule:
-            headers["x-modelyard-rule"] = self.decision.rule
-        if retry is not None:
-            headers["Retry-After"] = str(max(1, math.ceil(retry)))
-        # A plain request for one model gets the reason alone; a routed one, the trail too.
-        routed = len(self.decision.trail) > 1 or not self.hops
-        message = f"{reason} (decision {self.id}: {self.decision.summary()})" if routed else reason
-        return error_response(status, message, code=code, headers=headers)
+    if len(raw) > gw.config.access.max_body:
+        return error_response(413, f"the body is over {gw.config.access.max_body} bytes")
+    decision = route(gw.config, features(body, request.headers), gw.cluster())
+    if decision.target is None:
+        return _no_target(gw, asked)
+    return body, decision
 
 
 def _no_target(gw: Gateway, asked: str) -> Response:

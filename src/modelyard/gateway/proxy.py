@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -30,6 +33,21 @@ def new_session() -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4, ttl_dns_cache=300)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+
+
+@dataclass
+class Result:
+    """How one upstream request went, for the slot, the request log and the metrics."""
+
+    status: int  # a stream cut by a failure has the failure's status, not its 200
+    error: str | None = None
+    sent: float | None = None  # monotonic: the request went upstream
+    first_byte: float | None = None  # monotonic: the answer's first byte came back
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+
+
+Done = Callable[[Result], Awaitable[None] | None]
 
 
 class UpstreamUnavailable(Exception):
@@ -73,9 +91,9 @@ async def forward(
     asked_model: str,
     headers: dict[str, str],
     limits: Limits,
-    done: Callable[[int, str | None], Awaitable[None] | None],
+    done: Done,
 ) -> Response:
-    """POST ``body`` to ``upstream`` + ``path``; ``done(status, error)`` runs when it is over.
+    """POST ``body`` to ``upstream`` + ``path``; ``done(result)`` runs when it is over.
 
     Raises UpstreamUnavailable, without calling ``done``, when the upstream fails or times
     out before the client got a byte: the caller then tries another candidate. The first
@@ -83,6 +101,7 @@ async def forward(
     """
     url = upstream.base_url + path
     send_headers = {"Content-Type": "application/json", **upstream.headers}
+    sent = time.monotonic()
     try:
         resp, first = await _begin(session, url, body, send_headers, stream, limits)
     except aiohttp.ConnectionTimeoutError as exc:
@@ -93,6 +112,7 @@ async def forward(
         raise UpstreamUnavailable(f"{asked_model}: no answer within {within}", 504) from exc
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamUnavailable(f"{asked_model}: its server failed to answer: {exc}") from exc
+    first_byte = time.monotonic()
     is_sse = resp.content_type == "text/event-stream"
     out_headers = {
         k: v
@@ -109,23 +129,26 @@ async def forward(
         resp.release()
         if renamer is not None:
             first = renamer.feed(first) + renamer.end()
-        await _call(
-            done,
-            resp.status,
-            None if resp.status < 400 else first[:500].decode("utf-8", "replace"),
-        )
+        result = Result(resp.status, None, sent, first_byte)
+        if resp.status >= 400:
+            result.error = first[:500].decode("utf-8", "replace")
+        elif b'"usage"' in first:
+            _count(result, first)
+        await _call(done, result)
         return Response(first, status_code=resp.status, headers=out_headers)
 
-    error: str | None = None
-    status = resp.status
+    result = Result(resp.status, None, sent, first_byte)
     complete = False
     content = resp.content
 
     async def relay() -> AsyncIterator[bytes]:
-        nonlocal error, status, complete
+        nonlocal complete
         chunk = first
+        counts = b""  # the last chunk that carries usage or timings
         try:
             while chunk:
+                if b'"usage"' in chunk or b'"timings"' in chunk:
+                    counts = chunk
                 yield renamer.feed(chunk) if renamer is not None else chunk
                 async with asyncio.timeout(limits.idle):
                     chunk = await content.readany()
@@ -133,22 +156,25 @@ async def forward(
                 yield renamer.end()
             complete = True
         except TimeoutError:
-            error, status = (
-                f"{asked_model} sent nothing for {round(limits.idle, 2):g}s (timeouts.idle)",
-                504,
-            )
-            yield sse_error(f"{error}; the answer was cut", "timeout")
+            silent = f"{round(limits.idle, 2):g}s (timeouts.idle)"
+            result.status, result.error = 504, f"{asked_model} sent nothing for {silent}"
+            yield sse_error(f"{result.error}; the answer was cut", "timeout")
         except aiohttp.ClientError as exc:
-            error, status = f"{asked_model}: its server failed mid-stream: {exc}", 502
-            yield sse_error(error)
+            result.status = 502
+            result.error = f"{asked_model}: its server failed mid-stream: {exc}"
+            yield sse_error(result.error)
+        finally:
+            if counts:
+                _count(result, counts)
 
     async def closed() -> None:
         if complete:
             resp.release()  # the connection goes back to the pool
-            await _call(done, status, None)
         else:
             resp.close()  # client gone or upstream broken: closing stops the generation
-            await _call(done, status if error else 499, error or "client went away")
+            if result.error is None:
+                result.status, result.error = 499, "client went away"
+        await _call(done, result)
 
     return ProxyStream(relay(), closed, status_code=resp.status, headers=out_headers)
 
@@ -235,9 +261,34 @@ def _timeouts(connect: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, sock_connect=connect)
 
 
-async def _call(
-    done: Callable[[int, str | None], Awaitable[None] | None], status: int, error: str | None
-) -> None:
-    result = done(status, error)
-    if result is not None:
-        await result
+def _count(result: Result, data: bytes) -> None:
+    """Token counts from an answer's ``usage`` (OpenAI) or ``timings`` (llama-server)."""
+    for line in reversed(data.split(b"\n")):
+        line = line.removeprefix(b"data: ").strip()
+        if not line.startswith(b"{"):
+            continue
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue  # a line cut between two chunks: no counts rather than wrong ones
+        usage, timings = event.get("usage"), event.get("timings")
+        if isinstance(usage, dict):
+            result.tokens_in = _int(usage.get("prompt_tokens"))
+            result.tokens_out = _int(usage.get("completion_tokens"))
+            return
+        if isinstance(timings, dict):
+            prompt = _int(timings.get("prompt_n"))
+            cached = _int(timings.get("cache_n")) or 0
+            result.tokens_in = None if prompt is None else prompt + cached
+            result.tokens_out = _int(timings.get("predicted_n"))
+            return
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+async def _call(done: Done, result: Result) -> None:
+    pending = done(result)
+    if pending is not None:
+        await pending

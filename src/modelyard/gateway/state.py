@@ -17,6 +17,7 @@ from modelyard.routing import Cluster
 from modelyard.scheduler import Scheduler
 from modelyard.store import Store
 from modelyard.supervisor import StartError, Supervisor, describe_exit
+from modelyard.telemetry import NodeReading, Telemetry
 
 POLL_SECONDS = 2.0  # how often agents are asked for their status and GPUs are sampled
 
@@ -47,6 +48,20 @@ class Gateway:
         self.remote_down: dict[str, str] = {}  # remote model → why its URL is not answering
         self.started = time.time()
         self._poller: asyncio.Task[None] | None = None
+        self._rule_names = frozenset(r.name for r in config.policy)
+        self.telemetry = Telemetry(
+            lambda: self.scheduler,
+            self._node_readings,
+            lambda: self.config.models,
+            lambda: self._rule_names,
+        )
+
+    def _node_readings(self) -> list[NodeReading]:
+        return [
+            NodeReading(name, view.reachable, view.mode, node.gpus())
+            for name, node in self.nodes.items()
+            for view in [node.view()]
+        ]
 
     def _on_exit(self, model: str, code: int) -> None:
         tail = self.supervisor.log(model).tail(15)
@@ -55,7 +70,10 @@ class Gateway:
 
     async def open(self) -> None:
         self.session = new_session()
-        self.store.start_flusher()
+        keep = self.config.telemetry
+        self.store.start_flusher(
+            keep_requests=keep.keep_requests, keep_decisions=keep.keep_decisions
+        )
         await asyncio.gather(
             *(node.refresh() for node in self.nodes.values()), self._probe_remotes()
         )
@@ -115,7 +133,7 @@ class Gateway:
         (after their requests finish) and come back with their new settings on demand."""
         fixed = [
             k
-            for k in ("listen", "state_dir", "nodes", "access")
+            for k in ("listen", "state_dir", "nodes", "access", "telemetry")
             if getattr(new, k) != getattr(self.config, k)
         ]
         if fixed:
@@ -125,6 +143,7 @@ class Gateway:
         changed = [m for m in old.models if m in new.models and old.models[m] != new.models[m]]
         await asyncio.gather(*(self.scheduler.stop(m) for m in removed + changed))
         self.config = new
+        self._rule_names = frozenset(r.name for r in new.policy)
         for node in self.nodes.values():
             node.config = new  # type: ignore[attr-defined]
         self.scheduler.apply_config(new)

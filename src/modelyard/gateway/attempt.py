@@ -1,0 +1,230 @@
+"""One request's way through its Decision's candidates, and what it leaves behind.
+
+Each candidate tried is a *hop*; the request ends served by one of them or refused. Either
+way it leaves exactly one decision (the trail and the hops), one row in the request log
+and one count in the metrics, all written after the answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import uuid
+from typing import Any, Protocol
+
+import orjson
+from starlette.responses import Response
+
+from modelyard.gateway.errors import error_response
+from modelyard.gateway.proxy import Result
+from modelyard.gateway.state import Gateway
+from modelyard.routing import CONTEXT, Decision, context_use
+from modelyard.scheduler import Instance
+from modelyard.store import RequestRow
+from modelyard.telemetry import outcome
+
+
+class Finish(Protocol):
+    """Gives the instance's slot back and records the request (once, whatever calls it)."""
+
+    def __call__(self, result: Result, decided: bool = True) -> None: ...
+
+
+class Attempt:
+    """A request on its way through its Decision's candidates."""
+
+    def __init__(
+        self,
+        gw: Gateway,
+        decision: Decision,
+        path: str,
+        stream: bool,
+        began: float,
+        key: str | None,
+    ) -> None:
+        self.gw, self.decision, self.path, self.stream = gw, decision, path, stream
+        self.began, self.key = began, key
+        self.arrived = time.time() - (time.monotonic() - began)  # wall clock, for the log
+        self.id = uuid.uuid4().hex[:16]
+        self.hops: list[dict[str, Any]] = []
+        self.last: tuple[int, str, float | None] = (503, "no candidate", None)
+        self.recorded = False
+
+    def turned_down(self, name: str, status: int, reason: str, retry: float | None) -> None:
+        self.hops.append({"model": name, "status": status, "why": reason})
+        self.last = (status, reason, retry)
+
+    def degraded(self) -> str | None:
+        """Why the request is not served by the target's first choice, if it is not."""
+        skipped = self.decision.degraded()
+        if skipped is None and self.hops:
+            skipped = f"{self.hops[0]['model']}: {self.hops[0]['why']}"
+        return skipped[:300] if skipped else None
+
+    def headers(self, name: str, instance: str) -> dict[str, str]:
+        out = {
+            "x-modelyard-decision": self.id,
+            "x-modelyard-model": name,
+            "x-modelyard-node": self.gw.config.node_of(name),
+            "x-modelyard-instance": instance,
+        }
+        if self.decision.rule:
+            out["x-modelyard-rule"] = self.decision.rule
+        use = context_use(self.gw.config, name, self.decision.features)
+        if use is not None and use > self.gw.config.models[name].context_warn:
+            out["x-modelyard-context-warning"] = (
+                f"about {self.decision.features.need} tokens, {use:.0%} of the window of {name}"
+            )
+        degraded = self.degraded()
+        if degraded:
+            out["x-modelyard-degraded"] = degraded.encode("ascii", "replace").decode()
+        return out
+
+    def done(self, name: str, inst: Instance, asked_at: float) -> Finish:
+        """The finish of the hop to ``inst``, granted now after waiting since ``asked_at``."""
+        released = False
+        granted = time.monotonic()
+
+        def finish(result: Result, decided: bool = True) -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self.gw.scheduler.release(inst)
+            if decided:
+                overhead = None
+                if result.sent is not None and not self.hops:  # a first hop: no fallback time
+                    overhead = result.sent - self.began - (granted - asked_at)
+                self.record(name, inst.id, result, granted - self.began, overhead)
+
+        return finish
+
+    def record(
+        self,
+        model: str | None,
+        instance: str | None,
+        result: Result,
+        wait: float | None,
+        overhead: float | None = None,
+        served: bool = True,
+    ) -> None:
+        """Leave the decision, the request row and the metrics of how it ended.
+
+        ``model`` is the one that served it, or for a refusal the last one tried (the row
+        keeps it; the decision says nobody served it).
+        """
+        self.recorded = True
+        node = self.gw.config.node_of(model) if model in self.gw.config.models else None
+        ttft = None if result.first_byte is None else result.first_byte - self.began
+        row = RequestRow(
+            at=self.arrived,
+            key=self.key,
+            endpoint=self.path,
+            asked=self.decision.asked,
+            model=model,
+            node=node,
+            instance=instance,
+            decision=self.id,
+            status=result.status,
+            outcome=outcome(result.status),
+            stream=self.stream,
+            tokens_in=result.tokens_in,
+            tokens_out=result.tokens_out,
+            wait_s=wait,
+            ttft_s=ttft,
+            duration_s=time.monotonic() - self.began,
+            error=result.error,
+        )
+        self.gw.store.request(row)
+        self.gw.telemetry.observe(row, overhead, self.decision.rule)
+        if not served:
+            model = node = None
+        body = {
+            "id": self.id,
+            **self.decision.as_dict(self.gw.config.telemetry.keep_prompts),
+            "served_by": model,
+            "status": result.status,
+            "hops": self.hops,
+            "degraded": self.degraded(),
+        }
+        self.gw.store.decision(
+            self.id,
+            self.decision.asked,
+            self.decision.rule,
+            model,
+            node,
+            result.status,
+            self.degraded(),
+            body,
+        )
+
+    def gone(self) -> None:
+        """The client left before any hop finished (queued, or waiting for a load)."""
+        if not self.recorded:
+            last = self.hops[-1]["model"] if self.hops else self.decision.target
+            why = "client went away while waiting for a slot or a load"
+            self.record(last, None, Result(499, why), None, served=False)
+
+    def refusal(self) -> Response:
+        """No candidate served: the answer that says why, recorded."""
+        status, reason, retry = self.last
+        turned = [s for s in self.decision.trail if s.kind == "candidate" and not s.ok]
+        code = {409: "swap_refused", 504: "timeout"}.get(status, "model_unavailable")
+        if (
+            not self.decision.candidates
+            and turned
+            and all(s.why.startswith(CONTEXT) for s in turned)
+        ):
+            status, reason, code = (
+                400,
+                f"{turned[0].name}: {turned[0].why}",
+                "context_length_exceeded",
+            )
+        elif not self.decision.candidates:
+            status, reason = 503, "every candidate was turned down"
+        last = self.hops[-1]["model"] if self.hops else None
+        self.record(last, None, Result(status, reason), None, served=False)
+        headers = {"x-modelyard-decision": self.id}
+        if self.decision.rule:
+            headers["x-modelyard-rule"] = self.decision.rule
+        if retry is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(retry)))
+        # A plain request for one model gets the reason alone; a routed one, the trail too.
+        routed = len(self.decision.trail) > 1 or not self.hops
+        message = f"{reason} (decision {self.id}: {self.decision.summary()})" if routed else reason
+        return error_response(status, message, code=code, headers=headers)
+
+
+def rejected(
+    gw: Gateway, path: str, raw: bytes, began: float, key: str | None, answer: Response
+) -> Response:
+    """Log a request refused before routing (bad body, unknown model, …) and pass it on."""
+    asked: Any = None
+    with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+        asked = orjson.loads(raw).get("model")
+    message: Any = None
+    with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
+        message = orjson.loads(bytes(answer.body))["error"]["message"]
+    row = RequestRow(
+        at=time.time() - (time.monotonic() - began),
+        key=key,
+        endpoint=path,
+        asked=asked[:200] if isinstance(asked, str) else "",
+        model=None,
+        node=None,
+        instance=None,
+        decision=None,
+        status=answer.status_code,
+        outcome=outcome(answer.status_code),
+        stream=False,
+        tokens_in=None,
+        tokens_out=None,
+        wait_s=None,
+        ttft_s=None,
+        duration_s=time.monotonic() - began,
+        error=str(message)[:500] if message is not None else None,
+    )
+    gw.store.request(row)
+    gw.telemetry.observe(row, None, None)
+    return answer

@@ -1,0 +1,189 @@
+"""Telemetry: Prometheus metrics, fed by each finished request and read live at scrape.
+
+Counters and histograms are updated once per request, after its answer; everything that
+is state (instances, queues, nodes, GPUs) is read from the scheduler and the nodes when
+``/metrics`` is scraped, so the hot path keeps no extra books. Labels are bounded: model
+names and rule names come from the config (anything else is ``-``), outcomes from a fixed
+list, nodes and GPUs from the inventory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from modelyard.placement import Gpu
+from modelyard.schedule import State
+
+if TYPE_CHECKING:
+    from modelyard.scheduler import Scheduler
+    from modelyard.store import RequestRow
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OUTCOMES = ("ok", "client_gone", "timeout", "upstream_error", "busy", "unavailable", "rejected")
+_LATENCY = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+_OVERHEAD = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
+_RATE = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+def outcome(status: int) -> str:
+    """The outcome class of a final status (a stream's failure counts, not its 200)."""
+    if status < 400:
+        return "ok"
+    return {499: "client_gone", 504: "timeout", 502: "upstream_error", 429: "busy"}.get(
+        status, "unavailable" if status >= 500 else "rejected"
+    )
+
+
+@dataclass(frozen=True)
+class NodeReading:
+    """What a scrape needs of one node."""
+
+    name: str
+    reachable: bool
+    mode: str
+    gpus: list[Gpu]
+
+
+class Telemetry:
+    """The gateway's metrics registry."""
+
+    def __init__(
+        self,
+        scheduler: Callable[[], Scheduler],
+        nodes: Callable[[], Iterable[NodeReading]],
+        models: Callable[[], Collection[str]],
+        rules: Callable[[], Collection[str]],
+    ) -> None:
+        self._models, self._rules = models, rules
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "modelyard_requests", "Requests by model and outcome.", ["model", "outcome"], registry=r
+        )
+        self.ttft = Histogram(
+            "modelyard_time_to_first_byte_seconds",
+            "From a request's arrival to the first byte of its answer (first token of a "
+            "stream), queue and load included.",
+            ["model"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.rate = Histogram(
+            "modelyard_tokens_per_second",
+            "Generation speed of each answer: tokens out over the time after the first byte.",
+            ["model"],
+            buckets=_RATE,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "modelyard_tokens", "Tokens in (prompt) and out.", ["model", "direction"], registry=r
+        )
+        self.overhead = Histogram(
+            "modelyard_gateway_overhead_seconds",
+            "Time spent in the gateway itself before the request went upstream (the wait "
+            "for a slot or a load excluded).",
+            buckets=_OVERHEAD,
+            registry=r,
+        )
+        self.decisions = Counter(
+            "modelyard_decisions", "Routing decisions by the policy rule that held.", ["rule"],
+            registry=r,
+        )  # fmt: skip
+        r.register(_Live(scheduler, nodes))
+
+    def _model(self, name: str | None) -> str:
+        return name if name is not None and name in self._models() else "-"
+
+    def observe(self, row: RequestRow, overhead: float | None, rule: str | None) -> None:
+        """Count one finished request."""
+        model = self._model(row.model)
+        self.requests.labels(model, row.outcome).inc()
+        if row.decision is not None:
+            known = rule is not None and rule in self._rules()
+            self.decisions.labels(rule if known else "-").inc()
+        if overhead is not None:
+            self.overhead.observe(overhead)
+        if row.ttft_s is not None and row.outcome == "ok":
+            self.ttft.labels(model).observe(row.ttft_s)
+            generating = row.duration_s - row.ttft_s
+            if row.tokens_out and row.stream and generating > 0:
+                self.rate.labels(model).observe(row.tokens_out / generating)
+        if row.tokens_in:
+            self.tokens.labels(model, "in").inc(row.tokens_in)
+        if row.tokens_out:
+            self.tokens.labels(model, "out").inc(row.tokens_out)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Live(Collector):
+    """Instances, queues, nodes and GPUs as they are at the scrape."""
+
+    def __init__(
+        self, scheduler: Callable[[], Scheduler], nodes: Callable[[], Iterable[NodeReading]]
+    ) -> None:
+        self._scheduler, self._nodes = scheduler, nodes
+
+    def collect(self) -> Iterator[Metric]:
+        sched = self._scheduler()
+        state = GaugeMetricFamily(
+            "modelyard_instance_state", "1 for the state each model's instance is in.",
+            labels=["model", "node", "state"],
+        )  # fmt: skip
+        slots = GaugeMetricFamily(
+            "modelyard_slots_in_use", "Requests running on the instance.", labels=["model"]
+        )
+        queue = GaugeMetricFamily(
+            "modelyard_queue_depth", "Requests waiting for a slot or a load.", labels=["model"]
+        )
+        restarts = CounterMetricFamily(
+            "modelyard_instance_restarts", "Crashes and failed starts since the gateway began.",
+            labels=["model"],
+        )  # fmt: skip
+        waiting = sched.waiting()
+        for name, inst in sched.instances.items():
+            if name not in sched.config.models:
+                continue
+            node = sched.config.node_of(name)
+            for s in State:
+                state.add_metric([name, node, s.value], 1.0 if inst.state is s else 0.0)
+            slots.add_metric([name], inst.in_flight)
+            queue.add_metric([name], waiting.get(name, 0))
+            restarts.add_metric([name], inst.restarts)
+        yield from (state, slots, queue, restarts)
+        yield from _node_metrics(self._nodes())
+
+
+def _node_metrics(nodes: Iterable[NodeReading]) -> Iterator[Metric]:
+    up = GaugeMetricFamily("modelyard_node_up", "1 when the node answers.", labels=["node"])
+    mode = GaugeMetricFamily(
+        "modelyard_node_mode", "1 for the mode each node is in.", labels=["node", "mode"]
+    )
+    gpu = ["node", "gpu", "name"]
+    used = GaugeMetricFamily("modelyard_gpu_memory_used_bytes", "GPU memory in use.", labels=gpu)
+    total = GaugeMetricFamily("modelyard_gpu_memory_total_bytes", "GPU memory.", labels=gpu)
+    util = GaugeMetricFamily("modelyard_gpu_utilization_ratio", "GPU busy share.", labels=gpu)
+    temp = GaugeMetricFamily("modelyard_gpu_temperature_celsius", "GPU temperature.", labels=gpu)
+    power = GaugeMetricFamily("modelyard_gpu_power_watts", "GPU power draw.", labels=gpu)
+    for node in nodes:
+        up.add_metric([node.name], 1.0 if node.reachable else 0.0)
+        mode.add_metric([node.name, node.mode], 1.0)
+        for g in node.gpus:
+            labels = [node.name, str(g.index), g.name]
+            total.add_metric(labels, g.total)
+            if g.measured:
+                used.add_metric(labels, g.used)
+            if g.utilization is not None:
+                util.add_metric(labels, g.utilization / 100)
+            if g.temperature is not None:
+                temp.add_metric(labels, g.temperature)
+            if g.power is not None:
+                power.add_metric(labels, g.power)
+    yield from (up, mode, used, total, util, temp, power)

@@ -1,0 +1,113 @@
+"""``modelyard top``: a live terminal view of nodes, GPUs, instances, queues and requests.
+
+``frame`` lays out one view from what the gateway's admin API returns (``/admin/status``
+and ``/admin/requests``); the CLI fetches those every interval and redraws.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from modelyard.units import format_bytes, format_duration
+
+_STATE_STYLE = {
+    "ready": "green",
+    "starting": "yellow",
+    "draining": "yellow",
+    "stopping": "yellow",
+    "failed": "red",
+    "stopped": "dim",
+}
+
+
+def frame(status: dict[str, Any], requests: list[dict[str, Any]]) -> RenderableType:
+    """One view of the gateway: a header, nodes and GPUs, instances, recent requests."""
+    head = Text(
+        f"modelyard {status.get('version', '')} on {status.get('listen', '')} · up "
+        f"{format_duration(status.get('uptime_s', 0))} · {time.strftime('%H:%M:%S')}",
+        style="bold",
+    )
+    return Group(head, _nodes(status["nodes"]), _instances(status["models"]), _recent(requests))
+
+
+def _nodes(nodes: list[dict[str, Any]]) -> Table:
+    table = Table(title="nodes", title_justify="left", box=None, pad_edge=False)
+    for col in ("NODE", "UP", "MODE", "GPU", "MEMORY", "UTIL", "TEMP", "POWER"):
+        table.add_column(col)
+    for node in nodes:
+        up = Text("yes", "green") if node.get("reachable") else Text("no", "red")
+        gpus = node.get("gpus") or [None]
+        for i, gpu in enumerate(gpus):
+            first = [node["name"], up, node.get("mode", "")] if i == 0 else ["", "", ""]
+            table.add_row(*first, *_gpu_cells(gpu))
+    return table
+
+
+def _gpu_cells(gpu: dict[str, Any] | None) -> list[str]:
+    if gpu is None:
+        return ["(no GPU)", "", "", "", ""]
+    total = gpu.get("memory_total") or 0
+    used = gpu.get("memory_used") or 0
+    memory = (
+        f"{format_bytes(used)} / {format_bytes(total)}"
+        if gpu.get("measured")
+        else f"{format_bytes(total)} (declared)"
+    )
+
+    def opt(key: str, unit: str) -> str:
+        value = gpu.get(key)
+        return "" if value is None else f"{value:.0f}{unit}"
+
+    return [
+        f"{gpu['index']}: {gpu['name']}",
+        memory,
+        opt("utilization", "%"),
+        opt("temperature", "°C"),
+        opt("power", " W"),
+    ]
+
+
+def _instances(models: list[dict[str, Any]]) -> Table:
+    table = Table(title="instances", title_justify="left", box=None, pad_edge=False)
+    for col in ("MODEL", "NODE", "STATE", "SLOTS", "QUEUE", "PID", "RESTARTS", "NOTE"):
+        table.add_column(col)
+    for m in models:
+        state = m.get("state", "stopped")
+        slots, used = m.get("slots"), m.get("in_flight", 0)
+        note = m.get("error") or m.get("reason") or ""
+        table.add_row(
+            m["name"],
+            m.get("node", ""),
+            Text(state, _STATE_STYLE.get(state, "")),
+            f"{used}/{slots}" if slots else str(used),
+            str(m.get("waiting", 0)),
+            str(m.get("pid") or ""),
+            str(m.get("restarts", 0)),
+            note[:60],
+        )
+    return table
+
+
+def _recent(requests: list[dict[str, Any]]) -> Table:
+    table = Table(title="recent requests", title_justify="left", box=None, pad_edge=False)
+    for col in ("TIME", "KEY", "ASKED", "SERVED", "STATUS", "IN", "OUT", "TTFT", "TOTAL"):
+        table.add_column(col)
+    for r in requests:
+        ok = r["status"] < 400
+        table.add_row(
+            time.strftime("%H:%M:%S", time.localtime(r["at"])),
+            r.get("key") or "",
+            r["asked"],
+            r.get("model") or "",
+            Text(f"{r['status']} {r['outcome']}", "green" if ok else "red"),
+            "" if r.get("tokens_in") is None else str(r["tokens_in"]),
+            "" if r.get("tokens_out") is None else str(r["tokens_out"]),
+            "" if r.get("ttft_s") is None else f"{r['ttft_s'] * 1000:.0f} ms",
+            f"{r['duration_s'] * 1000:.0f} ms",
+        )
+    return table

@@ -1,0 +1,79 @@
+"""The store's request log and decisions: written in one go, filtered, pruned, closed safely."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from modelyard.store import RequestRow, Store
+
+
+def row(i: int, **kw: object) -> RequestRow:
+    values: dict[str, object] = {
+        "at": 1000.0 + i,
+        "key": "alice" if i % 2 else None,
+        "endpoint": "/chat/completions",
+        "asked": "auto",
+        "model": "small" if i % 3 else "big",
+        "node": "local",
+        "instance": "small#1",
+        "decision": f"d{i}",
+        "status": 200 if i % 5 else 504,
+        "outcome": "ok" if i % 5 else "timeout",
+        "stream": bool(i % 2),
+        "tokens_in": 10,
+        "tokens_out": i,
+        "wait_s": 0.0,
+        "ttft_s": 0.1,
+        "duration_s": 0.5,
+        "error": None,
+    }
+    values.update(kw)
+    return RequestRow(**values)  # type: ignore[arg-type]
+
+
+def test_rows_round_trip_and_filter(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    for i in range(1, 31):
+        store.request(row(i))
+        store.decision(f"d{i}", "auto", "r", "small", "local", 200, None, {"id": f"d{i}", "i": i})
+    rows = store.requests({}, limit=100)
+    assert len(rows) == 30 and rows[0]["decision"] == "d30"  # newest first
+    assert rows[0] == {**row(30).__dict__, "stream": False}
+    assert len(store.requests({"outcome": "timeout"})) == 6
+    assert len(store.requests({"model": "big", "key": "alice"})) == 5
+    assert len(store.requests({}, since=1025.0)) == 6
+    assert store.decision_by_id("d7") == {"id": "d7", "i": 7}
+    with pytest.raises(ValueError, match="no filter 'prompt'"):
+        store.requests({"prompt": "x"})
+
+
+def test_prune_keeps_the_newest(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    for i in range(1, 251):
+        store.request(row(i))
+        store.decision(f"d{i}", "auto", None, "small", "local", 200, None, {"id": f"d{i}"})
+    store.flush()
+    store.prune(keep_requests=100, keep_decisions=120)
+    rows = store.requests({}, limit=1000)
+    assert len(rows) == 100 and rows[-1]["decision"] == "d151"
+    assert len(store.decisions(1000)) == 120
+
+
+def test_close_waits_for_a_running_flush_and_loses_nothing(tmp_path: Path) -> None:
+    """SIGTERM while the flusher writes: close() waits for it (it used to race and crash)."""
+
+    async def scene() -> None:
+        store = Store(tmp_path / "s.db")
+        store.start_flusher(every=0.01)
+        for burst in range(20):
+            for i in range(500):
+                store.request(row(burst * 500 + i))
+            await asyncio.sleep(0.005)
+        await store.close()
+
+    asyncio.run(scene())
+    again = Store(tmp_path / "s.db")
+    assert len(again.requests({}, limit=100_000)) == 10_000
