@@ -16,6 +16,7 @@ import sqlite3
 import statistics
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,9 @@ class Store:
         self._lock = threading.Lock()
         self._closed = False
         self._in_flight: asyncio.Future[None] | None = None  # the flush running in a thread
+        # One thread of its own: the writes never overlap, and its memory (glibc gives each
+        # thread that allocates its own arena) is one arena's, not one per pool worker.
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="modelyard-store")
 
     def event(self, model: str, event: str, detail: str = "", seconds: float | None = None) -> None:
         """Record an instance event now (rare: starts and stops, not requests)."""
@@ -291,8 +295,8 @@ class Store:
             for n in itertools.count(1):
                 await asyncio.sleep(every)
                 # Shielded: a cancel (close) must not leave a write running unseen.
-                self._in_flight = asyncio.ensure_future(
-                    asyncio.to_thread(tick, *self._take(), n % 60 == 0)
+                self._in_flight = asyncio.get_running_loop().run_in_executor(
+                    self._thread, tick, *self._take(), n % 60 == 0
                 )
                 await asyncio.shield(self._in_flight)
 
@@ -311,3 +315,4 @@ class Store:
             self._closed = True
             self._writer.close()
             self.db.close()
+        self._thread.shutdown(wait=False)

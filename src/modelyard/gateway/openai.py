@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
-from collections.abc import Coroutine
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -28,18 +28,18 @@ _TRUE = {"1", "true", "yes", "on"}
 
 
 async def chat_completions(request: Request) -> Response:
-    return await _until_gone(request, _proxy(request, "/chat/completions"))
+    return await _until_gone(request, "/chat/completions")
 
 
 async def completions(request: Request) -> Response:
-    return await _until_gone(request, _proxy(request, "/completions"))
+    return await _until_gone(request, "/completions")
 
 
 async def embeddings(request: Request) -> Response:
-    return await _until_gone(request, _proxy(request, "/embeddings"))
+    return await _until_gone(request, "/embeddings")
 
 
-async def _until_gone(request: Request, work: Coroutine[Any, Any, Response]) -> Response:
+async def _until_gone(request: Request, path: str) -> Response:
     """Run ``work`` until it answers or the client goes away, whichever comes first.
 
     A client that disconnects while queued, while its model loads, or while a non-streamed
@@ -47,25 +47,42 @@ async def _until_gone(request: Request, work: Coroutine[Any, Any, Response]) -> 
     (``finally``) and the upstream request is closed, which stops the generation. Streamed
     answers are watched by the stream itself once they start.
     """
-    await request.body()  # read first: the watcher below only sees what follows
+    began = time.monotonic()
+    try:
+        await request.body()  # read first: the watcher below only sees what follows
+    except ClientDisconnect:
+        return _left_early(request, path, began)
 
     async def gone() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
+    work = _proxy(request, path, began)
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(gone())
+    unstarted = False
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
         if not task.done():
+            unstarted = inspect.getcoroutinestate(work) == inspect.CORO_CREATED
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task  # its place, its slot and its upstream are given back first
+    if unstarted:  # gone before it was looked at: it still gets its row
+        return _left_early(request, path, began)
     if task.cancelled():
         return Response(status_code=499)  # nobody is there to read it
     return task.result()
+
+
+def _left_early(request: Request, path: str, began: float) -> Response:
+    gw: Gateway = request.app.state.gateway
+    key = request.scope.get("state", {}).get("api_key")
+    raw = getattr(request, "_body", b"")
+    gone = error_response(499, "the client went away before its request was handled")
+    return rejected(gw, path, raw, began, key.name if key else None, gone)
 
 
 async def list_models(request: Request) -> Response:
@@ -73,9 +90,8 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": gw.model_cards()})
 
 
-async def _proxy(request: Request, path: str) -> Response:
+async def _proxy(request: Request, path: str, began: float) -> Response:
     gw: Gateway = request.app.state.gateway
-    began = time.monotonic()
     raw = await request.body()
     key = request.scope.get("state", {}).get("api_key")
     admitted = _admit(gw, raw, request, key)
