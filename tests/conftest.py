@@ -199,3 +199,14 @@ def stub_log(gw: Gateway, model: str) -> dict[str, Any]:
     upstream = gw.model(model)["upstream"]
     assert upstream, f"{model} is not running"
     return dict(httpx.get(upstream.removesuffix("/v1") + "/stub/log", timeout=10).json())
+
+
+def access_keys(*keys: tuple[str, str, str]) -> str:
+    """An ``access:`` block: ``(name, key, more YAML fields)`` per key, stored hashed."""
+    import hashlib
+
+    lines = ["access:", "  keys:"]
+    for name, key, more in keys:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        lines.append(f"    - {{name: {name}, sha256: {digest}{', ' + more if more else ''}}}")
+    return "\n".join(lines) + "\n"

@@ -45,7 +45,9 @@ def test_full_queue_answers_429_and_every_slot_comes_back(one_slot: Gateway) -> 
     body = {
         "model": "q",
         "stream": True,
-        "max_tokens": 256,
+        # Long enough to hold the slot while four requests arrive; short enough to end soon
+        # on a machine whose cores other work shares (256 tokens once took over 300 s).
+        "max_tokens": 96,
         "messages": [{"role": "user", "content": "Count from one to one hundred."}],
     }
     with httpx.stream(

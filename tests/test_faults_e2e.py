@@ -21,7 +21,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Gateway, stub_log, stub_model, write_config
+from tests.conftest import Gateway, access_keys, stub_log, stub_model, write_config
 
 
 def _records(gw: Gateway, model: str, tag: str) -> list[dict[str, Any]]:
@@ -287,16 +287,10 @@ def test_64_streams_at_once_then_every_slot_is_free(serve: Any, tmp_path: Path) 
 
 
 def test_priority_serves_interactive_keys_before_batch_ones(serve: Any, tmp_path: Path) -> None:
-    import hashlib
-
-    def sha(key: str) -> str:
-        return hashlib.sha256(key.encode()).hexdigest()
-
-    access = (
-        "access:\n  keys:\n"
-        f"    - {{name: batch, sha256: {sha('sk-batch')}}}\n"
-        f"    - {{name: chat, sha256: {sha('sk-chat')}, priority: 10}}\n"
-        f"    - {{name: ops, sha256: {sha('sk-ops')}, scopes: [admin]}}\n"
+    access = access_keys(
+        ("batch", "sk-batch", ""),
+        ("chat", "sk-chat", "priority: 10"),
+        ("ops", "sk-ops", "scopes: [admin]"),
     )
     config = write_config(tmp_path, stub_model("slow", slots=1, queue=10), access)
     gw = serve(config)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Gateway, stub_model, write_config
+from tests.conftest import Gateway, access_keys, stub_model, write_config
 
 MARK = "zebra-quartz-42"  # in every prompt: it must never reach the metrics or the store
 SECRET = "sk-alice-secret-123"
@@ -32,14 +31,7 @@ def scrape(gw: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_metrics_request_log_and_top(serve: Any, tmp_path: Path) -> None:
-    def sha(key: str) -> str:
-        return hashlib.sha256(key.encode()).hexdigest()
-
-    access = (
-        "access:\n  keys:\n"
-        f"    - {{name: alice, sha256: {sha(SECRET)}}}\n"
-        f"    - {{name: ops, sha256: {sha('sk-ops')}, scopes: [admin]}}\n"
-    )
+    access = access_keys(("alice", SECRET, ""), ("ops", "sk-ops", "scopes: [admin]"))
     gw = serve(write_config(tmp_path, stub_model("slow", timeouts="{first_byte: 1s}"), access))
     gw.key = "sk-ops"
     alice = httpx.Client(base_url=gw.url, timeout=30, headers={"Authorization": f"Bearer {SECRET}"})
