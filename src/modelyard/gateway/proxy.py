@@ -275,13 +275,17 @@ async def _post(
 ) -> aiohttp.ClientResponse:
     """POST, once more on a new connection if a pooled one turns out closed by the server.
 
-    A server may close an idle keep-alive connection just as it is reused; it then answered
-    nothing, so sending the request again cannot run it twice.
+    A server may close a kept-alive connection just as it is reused (llama-server does so
+    after some streamed answers, without a `Connection: close`): the request then cannot
+    be written, or the server hangs up before answering. It answered nothing, so sending
+    the request again cannot run it twice. A failure to connect is not retried here.
     """
     for attempt in range(3):
         try:
             return await session.post(url, data=body, headers=headers, timeout=_timeouts(connect))
-        except aiohttp.ServerDisconnectedError:
+        except aiohttp.ClientConnectorError:
+            raise
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
