@@ -30,6 +30,7 @@ from upstream_stub import (  # bench/ is not a package: found through sys.path
     NOT_FOUND,
     StubProtocol,
     build_answers,
+    listening_socket,
 )
 
 
@@ -107,14 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.chunks < 2:
         parser.error("--chunks must be at least 2")
-    if args.fd is not None:
-        sock = socket.socket(fileno=args.fd)
-    else:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((args.host, args.port))
-        sock.listen(4096)
-    sock.setblocking(False)
+    sock = listening_socket(args.host, args.port, args.fd)
     try:
         uvloop.run(serve(sock, args.chunks, args.gap))
     except KeyboardInterrupt:

@@ -156,6 +156,19 @@ async def serve(sock: socket.socket, chunks: int) -> None:
         await server.serve_forever()
 
 
+def listening_socket(host: str, port: int, fd: int | None) -> socket.socket:
+    """The non-blocking socket to serve on: inherited (``--fd``), or bound to host:port."""
+    if fd is not None:
+        sock = socket.socket(fileno=fd)
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -165,14 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.chunks < 1:
         parser.error("--chunks must be at least 1")
-    if args.fd is not None:
-        sock = socket.socket(fileno=args.fd)
-    else:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((args.host, args.port))
-        sock.listen(4096)
-    sock.setblocking(False)
+    sock = listening_socket(args.host, args.port, args.fd)
     try:
         uvloop.run(serve(sock, args.chunks))
     except KeyboardInterrupt:
