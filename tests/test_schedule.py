@@ -382,3 +382,33 @@ def test_priority(
 ) -> None:
     models = {**SLOTTED, "a": MODELS["a"], "b": MODELS["b"]}
     assert kinds(decide(models, instances, waiters, T, 10).actions) == expected
+
+
+def test_granted_at_once_never_grants_what_decide_would_not() -> None:
+    """The run loop's shortcut against decide itself, over every combination."""
+    import itertools
+
+    from modelyard.schedule import NodeView, granted_at_once
+
+    checked = 0
+    for state, in_flight, slots, stop, kind, reachable, force, admin in itertools.product(
+        list(State),
+        (0, 1, 2),
+        (None, 1, 2),
+        (False, True),
+        ("open", "gated", "drained"),
+        (True, False),
+        (False, True),
+        (False, True),
+    ):
+        rule = ModelRule("m", swap_group="g", ttl=5, slots=slots, queue=3)
+        view = inst("m", state, since=0, in_flight=in_flight, stop_wanted=stop, retry_at=100)
+        node = NodeView("local", "x", kind, reachable)
+        w = Waiter(1, "m", 10, admin=admin, force=force)
+        fast = granted_at_once(rule, view, node, w)
+        plan = decide({"m": rule, "o": ModelRule("o", swap_group="g")}, {"m": view}, [w], T, 10,
+                      {"local": node})  # fmt: skip
+        if fast:
+            assert plan.actions == [Grant(1, "m")], (state, in_flight, slots, stop, kind)
+            checked += 1
+    assert checked > 10

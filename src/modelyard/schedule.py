@@ -239,6 +239,23 @@ def decide(
     return plan
 
 
+def granted_at_once(rule: ModelRule, v: InstanceView, node: NodeView, w: Waiter) -> bool:
+    """Whether :func:`decide` would grant ``w`` at once if nothing else waited.
+
+    The common case, a ready model with a free slot and an empty line, may then be served
+    without a turn of the run loop. Never true where ``decide`` would not grant:
+    ``tests/test_schedule.py`` checks it against ``decide`` over every combination.
+    """
+    return (
+        not w.admin  # an admin start takes no slot: the loop handles it
+        and v.state is State.READY
+        and not v.stop_wanted
+        and node.reachable
+        and (node.kind == "open" or (node.kind == "gated" and w.force))
+        and (rule.slots is None or v.in_flight < rule.slots)
+    )
+
+
 def _refusal(
     w: Waiter,
     v: InstanceView,

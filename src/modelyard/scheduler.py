@@ -34,6 +34,7 @@ from modelyard.schedule import (
     Timing,
     Waiter,
     decide,
+    granted_at_once,
 )
 from modelyard.store import Store
 from modelyard.supervisor import StartError
@@ -311,8 +312,15 @@ class Scheduler:
 
         Waiters with a higher ``priority`` are granted first; equal ones in arrival order.
         """
-        future: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
         waiter = Waiter(next(self._ids), model, time.monotonic(), no_swap, admin, force, priority)
+        inst = self.instances[model]
+        if not self._waiters:
+            rule = self.rules()[model]
+            if granted_at_once(rule, inst.view(), self.nodes[rule.node].view(), waiter):
+                inst.in_flight += 1  # what decide would do, without a turn of the loop
+                inst.last_used = waiter.since
+                return inst
+        future: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
         entry = _Waiter(waiter, future, admin)
         self._waiters.append(entry)
         self._kick()
