@@ -18,16 +18,11 @@ import socket
 import sys
 from pathlib import Path
 
-import orjson
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from upstream_stub import (  # bench/ is not a package: found through sys.path
-    BAD_REQUEST,
-    CHAT_PATH,
-    HEALTH,
-    NOT_FOUND,
     StubProtocol,
     build_answers,
     listening_socket,
@@ -41,28 +36,9 @@ class PacedProtocol(StubProtocol):
         super().__init__(plain, stream)
         self._gap = gap
 
-    def on_message_complete(self) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        method = self._parser.get_method()
-        path = self._url.split(b"?", 1)[0]
-        if method == b"POST" and path == CHAT_PATH:
-            try:
-                request = orjson.loads(b"".join(self._body))
-            except orjson.JSONDecodeError:
-                transport.write(BAD_REQUEST)
-            else:
-                if isinstance(request, dict) and request.get("stream") is True:
-                    self._pace(transport)
-                    return  # keep-alive is decided once the stream is written
-                transport.write(self._plain)
-        elif method == b"GET" and path == b"/health":
-            transport.write(HEALTH)
-        else:
-            transport.write(NOT_FOUND)
-        if not self._parser.should_keep_alive():
-            transport.close()
+    def send_stream(self, transport: asyncio.Transport) -> bool:
+        self._pace(transport)
+        return True
 
     def _pace(self, transport: asyncio.Transport) -> None:
         head, first, *rest = self._stream

@@ -121,6 +121,12 @@ class StubProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
+    def send_stream(self, transport: asyncio.Transport) -> bool:
+        """Write the streamed answer; True if it decides keep-alive itself (later)."""
+        for piece in self._stream:
+            transport.write(piece)
+        return False
+
     def on_message_complete(self) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
@@ -134,8 +140,8 @@ class StubProtocol(asyncio.Protocol):
                 transport.write(BAD_REQUEST)
             else:
                 if isinstance(request, dict) and request.get("stream") is True:
-                    for piece in self._stream:
-                        transport.write(piece)
+                    if self.send_stream(transport):
+                        return  # keep-alive is decided once the stream is written
                 else:
                     transport.write(self._plain)
         elif method == b"GET" and path == b"/health":
