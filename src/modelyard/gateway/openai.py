@@ -40,18 +40,18 @@ async def embeddings(request: Request) -> Response:
 
 
 async def _until_gone(request: Request, path: str) -> Response:
-    """Run ``work`` until it answers or the client goes away, whichever comes first.
+    """Serve the request until it is answered or the client goes away, whichever is first.
 
     A client that disconnects while queued, while its model loads, or while a non-streamed
-    answer is generated cancels ``work``: its place in the queue goes, its slot comes back
+    answer is generated cancels the work: its place in the queue goes, its slot comes back
     (``finally``) and the upstream request is closed, which stops the generation. Streamed
     answers are watched by the stream itself once they start.
     """
     began = time.monotonic()
     try:
-        await request.body()  # read first: the watcher below only sees what follows
+        raw = await request.body()  # read first: the watcher below only sees what follows
     except ClientDisconnect:
-        return _left_early(request, path, began)
+        return _left_early(request, path, began, b"")
 
     async def gone() -> None:
         while (await request.receive())["type"] != "http.disconnect":
@@ -71,16 +71,15 @@ async def _until_gone(request: Request, path: str) -> Response:
             with contextlib.suppress(asyncio.CancelledError):
                 await task  # its place, its slot and its upstream are given back first
     if unstarted:  # gone before it was looked at: it still gets its row
-        return _left_early(request, path, began)
+        return _left_early(request, path, began, raw)
     if task.cancelled():
         return Response(status_code=499)  # nobody is there to read it
     return task.result()
 
 
-def _left_early(request: Request, path: str, began: float) -> Response:
+def _left_early(request: Request, path: str, began: float, raw: bytes) -> Response:
     gw: Gateway = request.app.state.gateway
     key = request.scope.get("state", {}).get("api_key")
-    raw = getattr(request, "_body", b"")
     gone = error_response(499, "the client went away before its request was handled")
     return rejected(gw, path, raw, began, key.name if key else None, gone)
 
