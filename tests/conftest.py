@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,22 @@ class Gateway:
         )
 
 
+def wait_healthy(
+    url: str, proc: subprocess.Popen[bytes], what: Callable[[], str], timeout: float = 60
+) -> None:
+    """Wait until ``url``/health answers 200; fail with ``what()`` if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"exited: {what()}"
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"did not come up in {timeout:g}s: {what()}"
+        time.sleep(0.1)
+
+
 def write_config(tmp: Path, models: str, scheduler: str = "") -> Path:
     path = tmp / "modelyard.yaml"
     path.write_text(
@@ -144,16 +160,8 @@ def serve(tmp_path: Path) -> Iterator[Any]:
         )
         gw = Gateway(proc, f"http://{listen}", config, log)
         started.append(gw)
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"gateway exited: {log.read_text()}"
-            try:
-                if httpx.get(gw.url + "/health", timeout=1).status_code == 200:
-                    return gw
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "gateway did not come up"
-            time.sleep(0.1)
+        wait_healthy(gw.url, proc, lambda: f"gateway: {log.read_text()}")
+        return gw
 
     yield start
     for gw in started:

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Gateway, alive, free_port
+from tests.conftest import Gateway, alive, free_port, wait_healthy
 
 pytestmark = pytest.mark.e2e
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -77,16 +77,8 @@ class Agents:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.procs[node].poll() is None, (self.tmp / f"agent-{node}.log").read_text()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        log_file = self.tmp / f"agent-{node}.log"
+        wait_healthy(f"http://127.0.0.1:{port}", self.procs[node], log_file.read_text)
 
     def kill(self, node: str) -> None:
         proc = self.procs.pop(node)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from modelyard.engines import Upstream
 from modelyard.gateway.proxy import ProxyStream, Result, forward, new_session
 from modelyard.gateway.timeouts import Limits
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_healthy
 
 pytestmark = pytest.mark.e2e
 
@@ -30,15 +28,7 @@ def test_streams_on_pooled_connections_llama_server_closed(gemma: Path, llama_se
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "llama-server did not come up"
-            time.sleep(0.2)
+        wait_healthy(f"http://127.0.0.1:{port}", server, lambda: "llama-server")
         statuses = asyncio.run(_streams(port))
     finally:
         server.terminate()
