@@ -138,11 +138,11 @@ async def forward(
         return Response(first, status_code=resp.status, headers=out_headers)
 
     result = Result(resp.status, None, sent, first_byte)
-    complete = False
+    complete = finished = False
     content = resp.content
 
     async def relay() -> AsyncIterator[bytes]:
-        nonlocal complete
+        nonlocal complete, finished
         chunk = first
         counts = b""  # the last chunk that carries usage or timings
         watch = _IdleWatch(limits.idle, resp)
@@ -151,6 +151,8 @@ async def forward(
             while chunk:
                 if b'"usage"' in chunk or b'"timings"' in chunk:
                     counts = chunk
+                if b"data: [DONE]" in chunk:
+                    finished = True  # a client may hang up now, before the server's EOF
                 yield renamer.feed(chunk) if renamer is not None else chunk
                 watch.since = clock()  # only silence while reading counts, not a slow client
                 chunk = await content.readany()
@@ -179,7 +181,7 @@ async def forward(
             resp.release()  # the connection goes back to the pool
         else:
             resp.close()  # client gone or upstream broken: closing stops the generation
-            if result.error is None:
+            if result.error is None and not finished:
                 result.status, result.error = 499, "client went away"
         await _call(done, result)
 
