@@ -12,7 +12,6 @@ reach the same figure. Non-streamed answers go out at once.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import socket
 import sys
@@ -26,6 +25,7 @@ from upstream_stub import (  # bench/ is not a package: found through sys.path
     StubProtocol,
     build_answers,
     listening_socket,
+    stub_parser,
 )
 
 
@@ -75,11 +75,7 @@ async def serve(sock: socket.socket, chunks: int, gap: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8089)
-    parser.add_argument("--fd", type=int, help="serve on this inherited listening socket")
-    parser.add_argument("--chunks", type=int, default=32, help="SSE chunks per stream")
+    parser = stub_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--gap", type=float, default=0.02, help="seconds between chunks")
     args = parser.parse_args(argv)
     if args.chunks < 2:

@@ -175,12 +175,18 @@ def listening_socket(host: str, port: int, fd: int | None) -> socket.socket:
     return sock
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def stub_parser(description: str) -> argparse.ArgumentParser:
+    """The stubs' common options: where to listen and how many chunks a stream has."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8089)
     parser.add_argument("--fd", type=int, help="serve on this inherited listening socket")
     parser.add_argument("--chunks", type=int, default=32, help="SSE chunks per stream")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = stub_parser(__doc__.split("\n\n")[0])
     args = parser.parse_args(argv)
     if args.chunks < 1:
         parser.error("--chunks must be at least 1")
