@@ -593,6 +593,28 @@ def environment(binary: str | None, litellm: str) -> list[str]:
 # --------------------------------------------------------------------------- the parts
 
 
+def start_bare(running: Running, upstream: str) -> tuple[subprocess.Popen[bytes], str]:
+    """The bare aiohttp pass-through of bench/proxy_client.py in front of ``upstream``, ready;
+    the process and its base URL."""
+    sock = proxy_client.listening_socket()
+    bare_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    bare = running.add(
+        proxy_client.spawn(
+            [
+                str(HERE / "proxy_client.py"),
+                "_proxy",
+                "--client",
+                "aiohttp",
+                "--upstream",
+                upstream,
+            ],
+            sock,
+        )
+    )
+    proxy_client.wait_ready(bare_url + CHAT, [bare])
+    return bare, bare_url
+
+
 def stub_targets_with_bare(
     args: argparse.Namespace, gw: Gateway, running: Running, model: str, litellm_base: str | None
 ) -> tuple[list[Target], subprocess.Popen[bytes], int]:
@@ -600,16 +622,7 @@ def stub_targets_with_bare(
     (to stop afterwards) and the engine's pid."""
     engine = gw.model(model)
     url = engine["upstream"].removesuffix("/v1")
-    sock = proxy_client.listening_socket()
-    upstream = ["--upstream", url]
-    bare_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    bare = running.add(
-        proxy_client.spawn(
-            [str(HERE / "proxy_client.py"), "_proxy", "--client", "aiohttp", *upstream],
-            sock,
-        )
-    )
-    proxy_client.wait_ready(bare_url + CHAT, [bare])
+    bare, bare_url = start_bare(running, url)
     targets = [
         Target("direct", url + CHAT, model, None),
         Target("bare", bare_url + CHAT, model, bare.pid, byte_exact=True),

@@ -36,7 +36,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import compare  # noqa: E402  (bench/ is not a package)
-import proxy_client  # noqa: E402
 from loadgen import Load, Spec, measure  # noqa: E402
 
 PHASES = {"ns16": (False, 16), "st64": (True, 64), "ns1": (False, 1), "st1": (True, 1)}
@@ -131,16 +130,7 @@ def main() -> None:
         # 1. the bare pass-through
         gw = start_gateway(running, tmp, None)
         stub = gw.model("stub")["upstream"].removesuffix("/v1")
-        sock = proxy_client.listening_socket()
-        upstream = ["--upstream", stub]
-        bare_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        bare = running.add(
-            proxy_client.spawn(
-                [str(HERE / "proxy_client.py"), "_proxy", "--client", "aiohttp", *upstream],
-                sock,
-            )
-        )
-        proxy_client.wait_ready(bare_url + compare.CHAT, [bare])
+        bare, bare_url = compare.start_bare(running, stub)
         load = measure(bare_url + compare.CHAT, "stub", spec, {"target": bare.pid})
         lines.append(
             f"1. bare aiohttp pass-through: {load.requests / load.elapsed:,.0f} req/s, "
