@@ -412,3 +412,39 @@ def test_granted_at_once_never_grants_what_decide_would_not() -> None:
             assert plan.actions == [Grant(1, "m")], (state, in_flight, slots, stop, kind)
             checked += 1
     assert checked > 10
+
+
+def test_a_quiet_release_changes_nothing_decide_would_do() -> None:
+    """The run loop skips its turn after a quiet release: decide plans the same before and
+    after it, whatever the state, the slots, the ttl, pinning and the clock."""
+    import dataclasses
+    import itertools
+
+    from modelyard.schedule import quiet_release
+
+    checked = 0
+    for state, after, stop, ttl, pinned, group, used, now in itertools.product(
+        list(State),
+        (0, 1, 2),
+        (False, True),
+        (0.0, 5.0),
+        (False, True),
+        (None, "g"),
+        (0.0, 9.0),
+        (10.0, 20.0),
+    ):
+        rule = ModelRule("m", swap_group=group, pinned=pinned, ttl=ttl, slots=4)
+        models = {"m": rule, "o": ModelRule("o", swap_group=group)}
+        before = inst("m", state, since=0, in_flight=after + 1, stop_wanted=stop, last_used=used)
+        released = dataclasses.replace(before, in_flight=after, last_used=now)
+        if not quiet_release(released):
+            continue
+        old = decide(models, {"m": before}, [], T, now)
+        new = decide(models, {"m": released}, [], T, now)
+        assert (old.actions, old.wake_at) == (new.actions, new.wake_at), (state, after, ttl)
+        checked += 1
+    assert checked > 10
+    # and it is not quiet where the loop has something to do: the last slot of a ttl model
+    last = inst("m", State.READY, since=0, in_flight=0, last_used=10)
+    assert not quiet_release(last)
+    assert decide({"m": ModelRule("m", ttl=5)}, {"m": last}, [], T, 10).wake_at == 15

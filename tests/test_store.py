@@ -41,13 +41,25 @@ def test_rows_round_trip_and_filter(tmp_path: Path) -> None:
         store.decision(f"d{i}", "auto", "r", "small", "local", 200, None, {"id": f"d{i}", "i": i})
     rows = store.requests({}, limit=100)
     assert len(rows) == 30 and rows[0]["decision"] == "d30"  # newest first
-    assert rows[0] == {**row(30).__dict__, "stream": False}
+    assert rows[0] == {**row(30)._asdict(), "stream": False}
     assert len(store.requests({"outcome": "timeout"})) == 6
     assert len(store.requests({"model": "big", "key": "alice"})) == 5
     assert len(store.requests({}, since=1025.0)) == 6
     assert store.decision_by_id("d7") == {"id": "d7", "i": 7}
     with pytest.raises(ValueError, match="no filter 'prompt'"):
         store.requests({"prompt": "x"})
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 127, 128, 129, 255, 256, 300, 1001])
+def test_every_row_of_a_flush_is_written_once_in_order(tmp_path: Path, n: int) -> None:
+    store = Store(tmp_path / "s.db")
+    for i in range(n):
+        store.request(row(i, tokens_out=i))
+        store.decision(f"d{i}", "auto", None, "small", "local", 200, None, {"id": f"d{i}"})
+    store.flush()
+    rows = store.requests({}, limit=n + 10)
+    assert [r["tokens_out"] for r in rows] == list(range(n - 1, -1, -1))
+    assert len(store.decisions(limit=n + 10)) == n
 
 
 def test_prune_keeps_the_newest(tmp_path: Path) -> None:

@@ -256,6 +256,17 @@ def granted_at_once(rule: ModelRule, v: InstanceView, node: NodeView, w: Waiter)
     )
 
 
+def quiet_release(v: InstanceView) -> bool:
+    """Whether a slot given back on ``v`` (``v`` counted after it) leaves :func:`decide`
+    nothing new to do when nobody waits.
+
+    A ready instance still serving others has no idle timer to start and nothing to
+    drain, so the run loop need not take a turn for it. ``tests/test_schedule.py`` checks
+    that ``decide`` plans the same before and after such a release.
+    """
+    return v.state is State.READY and not v.stop_wanted and v.in_flight > 0
+
+
 def _refusal(
     w: Waiter,
     v: InstanceView,

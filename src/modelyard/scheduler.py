@@ -35,6 +35,7 @@ from modelyard.schedule import (
     Waiter,
     decide,
     granted_at_once,
+    quiet_release,
 )
 from modelyard.store import Store
 from modelyard.supervisor import StartError
@@ -347,7 +348,8 @@ class Scheduler:
         inst.in_flight -= 1
         inst.last_used = time.monotonic()
         self._served.setdefault(inst.model, deque(maxlen=200)).append(inst.last_used)
-        self._kick()
+        if self._waiters or not quiet_release(inst.view()):
+            self._kick()
 
     def _queue_wait(self, model: str, now: float) -> float:
         """Seconds until a place frees up: the waiting line over the recent service rate."""

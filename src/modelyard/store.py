@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import sqlite3
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -80,25 +81,51 @@ _ROW = (
 _DECISION = ("id", "at", "asked", "rule", "model", "node", "status", "degraded", "body")
 
 
-def _insert_json(table: str, columns: tuple[str, ...], verb: str = "INSERT") -> str:
-    # All queued rows go in as one JSON array and one statement: one call into SQLite,
-    # so the writer thread needs the GIL back once per flush, not once per row (with
-    # the event loop busy, each of those waits cost up to 5 ms: seen as a backlog that
-    # grew without bound in bench/soak.py).
-    picks = ", ".join(f"value->>{i}" for i in range(len(columns)))
-    return f"{verb} INTO {table}({', '.join(columns)}) SELECT {picks} FROM json_each(?)"
+_CHUNK = 128  # rows per statement: 17 columns x 128 is far under SQLite's 32,766 parameters
 
 
-_INSERT_ROWS = _insert_json("request_log", _ROW)
-_INSERT_DECISIONS = _insert_json("decisions", _DECISION, "INSERT OR REPLACE")
+@functools.lru_cache(maxsize=32)
+def _insert(table: str, columns: tuple[str, ...], rows: int, verb: str) -> str:
+    one = "(" + ", ".join("?" * len(columns)) + ")"
+    return f"{verb} INTO {table}({', '.join(columns)}) VALUES " + ", ".join([one] * rows)
+
+
+def _sizes(n: int) -> Iterator[int]:
+    """``n`` rows as full chunks, then powers of two: a handful of distinct statements."""
+    while n > 0:
+        size = _CHUNK if n >= _CHUNK else 1 << (n.bit_length() - 1)
+        yield size
+        n -= size
+
+
+def _insert_rows(
+    db: sqlite3.Connection,
+    table: str,
+    columns: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
+    verb: str = "INSERT",
+) -> None:
+    # Many rows per statement: the parameters are bound in C in one call and the statement
+    # steps once with the GIL released, so the writer thread needs the GIL back once per
+    # chunk, not once per row as with executemany (with the event loop busy, each of those
+    # waits cost up to 5 ms: seen as a backlog that grew without bound in bench/soak.py).
+    # Nothing is parsed on the way: an earlier json_each(?) form re-parsed each row's JSON
+    # for every column (SQLite 3.40), 20-30 us a row.
+    start = 0
+    for size in _sizes(len(rows)):
+        params = list(itertools.chain.from_iterable(rows[start : start + size]))
+        db.execute(_insert(table, columns, size, verb), params)
+        start += size
+
+
 _FILTERS = ("key", "asked", "model", "node", "outcome", "status", "decision")
 
 
-@dataclass(frozen=True)
-class RequestRow:
+class RequestRow(NamedTuple):
     """One request as the log keeps it: who, what was asked and served, how it went.
 
-    No prompt text and no key: ``key`` is the key's name.
+    No prompt text and no key: ``key`` is the key's name. A tuple in the order of the
+    table's columns (``_ROW``), queued as it is.
     """
 
     at: float  # wall clock, when it arrived
@@ -118,9 +145,6 @@ class RequestRow:
     ttft_s: float | None  # arrival to the first byte of the answer
     duration_s: float
     error: str | None
-
-    def values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in _ROW)
 
 
 class Store:
@@ -190,7 +214,7 @@ class Store:
 
     def request(self, row: RequestRow) -> None:
         """Queue one request row; written within a second, off the event loop."""
-        self._pending.append(row.values())
+        self._pending.append(row)
 
     def decision(
         self,
@@ -238,9 +262,10 @@ class Store:
             self._writer.execute("BEGIN")
             try:
                 if decided:
-                    self._writer.execute(_INSERT_DECISIONS, (orjson.dumps(decided),))
+                    bodies = [(*d[:-1], orjson.dumps(d[-1]).decode()) for d in decided]
+                    _insert_rows(self._writer, "decisions", _DECISION, bodies, "INSERT OR REPLACE")
                 if rows:
-                    self._writer.execute(_INSERT_ROWS, (orjson.dumps(rows),))
+                    _insert_rows(self._writer, "request_log", _ROW, rows)
             except BaseException:
                 self._writer.execute("ROLLBACK")
                 raise

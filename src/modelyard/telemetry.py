@@ -1,6 +1,6 @@
 """Telemetry: Prometheus metrics, fed by each finished request and read live at scrape.
 
-Counters and histograms are updated once per request, after its answer; everything that
+Counters and histograms are added to once per request, after its answer; everything that
 is state (instances, queues, nodes, GPUs) is read from the scheduler and the nodes when
 ``/metrics`` is scraped, so the hot path keeps no extra books. Labels are bounded: model
 names and rule names come from the config (anything else is ``-``), outcomes from a fixed
@@ -9,12 +9,19 @@ list, nodes and GPUs from the inventory.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from modelyard.placement import Gpu
@@ -50,8 +57,32 @@ class NodeReading:
     gpus: list[Gpu]
 
 
+class _Histogram:
+    """One histogram's buckets (non-cumulative while counting) and sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # `le` is inclusive
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        running = list(accumulate(self.counts))
+        les = [repr(float(b)) for b in self.bounds] + ["+Inf"]  # as Prometheus writes them
+        return list(zip(les, running, strict=True))
+
+
 class Telemetry:
-    """The gateway's metrics registry."""
+    """The gateway's metrics.
+
+    Each finished request adds to plain counters and buckets (a few dict operations on the
+    event loop); they become Prometheus families only when ``/metrics`` is scraped.
+    """
 
     def __init__(
         self,
@@ -61,41 +92,15 @@ class Telemetry:
         rules: Callable[[], Collection[str]],
     ) -> None:
         self._models, self._rules = models, rules
+        self.requests: dict[tuple[str, str], int] = {}  # (model, outcome)
+        self.tokens: dict[tuple[str, str], int] = {}  # (model, direction)
+        self.decisions: dict[str, int] = {}  # rule
+        self.ttft: dict[str, _Histogram] = {}  # model
+        self.rate: dict[str, _Histogram] = {}  # model
+        self.overhead = _Histogram(_OVERHEAD)
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "modelyard_requests", "Requests by model and outcome.", ["model", "outcome"], registry=r
-        )
-        self.ttft = Histogram(
-            "modelyard_time_to_first_byte_seconds",
-            "From a request's arrival to the first byte of its answer (first token of a "
-            "stream), queue and load included.",
-            ["model"],
-            buckets=_LATENCY,
-            registry=r,
-        )
-        self.rate = Histogram(
-            "modelyard_tokens_per_second",
-            "Generation speed of each answer: tokens out over the time after the first byte.",
-            ["model"],
-            buckets=_RATE,
-            registry=r,
-        )
-        self.tokens = Counter(
-            "modelyard_tokens", "Tokens in (prompt) and out.", ["model", "direction"], registry=r
-        )
-        self.overhead = Histogram(
-            "modelyard_gateway_overhead_seconds",
-            "Time spent in the gateway itself before the request went upstream (the wait "
-            "for a slot or a load excluded).",
-            buckets=_OVERHEAD,
-            registry=r,
-        )
-        self.decisions = Counter(
-            "modelyard_decisions", "Routing decisions by the policy rule that held.", ["rule"],
-            registry=r,
-        )  # fmt: skip
-        r.register(_Live(scheduler, nodes))
+        self.registry.register(_Counted(self))
+        self.registry.register(_Live(scheduler, nodes))
 
     def _model(self, name: str | None) -> str:
         return name if name is not None and name in self._models() else "-"
@@ -103,24 +108,82 @@ class Telemetry:
     def observe(self, row: RequestRow, overhead: float | None, rule: str | None) -> None:
         """Count one finished request."""
         model = self._model(row.model)
-        self.requests.labels(model, row.outcome).inc()
+        key = (model, row.outcome)
+        self.requests[key] = self.requests.get(key, 0) + 1
         if row.decision is not None:
-            known = rule is not None and rule in self._rules()
-            self.decisions.labels(rule if known else "-").inc()
+            known = rule if rule is not None and rule in self._rules() else "-"
+            self.decisions[known] = self.decisions.get(known, 0) + 1
         if overhead is not None:
             self.overhead.observe(overhead)
         if row.ttft_s is not None and row.outcome == "ok":
-            self.ttft.labels(model).observe(row.ttft_s)
+            _histogram(self.ttft, model, _LATENCY).observe(row.ttft_s)
             generating = row.duration_s - row.ttft_s
             if row.tokens_out and row.stream and generating > 0:
-                self.rate.labels(model).observe(row.tokens_out / generating)
+                _histogram(self.rate, model, _RATE).observe(row.tokens_out / generating)
         if row.tokens_in:
-            self.tokens.labels(model, "in").inc(row.tokens_in)
+            key = (model, "in")
+            self.tokens[key] = self.tokens.get(key, 0) + row.tokens_in
         if row.tokens_out:
-            self.tokens.labels(model, "out").inc(row.tokens_out)
+            key = (model, "out")
+            self.tokens[key] = self.tokens.get(key, 0) + row.tokens_out
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _histogram(by: dict[str, _Histogram], label: str, bounds: tuple[float, ...]) -> _Histogram:
+    found = by.get(label)
+    if found is None:
+        found = by[label] = _Histogram(bounds)
+    return found
+
+
+class _Counted(Collector):
+    """What finished requests added up to, as Prometheus families."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._t = telemetry
+
+    def collect(self) -> Iterator[Metric]:
+        t = self._t
+        requests = CounterMetricFamily(
+            "modelyard_requests", "Requests by model and outcome.", labels=["model", "outcome"]
+        )
+        for (model, result), n in sorted(t.requests.items()):
+            requests.add_metric([model, result], n)
+        tokens = CounterMetricFamily(
+            "modelyard_tokens", "Tokens in (prompt) and out.", labels=["model", "direction"]
+        )
+        for (model, direction), n in sorted(t.tokens.items()):
+            tokens.add_metric([model, direction], n)
+        decisions = CounterMetricFamily(
+            "modelyard_decisions", "Routing decisions by the policy rule that held.",
+            labels=["rule"],
+        )  # fmt: skip
+        for rule, n in sorted(t.decisions.items()):
+            decisions.add_metric([rule], n)
+        ttft = HistogramMetricFamily(
+            "modelyard_time_to_first_byte_seconds",
+            "From a request's arrival to the first byte of its answer (first token of a "
+            "stream), queue and load included.",
+            labels=["model"],
+        )
+        for model, h in sorted(t.ttft.items()):
+            ttft.add_metric([model], h.buckets(), h.sum)
+        rate = HistogramMetricFamily(
+            "modelyard_tokens_per_second",
+            "Generation speed of each answer: tokens out over the time after the first byte.",
+            labels=["model"],
+        )
+        for model, h in sorted(t.rate.items()):
+            rate.add_metric([model], h.buckets(), h.sum)
+        overhead = HistogramMetricFamily(
+            "modelyard_gateway_overhead_seconds",
+            "Time spent in the gateway itself before the request went upstream (the wait "
+            "for a slot or a load excluded).",
+        )
+        overhead.add_metric([], t.overhead.buckets(), t.overhead.sum)
+        yield from (requests, tokens, decisions, ttft, rate, overhead)
 
 
 class _Live(Collector):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -71,6 +72,20 @@ async def _reload_on_signal(gateway: Gateway) -> None:
     print(f"modelyard: config reloaded: {applied}", file=sys.stderr)
 
 
+def _tune_gc() -> None:
+    """Collect cycles less often than CPython's default, and never look at startup's objects.
+
+    Each request makes and drops a few hundred containers (frames, coroutines, dicts); at
+    the default of a young collection every 700 allocations, objects of requests still in
+    flight were traversed and promoted over and over: 7 % of the gateway's instructions
+    per request (bench/profile_gateway.py). Garbage not in a cycle is freed at once either
+    way; what waits longer is only cyclic garbage, at most this many objects.
+    """
+    gc.collect()
+    gc.freeze()  # config, modules, routes: alive for good, so out of every collection
+    gc.set_threshold(20_000, 20, 20)
+
+
 def create_app(config: Config) -> Starlette:
     """The gateway for ``config``; processes start on first use and stop on shutdown."""
     gateway = Gateway(config)
@@ -78,6 +93,7 @@ def create_app(config: Config) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.open()
+        _tune_gc()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):  # no SIGHUP on Windows
             loop.add_signal_handler(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import time
 from typing import Any
 
@@ -25,6 +23,7 @@ from modelyard.routing import AUTO, Decision, features, route, strip_tags
 from modelyard.scheduler import Refused
 
 _TRUE = {"1", "true", "yes", "on"}
+WATCH_AFTER = 0.05  # seconds into a request before its client's connection is watched
 
 
 async def chat_completions(request: Request) -> Response:
@@ -49,32 +48,48 @@ async def _until_gone(request: Request, path: str) -> Response:
     """
     began = time.monotonic()
     try:
-        raw = await request.body()  # read first: the watcher below only sees what follows
+        raw = await request.body()  # read first: the watch below only sees what follows
     except ClientDisconnect:
         return _left_early(request, path, began, b"")
-
-    async def gone() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    work = _proxy(request, path, began)
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(gone())
-    unstarted = False
+    me = asyncio.current_task()
+    assert me is not None, "an ASGI app runs in a task"
+    watch = _Watch(request, me)
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await _proxy(request, path, began, raw)
+    except asyncio.CancelledError:
+        if watch.fired and me.uncancel() == 0:
+            return Response(status_code=499)  # nobody is there to read it
+        raise  # cancelled by the server itself (shutdown): not ours to swallow
     finally:
-        watcher.cancel()
-        if not task.done():
-            unstarted = inspect.getcoroutinestate(work) == inspect.CORO_CREATED
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task  # its place, its slot and its upstream are given back first
-    if unstarted:  # gone before it was looked at: it still gets its row
-        return _left_early(request, path, began, raw)
-    if task.cancelled():
-        return Response(status_code=499)  # nobody is there to read it
-    return task.result()
+        watch.stop()
+
+
+class _Watch:
+    """Cancels a request's task when its client disconnects.
+
+    The watch starts ``WATCH_AFTER`` seconds in: most answers through a gateway come sooner,
+    and for them it is one timer rather than a task that reads from the connection.
+    """
+
+    def __init__(self, request: Request, task: asyncio.Task[Any]) -> None:
+        self.request, self.task = request, task
+        self.fired = False
+        self._watcher: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER, self._start)
+
+    def _start(self) -> None:
+        self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        while (await self.request.receive())["type"] != "http.disconnect":
+            pass
+        self.fired = True
+        self.task.cancel()
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
 
 
 def _left_early(request: Request, path: str, began: float, raw: bytes) -> Response:
@@ -89,9 +104,8 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": gw.model_cards()})
 
 
-async def _proxy(request: Request, path: str, began: float) -> Response:
+async def _proxy(request: Request, path: str, began: float, raw: bytes) -> Response:
     gw: Gateway = request.app.state.gateway
-    raw = await request.body()
     key = request.scope.get("state", {}).get("api_key")
     admitted = _admit(gw, raw, request, key)
     if isinstance(admitted, Response):
