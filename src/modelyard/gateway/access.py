@@ -35,9 +35,9 @@ class AccessGuard:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_body:
+        headers = _headers(scope) if self.keys else {}
+        length = headers.get("content-length") if self.keys else _content_length(scope)
+        if length and length.isdigit() and int(length) > self.max_body:
             refusal = error_response(
                 413, f"the body is {int(length)} bytes; this gateway takes at most {self.max_body}"
             )
@@ -101,3 +101,15 @@ def may_use(key: ApiKey | None, asked: str, canonical: str | None) -> bool:
     if key is None or key.models is None:
         return True
     return asked in key.models or (canonical is not None and canonical in key.models)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def _content_length(scope: Scope) -> str | None:
+    """The declared body size, without decoding every header (an open gateway needs no more)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return str(value.decode("latin-1"))
+    return None

@@ -32,7 +32,14 @@ def new_session() -> aiohttp.ClientSession:
     # Idle connections are dropped before llama-server's own 5 s keep-alive ends.
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4, ttl_dns_cache=300)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+    # No cookie jar: a cookie one upstream sets for one client must never go out with the
+    # next client's request (and keeping none saves its bookkeeping on every request).
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
 
 
 @dataclass
