@@ -63,6 +63,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         "sent": 0,
         "outcome": "running",
         "began": time.time(),
+        "cookie": request.headers.get("Cookie"),
     }
     LOG.append(record)
     NOW["running"] += 1
@@ -73,7 +74,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             await asyncio.sleep(float(spec.get("first_byte", 0)))
             text = " ".join(f"t{i}" for i in range(chunks))
             record["outcome"] = "done"
-            return web.json_response(
+            answer = web.json_response(
                 {
                     "id": "chatcmpl-slow",
                     "object": "chat.completion",
@@ -89,6 +90,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
                     "usage": {"prompt_tokens": 4, "completion_tokens": chunks, "total_tokens": 0},
                 }
             )
+            # A session cookie, as some hosted APIs set: the gateway must not hand it on to
+            # whoever sends the next request.
+            answer.set_cookie("session", str(spec.get("tag")))
+            return answer
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         await asyncio.sleep(float(spec.get("first_byte", 0)))

@@ -339,3 +339,18 @@ def test_no_request_reaches_a_file_or_a_command_line(serve: Any, tmp_path: Path)
         r = client.get(f"/admin/models/{urllib.parse.quote(name, safe='')}/logs")
         assert r.status_code == 404, (name, r.text)
     assert gw.model("slow")["state"] == "stopped"  # nothing was started by any of it
+
+
+def test_a_cookie_set_upstream_never_goes_out_with_the_next_request(
+    serve: Any, tmp_path: Path
+) -> None:
+    """Upstream connections are shared by every client: no cookie jar between them."""
+    gw = serve(write_config(tmp_path, stub_model("slow")))
+    client = httpx.Client(base_url=gw.url, timeout=30)
+    for tag in ("alice", "bob"):
+        r = client.post("/v1/chat/completions", json=_chat("slow", {"tag": tag}))
+        assert r.status_code == 200, r.text
+    assert [(r["tag"], r["cookie"]) for r in stub_log(gw, "slow")["requests"]] == [
+        ("alice", None),
+        ("bob", None),
+    ]
