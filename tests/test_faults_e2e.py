@@ -11,6 +11,8 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -21,7 +23,16 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Gateway, access_keys, stub_log, stub_model, write_config
+from tests.conftest import (
+    SLOW_UPSTREAM,
+    Gateway,
+    access_keys,
+    free_port,
+    stub_log,
+    stub_model,
+    wait_healthy,
+    write_config,
+)
 
 
 def _records(gw: Gateway, model: str, tag: str) -> list[dict[str, Any]]:
@@ -344,13 +355,29 @@ def test_no_request_reaches_a_file_or_a_command_line(serve: Any, tmp_path: Path)
 def test_a_cookie_set_upstream_never_goes_out_with_the_next_request(
     serve: Any, tmp_path: Path
 ) -> None:
-    """Upstream connections are shared by every client: no cookie jar between them."""
-    gw = serve(write_config(tmp_path, stub_model("slow")))
-    client = httpx.Client(base_url=gw.url, timeout=30)
-    for tag in ("alice", "bob"):
-        r = client.post("/v1/chat/completions", json=_chat("slow", {"tag": tag}))
-        assert r.status_code == 200, r.text
-    assert [(r["tag"], r["cookie"]) for r in stub_log(gw, "slow")["requests"]] == [
-        ("alice", None),
-        ("bob", None),
-    ]
+    """Upstream connections are shared by every client: no cookie jar between them.
+
+    The upstream is a remote model named by host name (aiohttp's default jar keeps no
+    cookies from bare IP addresses, so 127.0.0.1 would prove nothing).
+    """
+    port = free_port()
+    upstream = subprocess.Popen([sys.executable, str(SLOW_UPSTREAM), "--port", str(port)])
+    try:
+        wait_healthy(f"http://localhost:{port}", upstream, lambda: "slow upstream")
+        gw = serve(
+            write_config(
+                tmp_path, f"  cloud:\n    engine: remote\n    url: http://localhost:{port}/v1\n"
+            )
+        )
+        client = httpx.Client(base_url=gw.url, timeout=30)
+        for tag in ("alice", "bob"):
+            r = client.post("/v1/chat/completions", json=_chat("cloud", {"tag": tag}))
+            assert r.status_code == 200, r.text
+        log = httpx.get(f"http://localhost:{port}/stub/log", timeout=10).json()
+        assert [(r["tag"], r["cookie"]) for r in log["requests"]] == [
+            ("alice", None),
+            ("bob", None),
+        ]
+    finally:
+        upstream.terminate()
+        upstream.wait(10)
