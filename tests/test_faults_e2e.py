@@ -142,6 +142,7 @@ def test_timeouts_first_byte_idle_connect_and_the_clients_deadline(
         "outcome": "aborted",
         "began": 0,
         "ended": 0,
+        "cookie": None,
     }
 
     # Connect: a hung server whose listen queue is full → 504 after the connect limit.
@@ -218,6 +219,7 @@ def test_cancel_at_each_stage_reaches_the_server(serve: Any, tmp_path: Path) -> 
         "outcome": "aborted",
         "began": 0,
         "ended": 0,
+        "cookie": None,
     }
     try:
         httpx.post(

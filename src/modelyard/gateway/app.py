@@ -12,15 +12,16 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from modelyard.config import Config, ConfigError, load_config
 from modelyard.gateway import admin, openai
 from modelyard.gateway.access import AccessGuard
 from modelyard.gateway.errors import error_response
+from modelyard.gateway.lane import OpenAILane
 from modelyard.gateway.state import Gateway, ReloadRefused
 from modelyard.schedule import State
 from modelyard.telemetry import CONTENT_TYPE
@@ -86,7 +87,7 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-def create_app(config: Config) -> Starlette:
+def create_app(config: Config) -> ASGIApp:
     """The gateway for ``config``; processes start on first use and stop on shutdown."""
     gateway = Gateway(config)
 
@@ -114,7 +115,9 @@ def create_app(config: Config) -> Starlette:
         ],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error},
-        middleware=[Middleware(AccessGuard, access=config.access)],
     )
     app.state.gateway = gateway
-    return app
+    # The guard first, for every path; then the lane for the OpenAI POSTs, Starlette for
+    # the rest.
+    lane = {r.path: r.endpoint for r in openai.routes if "POST" in (r.methods or ())}
+    return AccessGuard(OpenAILane(app, lane), access=config.access)
