@@ -16,14 +16,14 @@ from modelyard.gateway.access import may_use
 from modelyard.gateway.attempt import Attempt, rejected
 from modelyard.gateway.errors import error_response
 from modelyard.gateway.keepalive import stream_or_wait
-from modelyard.gateway.proxy import Result, UpstreamUnavailable, forward
+from modelyard.gateway.proxy import ProxyStream, Result, UpstreamUnavailable, forward
 from modelyard.gateway.state import Gateway
 from modelyard.gateway.timeouts import Deadline, limits_for
+from modelyard.gateway.watch import ClientWatch
 from modelyard.routing import AUTO, Decision, features, route, strip_tags
 from modelyard.scheduler import Refused
 
 _TRUE = {"1", "true", "yes", "on"}
-WATCH_AFTER = 0.05  # seconds into a request before its client's connection is watched
 
 
 async def chat_completions(request: Request) -> Response:
@@ -41,10 +41,10 @@ async def embeddings(request: Request) -> Response:
 async def _until_gone(request: Request, path: str) -> Response:
     """Serve the request until it is answered or the client goes away, whichever is first.
 
-    A client that disconnects while queued, while its model loads, or while a non-streamed
-    answer is generated cancels the work: its place in the queue goes, its slot comes back
-    (``finally``) and the upstream request is closed, which stops the generation. Streamed
-    answers are watched by the stream itself once they start.
+    A client that disconnects while queued, while its model loads, while a non-streamed
+    answer is generated or while a stream is relayed cancels the work: its place in the
+    queue goes, its slot comes back (``finally``) and the upstream request is closed, which
+    stops the generation.
     """
     began = time.monotonic()
     try:
@@ -53,43 +53,20 @@ async def _until_gone(request: Request, path: str) -> Response:
         return _left_early(request, path, began, b"")
     me = asyncio.current_task()
     assert me is not None, "an ASGI app runs in a task"
-    watch = _Watch(request, me)
+    watch = ClientWatch(request.receive, me)
+    answer: Response | None = None
     try:
-        return await _proxy(request, path, began, raw)
+        answer = await _proxy(request, path, began, raw)
+        return answer
     except asyncio.CancelledError:
-        if watch.fired and me.uncancel() == 0:
+        if watch.swallow():
             return Response(status_code=499)  # nobody is there to read it
         raise  # cancelled by the server itself (shutdown): not ours to swallow
     finally:
-        watch.stop()
-
-
-class _Watch:
-    """Cancels a request's task when its client disconnects.
-
-    The watch starts ``WATCH_AFTER`` seconds in: most answers through a gateway come sooner,
-    and for them it is one timer rather than a task that reads from the connection.
-    """
-
-    def __init__(self, request: Request, task: asyncio.Task[Any]) -> None:
-        self.request, self.task = request, task
-        self.fired = False
-        self._watcher: asyncio.Task[None] | None = None
-        self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER, self._start)
-
-    def _start(self) -> None:
-        self._watcher = asyncio.ensure_future(self._watch())
-
-    async def _watch(self) -> None:
-        while (await self.request.receive())["type"] != "http.disconnect":
-            pass
-        self.fired = True
-        self.task.cancel()
-
-    def stop(self) -> None:
-        self._timer.cancel()
-        if self._watcher is not None:
-            self._watcher.cancel()
+        if isinstance(answer, ProxyStream):
+            answer.watch = watch  # on until the stream ends
+        else:
+            watch.stop()
 
 
 def _left_early(request: Request, path: str, began: float, raw: bytes) -> Response:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from modelyard.engines import Upstream
 from modelyard.gateway.errors import sse_error
 from modelyard.gateway.timeouts import Limits
+from modelyard.gateway.watch import ClientWatch
 
 # Hop-by-hop, length and CORS headers are the gateway's own business, not the upstream's.
 _DROP = {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
@@ -233,11 +234,29 @@ class ProxyStream(StreamingResponse):
     ) -> None:
         super().__init__(content, **kwargs)
         self._closed = closed
+        self.watch: ClientWatch | None = None  # the request's, handed over to see it through
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Sent here rather than by StreamingResponse, which (ASGI spec < 2.4, as uvicorn
+        # says) runs each stream in a task group with a task of its own listening for the
+        # disconnect. The request's watch does that job: it cancels this task.
         try:
-            await super().__call__(scope, receive, send)
+            await send(
+                {"type": "http.response.start", "status": self.status_code,
+                 "headers": self.raw_headers}
+            )  # fmt: skip
+            async for chunk in self.body_iterator:
+                data = chunk if isinstance(chunk, bytes) else str(chunk).encode()
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if self.watch is None or not self.watch.swallow():
+                raise  # not the client leaving: the server's own cancel
         finally:
+            if self.watch is not None:
+                self.watch.stop()
+            if isinstance(self.body_iterator, AsyncGenerator):
+                await self.body_iterator.aclose()  # its counts are in before the record
             await self._closed()
 
     async def abandon(self) -> None:
