@@ -388,10 +388,13 @@ def listening_socket() -> socket.socket:
     return sock
 
 
-def spawn(args: list[str], sock: socket.socket) -> subprocess.Popen[bytes]:
+def spawn(
+    args: list[str], sock: socket.socket, wrapper: list[str] | None = None, **popen: Any
+) -> subprocess.Popen[bytes]:
+    """This file in a child serving on ``sock`` (inherited), under ``wrapper`` if given."""
     fd = sock.fileno()
-    cmd = [sys.executable, *args, "--fd", str(fd)]
-    proc = subprocess.Popen(cmd, pass_fds=(fd,))
+    cmd = [*(wrapper or []), sys.executable, *args, "--fd", str(fd)]
+    proc = subprocess.Popen(cmd, pass_fds=(fd,), **popen)
     sock.close()  # the child holds it now: if it dies, connections are refused, not hung
     return proc
 
