@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     degraded TEXT,
     body TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS decisions_at ON decisions(at);
+DROP INDEX IF EXISTS decisions_at;  -- newest first is rowid order: one index less per write
 CREATE TABLE IF NOT EXISTS node_modes (
     node TEXT PRIMARY KEY,
     mode TEXT NOT NULL,
@@ -234,7 +234,7 @@ class Store:
         """The latest decisions, newest first (pending ones are written first)."""
         self.flush()
         rows = self.db.execute(
-            "SELECT body FROM decisions ORDER BY at DESC LIMIT ?", (limit,)
+            "SELECT body FROM decisions ORDER BY rowid DESC LIMIT ?", (limit,)
         ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
