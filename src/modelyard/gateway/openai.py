@@ -123,7 +123,10 @@ async def _proxy(request: Request, path: str, began: float, raw: bytes) -> Respo
                 attempt.turned_down(name, exc.status, exc.reason, exc.retry_after)
                 continue
             upstream = inst.upstream
-            assert upstream is not None, "a granted instance is ready"
+            if upstream is None:  # granted, then its server exited before this request ran
+                gw.scheduler.release(inst)
+                attempt.turned_down(name, 503, f"{name} stopped before the request was sent", None)
+                continue
             forwarded = {**body, "model": upstream.model} if upstream.model else body
             data = raw if forwarded is body and not decision.strip else orjson.dumps(forwarded)
             finish = attempt.done(name, inst, asked_at)
