@@ -162,21 +162,17 @@ class _Counted(Collector):
         )  # fmt: skip
         for rule, n in sorted(t.decisions.items()):
             decisions.add_metric([rule], n)
-        ttft = HistogramMetricFamily(
+        ttft = _by_model(
             "modelyard_time_to_first_byte_seconds",
             "From a request's arrival to the first byte of its answer (first token of a "
             "stream), queue and load included.",
-            labels=["model"],
+            t.ttft,
         )
-        for model, h in sorted(t.ttft.items()):
-            ttft.add_metric([model], h.buckets(), h.sum)
-        rate = HistogramMetricFamily(
+        rate = _by_model(
             "modelyard_tokens_per_second",
             "Generation speed of each answer: tokens out over the time after the first byte.",
-            labels=["model"],
+            t.rate,
         )
-        for model, h in sorted(t.rate.items()):
-            rate.add_metric([model], h.buckets(), h.sum)
         overhead = HistogramMetricFamily(
             "modelyard_gateway_overhead_seconds",
             "Time spent in the gateway itself before the request went upstream (the wait "
@@ -184,6 +180,13 @@ class _Counted(Collector):
         )
         overhead.add_metric([], t.overhead.buckets(), t.overhead.sum)
         yield from (requests, tokens, decisions, ttft, rate, overhead)
+
+
+def _by_model(name: str, doc: str, histograms: dict[str, _Histogram]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=["model"])
+    for model, h in sorted(histograms.items()):
+        family.add_metric([model], h.buckets(), h.sum)
+    return family
 
 
 class _Live(Collector):
