@@ -78,9 +78,9 @@ def _tune_gc() -> None:
 
     Each request makes and drops a few hundred containers (frames, coroutines, dicts); at
     the default of a young collection every 700 allocations, objects of requests still in
-    flight were traversed and promoted over and over: 7 % of the gateway's instructions
-    per request (bench/profile_gateway.py). Garbage not in a cycle is freed at once either
-    way; what waits longer is only cyclic garbage, at most this many objects.
+    flight were traversed and promoted over and over: 117k of the 1,602k instructions a
+    request cost (bench/instructions.py, docs/benchmarks.md). Garbage not in a cycle is
+    freed at once either way; only cyclic garbage waits longer, up to 20,000 objects.
     """
     gc.collect()
     gc.freeze()  # config, modules, routes: alive for good, so out of every collection
