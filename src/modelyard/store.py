@@ -74,10 +74,6 @@ CREATE TABLE IF NOT EXISTS request_log (
 CREATE INDEX IF NOT EXISTS request_log_at ON request_log(at);
 """
 
-_ROW = (
-    "at", "key", "endpoint", "asked", "model", "node", "instance", "decision", "status",
-    "outcome", "stream", "tokens_in", "tokens_out", "wait_s", "ttft_s", "duration_s", "error",
-)  # fmt: skip
 _DECISION = ("id", "at", "asked", "rule", "model", "node", "status", "degraded", "body")
 
 
@@ -145,6 +141,9 @@ class RequestRow(NamedTuple):
     ttft_s: float | None  # arrival to the first byte of the answer
     duration_s: float
     error: str | None
+
+
+_ROW: tuple[str, ...] = RequestRow._fields  # the table's columns, in this order
 
 
 class Store:
