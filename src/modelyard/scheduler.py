@@ -326,7 +326,7 @@ class Scheduler:
         self._waiters.append(entry)
         self._kick()
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            granted = await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
             self._forget(entry)
             raise Refused(
@@ -335,6 +335,12 @@ class Scheduler:
         except asyncio.CancelledError:
             self._forget(entry)
             raise
+        if granted.upstream is None and not admin:
+            # Granted, then its server exited before this request got to run: its place
+            # goes back and the request is refused like one that came a moment later.
+            self.release(granted)
+            raise Refused(503, f"{model} stopped before the request was sent")
+        return granted
 
     def _forget(self, entry: _Waiter) -> None:
         if entry in self._waiters:

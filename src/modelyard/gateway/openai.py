@@ -123,10 +123,7 @@ async def _proxy(request: Request, path: str, began: float, raw: bytes) -> Respo
                 attempt.turned_down(name, exc.status, exc.reason, exc.retry_after)
                 continue
             upstream = inst.upstream
-            if upstream is None:  # granted, then its server exited before this request ran
-                gw.scheduler.release(inst)
-                attempt.turned_down(name, 503, f"{name} stopped before the request was sent", None)
-                continue
+            assert upstream is not None, "acquire grants only an instance with a server"
             forwarded = {**body, "model": upstream.model} if upstream.model else body
             data = raw if forwarded is body and not decision.strip else orjson.dumps(forwarded)
             finish = attempt.done(name, inst, asked_at)
