@@ -150,24 +150,19 @@ class Attempt:
         self.gw.telemetry.observe(row, overhead, self.decision.rule)
         if not served:
             model = node = None
+        degraded = self.degraded()
         body = {
             "id": self.id,
             **self.decision.as_dict(self.gw.config.telemetry.keep_prompts),
             "served_by": model,
             "status": result.status,
             "hops": self.hops,
-            "degraded": self.degraded(),
+            "degraded": degraded,
         }
         self.gw.store.decision(
-            self.id,
-            self.decision.asked,
-            self.decision.rule,
-            model,
-            node,
-            result.status,
-            self.degraded(),
-            body,
-        )
+            self.id, self.decision.asked, self.decision.rule, model, node, result.status,
+            degraded, body,
+        )  # fmt: skip
 
     def gone(self) -> None:
         """The client left before any hop finished (queued, or waiting for a load)."""
