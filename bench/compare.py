@@ -558,12 +558,7 @@ def stub_targets(results: Results, names: list[str], streams: int, c16: int) -> 
 
 
 def environment(binary: str | None, litellm: str) -> list[str]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = proxy_client.cpu_model()
     libs = ", ".join(
         f"{name} {version(name)}" for name in ("aiohttp", "starlette", "uvicorn", "uvloop")
     )

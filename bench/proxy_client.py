@@ -463,13 +463,17 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b and a == a and b == b else "n/a"
 
 
-def environment() -> list[str]:
-    cpu = "unknown"
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, for the machine line of a report."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def environment() -> list[str]:
+    cpu = cpu_model()
     libs = ", ".join(
         f"{name} {version(name)}"
         for name in ("aiohttp", "httpx", "httpcore", "starlette", "uvicorn", "uvloop", "httptools")
