@@ -35,8 +35,7 @@ class AccessGuard:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        headers = _headers(scope) if self.keys else {}
-        length = headers.get("content-length") if self.keys else _content_length(scope)
+        length = _content_length(scope)
         if length and length.isdigit() and int(length) > self.max_body:
             refusal = error_response(
                 413, f"the body is {int(length)} bytes; this gateway takes at most {self.max_body}"
@@ -44,7 +43,7 @@ class AccessGuard:
             await refusal(scope, receive, send)
             return
         if self.keys:
-            key, denied = self._check(scope["path"], headers)
+            key, denied = self._check(scope["path"], _headers(scope))
             if denied is not None:
                 await denied(scope, receive, send)
                 return
@@ -108,7 +107,7 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 def _content_length(scope: Scope) -> str | None:
-    """The declared body size, without decoding every header (an open gateway needs no more)."""
+    """The declared body size, without decoding every header."""
     for name, value in scope["headers"]:
         if name == b"content-length":
             return str(value.decode("latin-1"))
