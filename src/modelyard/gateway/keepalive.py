@@ -53,4 +53,4 @@ async def _waiting(serving: asyncio.Task[Response]) -> AsyncIterator[bytes]:
         elif not relayed and not serving.cancelled() and serving.exception() is None:
             answer = serving.result()
             if isinstance(answer, ProxyStream):
-                await answer.abandon()  # granted as the client left: give it all back
+                answer.abandon()  # granted as the client left: give it all back

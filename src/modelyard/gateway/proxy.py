@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +55,7 @@ class Result:
     tokens_out: int | None = None
 
 
-Done = Callable[[Result], Awaitable[None] | None]
+Done = Callable[[Result], None]
 
 
 class UpstreamUnavailable(Exception):
@@ -142,7 +142,7 @@ async def forward(
             result.error = first[:500].decode("utf-8", "replace")
         elif b'"usage"' in first:
             _count(result, first)
-        await _call(done, result)
+        done(result)
         return Response(first, status_code=resp.status, headers=out_headers)
 
     result = Result(resp.status, None, sent, first_byte)
@@ -184,14 +184,14 @@ async def forward(
             if counts:
                 _count(result, counts)
 
-    async def closed() -> None:
+    def closed() -> None:
         if complete:
             resp.release()  # the connection goes back to the pool
         else:
             resp.close()  # client gone or upstream broken: closing stops the generation
             if result.error is None and not finished:
                 result.status, result.error = 499, "client went away"
-        await _call(done, result)
+        done(result)
 
     return ProxyStream(relay(), closed, status_code=resp.status, headers=out_headers)
 
@@ -230,7 +230,7 @@ class ProxyStream(StreamingResponse):
     """
 
     def __init__(
-        self, content: AsyncIterator[bytes], closed: Callable[[], Awaitable[None]], **kwargs: Any
+        self, content: AsyncIterator[bytes], closed: Callable[[], None], **kwargs: Any
     ) -> None:
         super().__init__(content, **kwargs)
         self._closed = closed
@@ -257,11 +257,11 @@ class ProxyStream(StreamingResponse):
                 self.watch.stop()
             if isinstance(self.body_iterator, AsyncGenerator):
                 await self.body_iterator.aclose()  # its counts are in before the record
-            await self._closed()
+            self._closed()
 
-    async def abandon(self) -> None:
+    def abandon(self) -> None:
         """Close it unread: the upstream request and the instance's slot are given back."""
-        await self._closed()
+        self._closed()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The stream's bytes, for a response that already started elsewhere (keep-alive)."""
@@ -269,7 +269,7 @@ class ProxyStream(StreamingResponse):
             async for chunk in self.body_iterator:
                 yield chunk if isinstance(chunk, bytes) else str(chunk).encode()
         finally:
-            await self._closed()
+            self._closed()
 
 
 async def _begin(
@@ -351,9 +351,3 @@ def _count(result: Result, data: bytes) -> None:
 
 def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-async def _call(done: Done, result: Result) -> None:
-    pending = done(result)
-    if pending is not None:
-        await pending
