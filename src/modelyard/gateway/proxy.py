@@ -316,6 +316,9 @@ async def _post(
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
             if attempt == 2:
                 raise
+            # Other pooled connections may be closed too: one turn of the loop lets the
+            # closes already received be seen, so the pool does not hand those out next.
+            await asyncio.sleep(0)
     raise AssertionError("unreachable")
 
 
