@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from modelyard.engines import Upstream
-from modelyard.gateway.proxy import ProxyStream, Result, forward, new_session
+from modelyard.gateway.proxy import ProxyStream, Result, forward, new_client
 from modelyard.gateway.timeouts import Limits
 from tests.conftest import free_port, wait_healthy
 
@@ -37,7 +37,7 @@ def test_streams_on_pooled_connections_llama_server_closed(gemma: Path, llama_se
 
 
 async def _streams(port: int) -> list[int]:
-    session = new_session()
+    client = new_client()
     upstream = Upstream(f"http://127.0.0.1:{port}/v1")
     body = b'{"messages":[{"role":"user","content":"Hi"}],"max_tokens":8,"stream":true}'
     statuses: list[int] = []
@@ -46,7 +46,7 @@ async def _streams(port: int) -> list[int]:
         for _ in range(15):
             ended: list[Result] = []
             answer = await forward(
-                session,
+                client,
                 upstream,
                 "/chat/completions",
                 body,
@@ -64,5 +64,5 @@ async def _streams(port: int) -> list[int]:
     try:
         await asyncio.gather(*(worker() for _ in range(4)))
     finally:
-        await session.close()
+        await client.close()
     return statuses

@@ -129,7 +129,7 @@ async def _proxy(request: Request, path: str, began: float, raw: bytes) -> Respo
             finish = attempt.done(name, inst, asked_at)
             try:
                 return await forward(
-                    gw.session,
+                    gw.client,
                     upstream,
                     path,
                     data,

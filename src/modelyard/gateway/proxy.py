@@ -28,16 +28,37 @@ from modelyard.gateway.watch import ClientWatch
 _DROP = {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
 
 
-def new_session() -> aiohttp.ClientSession:
-    """One pooled client for all upstreams: no total timeout (generations are long)."""
+@dataclass
+class UpstreamClient:
+    """The gateway's HTTP client for its upstreams: no total timeout (generations are long).
+
+    ``pooled`` keeps connections alive for every request; ``fresh`` opens a new one each
+    time, to send a request again after a pooled connection turned out closed by its
+    server (llama-server closes some after streamed answers without saying so, and the
+    next pooled one may be just as closed).
+    """
+
+    pooled: aiohttp.ClientSession
+    fresh: aiohttp.ClientSession
+
+    async def close(self) -> None:
+        await self.pooled.close()
+        await self.fresh.close()
+
+
+def new_client() -> UpstreamClient:
     # Idle connections are dropped before llama-server's own 5 s keep-alive ends.
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4, ttl_dns_cache=300)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+    pooled = aiohttp.TCPConnector(limit=0, keepalive_timeout=4, ttl_dns_cache=300)
+    fresh = aiohttp.TCPConnector(limit=0, force_close=True, ttl_dns_cache=300)
+    return UpstreamClient(_session(pooled), _session(fresh))
+
+
+def _session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
     # No cookie jar: a cookie one upstream sets for one client must never go out with the
     # next client's request (and keeping none saves its bookkeeping on every request).
     return aiohttp.ClientSession(
         connector=connector,
-        timeout=timeout,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
     )
@@ -90,7 +111,7 @@ class Renamer:
 
 
 async def forward(
-    session: aiohttp.ClientSession,
+    client: UpstreamClient,
     upstream: Upstream,
     path: str,
     body: bytes,
@@ -111,7 +132,7 @@ async def forward(
     send_headers = {"Content-Type": "application/json", **upstream.headers}
     sent = time.monotonic()
     try:
-        resp, first = await _begin(session, url, body, send_headers, stream, limits)
+        resp, first = await _begin(client, url, body, send_headers, stream, limits)
     except aiohttp.ConnectionTimeoutError as exc:
         within = f"{round(limits.connect, 2):g}s (timeouts.connect)"
         raise UpstreamUnavailable(f"{asked_model}: no connection within {within}", 504) from exc
@@ -273,7 +294,7 @@ class ProxyStream(StreamingResponse):
 
 
 async def _begin(
-    session: aiohttp.ClientSession,
+    client: UpstreamClient,
     url: str,
     body: bytes,
     headers: dict[str, str],
@@ -288,7 +309,7 @@ async def _begin(
     resp: aiohttp.ClientResponse | None = None
     try:
         async with asyncio.timeout(limits.first_byte):
-            resp = await _post(session, url, body, headers, limits.connect)
+            resp = await _post(client, url, body, headers, limits.connect)
             if stream and resp.content_type == "text/event-stream":
                 return resp, await resp.content.readany()
             return resp, await resp.read()
@@ -299,7 +320,7 @@ async def _begin(
 
 
 async def _post(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], connect: float
+    client: UpstreamClient, url: str, body: bytes, headers: dict[str, str], connect: float
 ) -> aiohttp.ClientResponse:
     """POST, once more on a new connection if a pooled one turns out closed by the server.
 
@@ -308,18 +329,14 @@ async def _post(
     be written, or the server hangs up before answering. It answered nothing, so sending
     the request again cannot run it twice. A failure to connect is not retried here.
     """
-    for attempt in range(3):
-        try:
-            return await session.post(url, data=body, headers=headers, timeout=_timeouts(connect))
-        except aiohttp.ClientConnectorError:
-            raise
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-            if attempt == 2:
-                raise
-            # Other pooled connections may be closed too: one turn of the loop lets the
-            # closes already received be seen, so the pool does not hand those out next.
-            await asyncio.sleep(0)
-    raise AssertionError("unreachable")
+    timeout = _timeouts(connect)
+    try:
+        return await client.pooled.post(url, data=body, headers=headers, timeout=timeout)
+    except aiohttp.ClientConnectorError:
+        raise
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        # Not another pooled one: the server may have closed those too.
+        return await client.fresh.post(url, data=body, headers=headers, timeout=timeout)
 
 
 @functools.lru_cache(maxsize=64)

@@ -11,7 +11,7 @@ import aiohttp
 
 from modelyard import __version__
 from modelyard.config import Config, RemoteModel
-from modelyard.gateway.proxy import new_session
+from modelyard.gateway.proxy import UpstreamClient, new_client
 from modelyard.nodes import LocalNode, NodeHandle, RemoteNode
 from modelyard.routing import Cluster
 from modelyard.scheduler import Scheduler
@@ -35,7 +35,7 @@ class Gateway:
         self.supervisor = Supervisor(
             config.state_dir / "logs", self._on_exit, config.scheduler.stop_grace
         )
-        self.session: aiohttp.ClientSession = None  # type: ignore[assignment]  # set in open()
+        self.client: UpstreamClient = None  # type: ignore[assignment]  # set in open()
         self.nodes: dict[str, NodeHandle] = {}
         self.scheduler = Scheduler(config, self.nodes, self.store)
         for name, spec in config.nodes.items():
@@ -69,7 +69,7 @@ class Gateway:
         self.scheduler.on_exit(model, str(why))
 
     async def open(self) -> None:
-        self.session = new_session()
+        self.client = new_client()
         keep = self.config.telemetry
         self.store.start_flusher(
             keep_requests=keep.keep_requests, keep_decisions=keep.keep_decisions
@@ -95,7 +95,7 @@ class Gateway:
         async def probe(name: str, model: RemoteModel) -> None:
             headers = {"Authorization": f"Bearer {model.api_key}"} if model.api_key else {}
             try:
-                async with self.session.get(
+                async with self.client.pooled.get(
                     model.url + "/models", headers=headers, timeout=aiohttp.ClientTimeout(total=3)
                 ) as resp:
                     if resp.status >= 500:
@@ -125,7 +125,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
         await self.scheduler.close()
-        await self.session.close()
+        await self.client.close()
         await self.store.close()
 
     async def reload(self, new: Config) -> dict[str, Any]:
