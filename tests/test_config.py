@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated, Any, get_args, get_origin
 
 import pytest
+from pydantic import BaseModel
 
 from modelyard.config import (
     CommandModel,
+    Config,
     ConfigError,
     LlamaCppModel,
     RemoteModel,
@@ -170,6 +174,11 @@ def test_good_config_parses_every_engine() -> None:
             "test.yaml:3: (top): not valid YAML",
             id="broken YAML",
         ),
+        pytest.param(
+            "listen: 127.0.0.1:8000\nmodels:\n  a: \x07\n",
+            "test.yaml:3: (top): not valid YAML: unacceptable character #x0007",
+            id="control character",
+        ),
     ],
 )
 def test_errors_name_file_line_and_key(text: str, expected: str) -> None:
@@ -263,3 +272,159 @@ def test_timeouts_default_then_config_then_model() -> None:
     assert (a.connect, a.first_byte, a.idle) == (10.0, 120.0, 30.0)
     b = cfg.timeouts.over(cfg.models["b"].timeouts)
     assert (b.connect, b.first_byte, b.idle) == (10.0, 600.0, 30.0)
+
+
+def _types(annotation: Any) -> Iterator[Any]:
+    """Every type an annotation names: inside unions, ``Annotated``, lists and dicts."""
+    if get_origin(annotation) is Annotated:
+        yield from _types(get_args(annotation)[0])
+    elif get_origin(annotation) is None:
+        yield annotation
+    else:
+        for arg in get_args(annotation):
+            yield from _types(arg)
+
+
+def _path_fields(cls: type[BaseModel]) -> set[str]:
+    """``Class.field`` of every field typed Path (or Path | None) in ``cls`` and below it."""
+    found: set[str] = set()
+    for name, field in cls.model_fields.items():
+        for kind in _types(field.annotation):
+            if kind is Path:
+                found.add(f"{cls.__name__}.{name}")
+            elif isinstance(kind, type) and issubclass(kind, BaseModel):
+                found |= _path_fields(kind)
+    return found
+
+
+def _path_values(value: Any) -> Iterator[tuple[str, Path]]:
+    """``(Class.field, value)`` of every Path in a loaded config."""
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            inner = getattr(value, name)
+            if isinstance(inner, Path):
+                yield f"{type(value).__name__}.{name}", inner
+            else:
+                yield from _path_values(inner)
+    elif isinstance(value, dict):
+        for inner in value.values():
+            yield from _path_values(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _path_values(inner)
+
+
+# Every Path field of the schema, each set to P/ followed by its own name. A new Path field
+# fails test_every_path_field_is_rooted until it is added here (and so checked).
+EVERY_PATH = """\
+state_dir: P/Config.state_dir
+engines:
+  llama.cpp: {binary: P/LlamaCppEngine.binary}
+nodes:
+  here: {}
+  there: {url: "http://127.0.0.1:9", state_dir: P/Node.state_dir}
+models:
+  a: {engine: llama.cpp, weights: P/LlamaCppModel.weights}
+  b: {engine: command, command: [server, "{port}"], cwd: P/CommandModel.cwd}
+  c: {engine: ollama, model: "x:1b", models_dir: P/OllamaModel.models_dir}
+"""
+
+
+@pytest.mark.parametrize("written", ["sub", "~"], ids=["relative", "home"])
+def test_every_path_field_is_rooted(tmp_path: Path, written: str) -> None:
+    file = tmp_path / "conf" / "modelyard.yaml"
+    file.parent.mkdir()
+    file.write_text(EVERY_PATH.replace("P/", f"{written}/"), encoding="utf-8")
+    root = Path.home() if written == "~" else file.parent / "sub"
+    cfg = load_config(file, environ={})
+    values = dict(_path_values(cfg))
+    # `source` is not written in the file: it is the file, found by the loader.
+    assert values.pop("Config.source") == file.resolve()
+    assert set(values) == _path_fields(Config) - {"Config.source"}, "add new fields to EVERY_PATH"
+    assert values == {field: root / field for field in values}
+
+
+@pytest.mark.parametrize("written", ["~/agent-state", "agent-state"])
+def test_node_state_dir_is_rooted(tmp_path: Path, written: str) -> None:
+    file = tmp_path / "two-nodes.yaml"
+    file.write_text(
+        f"nodes:\n  here: {{}}\n  gamer: {{url: 'http://127.0.0.1:9', state_dir: {written}}}\n",
+        encoding="utf-8",
+    )
+    state = load_config(file, environ={}).nodes["gamer"].state_dir
+    base = Path.home() if written.startswith("~") else tmp_path
+    assert state == base / "agent-state"
+
+
+def test_a_home_that_cannot_be_found_is_a_located_error() -> None:
+    found = errors("listen: 127.0.0.1:8000\nstate_dir: ~no-such-user-modelyard/state\n")
+    assert len(found) == 1 and found[0].startswith("/etc/modelyard/test.yaml:2: state_dir: "), found
+    assert "cannot expand ~" in found[0]
+
+
+def test_a_file_not_in_utf8_is_a_located_error(tmp_path: Path) -> None:
+    file = tmp_path / "latin1.yaml"
+    file.write_bytes("listen: 127.0.0.1:8000\n# caf\u00e9\nmodels: {}\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(file, environ={})
+    [issue] = info.value.issues
+    assert (issue.file, issue.line) == (str(file), 2)
+    assert "not UTF-8: byte 0xe9 at column 6" in issue.message
+
+
+# A type error in each kind of part, beside references to those parts (which exist, so are
+# no error) and to parts that do not exist (which are).
+BROKEN_BESIDE_UNKNOWN = """\
+scheduler:
+  drain_timeout: soon
+nodes:
+  here: {}
+  gamer:
+    url: http://127.0.0.1:9
+    modes: {normal: open, gaming: gated}
+    gpus: [{index: 0, memory: 24GiB}]
+    reserve: lots
+models:
+  a: {engine: llama.cpp, weights: a.gguf, aliases: [fast], ttl: never}
+  b: {engine: remote, url: "https://x/v1", node: gamer, gpus: [0]}
+  c: {engine: remote, url: "https://x/v1", node: nowhere}
+tiers:
+  cheap: [fast, 7]
+  good: [b, ghost]
+policy:
+  - {name: typed, tokens_over: many, use: ghost}
+  - {name: to-broken, use: fast}
+  - {name: to-broken-tier, use: cheap}
+  - {name: in-gaming, node_mode: {gamer: gaming}, use: b}
+  - {name: unknown-mode, node_mode: {gamer: sleeping}, use: b}
+  - {name: unknown, use: nothing}
+access:
+  keys:
+    - {name: k, key: secret, models: [a, cheap, missing]}
+"""
+
+
+def test_cross_checks_run_on_what_validates_beside_type_errors() -> None:
+    found = errors(BROKEN_BESIDE_UNKNOWN)
+    where = sorted(e.split(": ", 2)[1] for e in found)
+    assert where == [
+        "access.keys[0].models[2]",  # 'missing' is not a model or tier
+        "models.a.ttl",
+        "models.c.node",  # 'nowhere' is not a node
+        "nodes.gamer.reserve",
+        "policy[0].tokens_over",  # its `use: ghost` is not reported: the rule did not validate
+        "policy[4].node_mode",  # gamer has no mode 'sleeping'
+        "policy[5].use",  # 'nothing' is neither a model nor a tier
+        "scheduler.drain_timeout",
+        "tiers.cheap[1]",
+        "tiers.good[1]",  # 'ghost' is neither a model nor a tier
+    ], found
+
+
+def test_an_unset_variable_is_reported_once_beside_other_errors() -> None:
+    found = errors(
+        "models:\n  a: {engine: remote, url: '${A_URL}'}\npolicy:\n  - {name: r, use: ghost}\n"
+    )
+    assert len(found) == 2, found
+    assert "test.yaml:2: models.a.url: environment variable A_URL is not set" in found[0]
+    assert "test.yaml:4: policy[0].use: 'ghost' is neither a model nor a tier" in found[1]

@@ -3,8 +3,26 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
-from modelyard.config.schema import NAME_PATTERN, Config
+from pydantic import TypeAdapter, ValidationError
+
+from modelyard.config.schema import (
+    NAME_PATTERN,
+    Access,
+    ApiKey,
+    Config,
+    Model,
+    ModeSpec,
+    Node,
+    RemoteModel,
+    Rule,
+)
+
+Where = tuple[str | int, ...]
+_MODEL: TypeAdapter[Model] = TypeAdapter(Model)
+_MEMBERS: TypeAdapter[list[str]] = TypeAdapter(list[str])
 
 
 def _policy_problems(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
@@ -110,3 +128,115 @@ def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
                         )
                     )
     return problems
+
+
+class _Unreadable(Exception):
+    """A part others refer to whose names cannot be read: nothing can be checked across."""
+
+
+def cross_check_parts(data: Mapping[str, Any]) -> list[tuple[Where, str]]:
+    """``cross_check`` on the parts of ``data`` that validate, when the whole does not.
+
+    So that one run reports every error: a rule naming an unknown model is reported beside a
+    bad type elsewhere. Each model, node, tier, rule and key that does not validate on its
+    own is replaced by a stand-in that keeps only the names others refer to (a reference to
+    it is not an error), and nothing located inside it is reported (its own error is).
+    """
+    broken: list[Where] = []
+    try:
+        config = Config.model_construct(
+            models=_models(data.get("models", {}), broken),
+            tiers=_tiers(data.get("tiers", {}), broken),
+            policy=_rules(data.get("policy", []), broken),
+            access=Access.model_construct(keys=_keys(data.get("access", {}), broken)),
+        )
+        if "nodes" in data:  # else the default nodes, as Config has them
+            config = config.model_copy(update={"nodes": _nodes(data["nodes"], broken)})
+    except _Unreadable:
+        return []
+    return [
+        (where, message)
+        for where, message in cross_check(config)
+        if not any(where[: len(part)] == part for part in broken)
+    ]
+
+
+def _models(raw: Any, broken: list[Where]) -> dict[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise _Unreadable
+    models: dict[str, Any] = {}
+    for name, spec in raw.items():
+        try:  # as Config does it: the name comes from the key
+            models[name] = _MODEL.validate_python(
+                {**spec, "name": name} if isinstance(spec, Mapping) else spec
+            )
+        except ValidationError:
+            aliases = spec.get("aliases", []) if isinstance(spec, Mapping) else []
+            if not isinstance(aliases, list):
+                raise _Unreadable from None
+            broken.append(("models", name))
+            models[name] = RemoteModel.model_construct(
+                engine="remote", url="", name=name, aliases=[str(a) for a in aliases]
+            )
+    return models
+
+
+def _nodes(raw: Any, broken: list[Where]) -> dict[str, Node]:
+    if not isinstance(raw, Mapping):
+        raise _Unreadable
+    nodes: dict[str, Node] = {}
+    for name, spec in raw.items():
+        try:
+            nodes[name] = Node.model_validate(spec)
+        except ValidationError:
+            modes = spec.get("modes", {}) if isinstance(spec, Mapping) else None
+            if not isinstance(modes, Mapping):
+                raise _Unreadable from None  # rules may name its modes
+            broken.append(("nodes", name))
+            url = spec.get("url")
+            # Any url, even a wrong one, says it is not the gateway's own node.
+            node = Node.model_construct(url=None if url is None else str(url))
+            if modes:  # its modes by name, whatever their kinds; none given: the default ones
+                node = node.model_copy(
+                    update={"modes": {str(m): ModeSpec(kind="open") for m in modes}}
+                )
+            nodes[name] = node
+    return nodes
+
+
+def _tiers(raw: Any, broken: list[Where]) -> dict[str, list[str]]:
+    if not isinstance(raw, Mapping):
+        raise _Unreadable
+    tiers: dict[str, list[str]] = {}
+    for name, members in raw.items():
+        try:
+            tiers[name] = _MEMBERS.validate_python(members)
+        except ValidationError:
+            broken.append(("tiers", name))
+            tiers[name] = []
+    return tiers
+
+
+def _rules(raw: Any, broken: list[Where]) -> list[Rule]:
+    rules: list[Rule] = []
+    for i, spec in enumerate(raw if isinstance(raw, list) else []):
+        try:
+            rules.append(Rule.model_validate(spec))
+        except ValidationError:
+            broken.append(("policy", i))
+            rules.append(Rule.model_construct(name=""))  # names nothing: finds nothing
+    return rules
+
+
+def _keys(raw: Any, broken: list[Where]) -> list[ApiKey]:
+    specs = raw.get("keys", []) if isinstance(raw, Mapping) else []
+    keys: list[ApiKey] = []
+    for i, spec in enumerate(specs if isinstance(specs, list) else []):
+        try:
+            keys.append(ApiKey.model_validate(spec))
+        except ValidationError:
+            broken.append(("access", "keys", i))
+            name = spec.get("name") if isinstance(spec, Mapping) else None
+            # Its name still counts among the names given twice; no name, one of its own.
+            keys.append(ApiKey.model_construct(name=name if isinstance(name, str) else f"\0{i}"))
+    return keys

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from modelyard.config.checks import cross_check
-from modelyard.config.schema import CommandModel, Config, Engines, LlamaCppModel, OllamaModel
+from modelyard.config.checks import cross_check, cross_check_parts
+from modelyard.config.schema import Config
 
 _SCALARS = yaml.SafeLoader("")  # only its scalar constructors are used
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -51,44 +51,80 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     """Read and validate ``path``; raises ConfigError listing every problem."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(
             [ConfigIssue(str(path), None, "", f"cannot read: {exc.strerror}")]
         ) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        message = f"not UTF-8: byte 0x{raw[exc.start]:02x} at column {column}; save it as UTF-8"
+        raise ConfigError([ConfigIssue(str(path), line, "", message)]) from None
     return parse_config(text, str(path), environ if environ is not None else os.environ)
 
 
 def parse_config(text: str, filename: str, environ: Mapping[str, str]) -> Config:
-    """Validate config ``text``; relative paths are taken from ``filename``'s folder."""
+    """Validate config ``text``; relative paths are taken from ``filename``'s folder.
+
+    Every error is reported at once: those of the YAML (keys given twice, unset variables),
+    of the types, and of the cross-checks on every part that validates.
+    """
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([ConfigIssue(filename, line, "", f"not valid YAML: {problem}")]) from exc
+        raise ConfigError([_yaml_issue(exc, text, filename)]) from exc
     issues: list[ConfigIssue] = []
     lines: dict[tuple[str | int, ...], int] = {}
     data = _build(node, (), lines, issues, filename, environ) if node is not None else {}
-    if issues:
-        raise ConfigError(issues)
     if not isinstance(data, dict):
-        raise ConfigError([ConfigIssue(filename, 1, "", "expected a mapping of keys at the top")])
+        issues.append(ConfigIssue(filename, 1, "", "expected a mapping of keys at the top"))
+        raise ConfigError(issues)
+
+    def located(problems: list[tuple[tuple[str | int, ...], str]]) -> list[ConfigIssue]:
+        return [ConfigIssue(filename, _line(lines, p), _dotted(p), m) for p, m in problems]
+
+    found: list[ConfigIssue] = []
+    config: Config | None = None
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_issues_from(exc, lines, filename)) from exc
+        found += _issues_from(exc, lines, filename)
+        found += located(cross_check_parts(data))
+    else:
+        config = _rooted(config, Path(filename), lambda p, m: found.extend(located([(p, m)])))
+        found += located(cross_check(config))
+    # A value already reported (an unset variable read as "", a key given twice) is not
+    # reported again for what it then was.
+    found = [f for f in found if not any(_overlap(f.key, i.key) for i in issues)]
+    if issues or found or config is None:
+        raise ConfigError(issues + found)
     from modelyard.estimate import placement_problems  # estimate builds on this module
 
-    problems = [(p, m, True) for p, m in cross_check(config)]
-    if not problems:
-        problems = placement_problems(config)
-    fatal = [ConfigIssue(filename, _line(lines, p), _dotted(p), m) for p, m, f in problems if f]
+    problems = placement_problems(config)
+    fatal = [(p, m) for p, m, f in problems if f]
     if fatal:
-        raise ConfigError(fatal)
-    notes = [str(ConfigIssue(filename, _line(lines, p), _dotted(p), m)) for p, m, _ in problems]
-    return _rooted(config.model_copy(update={"warnings": notes}), Path(filename))
+        raise ConfigError(located(fatal))
+    notes = [str(i) for i in located([(p, m) for p, m, _ in problems])]
+    return config.model_copy(update={"warnings": notes})
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether dotted keys ``a`` and ``b`` are the same value or one is inside the other."""
+    a, b = sorted((a, b), key=len)
+    return b == a or b.startswith((f"{a}.", f"{a}["))
+
+
+def _yaml_issue(exc: yaml.YAMLError, text: str, filename: str) -> ConfigIssue:
+    mark = getattr(exc, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    problem = getattr(exc, "problem", None) or str(exc)
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML refuses: no mark of its own
+        line = text.count("\n", 0, exc.position) + 1
+        problem = str(exc).split("\n", 1)[0]
+    return ConfigIssue(filename, line, "", f"not valid YAML: {problem}")
 
 
 def _line(lines: dict[tuple[str | int, ...], int], path: tuple[str | int, ...]) -> int | None:
@@ -188,32 +224,42 @@ def _issues_from(
     return issues
 
 
-def _rooted(config: Config, source: Path) -> Config:
-    """Paths in the file are relative to the file's folder; ``~`` is the user's home."""
+def _rooted(
+    config: Config, source: Path, report: Callable[[tuple[str | int, ...], str], None]
+) -> Config:
+    """Every path in the file taken from the file's folder, with ``~`` the user's home.
+
+    Every field typed ``Path`` is found wherever it is (top level, nodes, each engine's
+    models, engines), so a new one cannot be left relative to wherever the process runs.
+    """
     base = source.resolve().parent
 
-    def fix(p: Path) -> Path:
-        p = p.expanduser()
-        return p if p.is_absolute() else base / p
+    def root(value: Any, at: tuple[str | int, ...]) -> Any:
+        if isinstance(value, Path):
+            try:
+                value = value.expanduser()
+            except RuntimeError as exc:  # ~user with no such user, or no home at all
+                report(at, f"cannot expand ~: {exc} (got {str(value)!r})")
+                return value
+            return value if value.is_absolute() else base / value
+        if isinstance(value, BaseModel):
+            update = {}
+            for name, field in type(value).model_fields.items():
+                old = getattr(value, name)
+                new = root(old, (*at, field.alias or name))
+                if new is not old:
+                    update[name] = new
+            return value.model_copy(update=update) if update else value
+        if isinstance(value, dict):
+            items = {k: root(v, (*at, k)) for k, v in value.items()}
+            return items if any(items[k] is not value[k] for k in value) else value
+        if isinstance(value, list):
+            elements = [root(v, (*at, i)) for i, v in enumerate(value)]
+            return (
+                elements if any(e is not v for e, v in zip(elements, value, strict=True)) else value
+            )
+        return value
 
-    models: dict[str, Any] = {}
-    for name, model in config.models.items():
-        if isinstance(model, LlamaCppModel):
-            model = model.model_copy(update={"weights": fix(model.weights)})
-        elif isinstance(model, CommandModel) and model.cwd is not None:
-            model = model.model_copy(update={"cwd": fix(model.cwd)})
-        elif isinstance(model, OllamaModel) and model.models_dir is not None:
-            model = model.model_copy(update={"models_dir": fix(model.models_dir)})
-        models[name] = model
-    engines = config.engines
-    if engines.llama_cpp.binary is not None:
-        binary = fix(engines.llama_cpp.binary)
-        engines = Engines.model_validate({"llama.cpp": {"binary": binary}})
-    return config.model_copy(
-        update={
-            "models": models,
-            "engines": engines,
-            "state_dir": fix(config.state_dir),
-            "source": source.resolve(),
-        }
-    )
+    rooted = root(config, ())
+    assert isinstance(rooted, Config)
+    return rooted.model_copy(update={"source": source.resolve()})
