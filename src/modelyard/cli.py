@@ -42,9 +42,8 @@ def serve(
     listen: Annotated[str | None, typer.Option(help="HOST:PORT, overrides `listen:`.")] = None,
 ) -> None:
     """Run the gateway on the config's port."""
-    import uvicorn
-
     from modelyard.gateway import create_app
+    from modelyard.gateway.connection import run_server
 
     cfg = _load_or_exit(config)
     if listen is not None:
@@ -58,17 +57,18 @@ def serve(
     if not cfg.access.keys and not cfg.access.allow_open_lan and not _loopback(host):
         err.print(
             f"refusing to serve {host}:{port} with no API keys: anyone on the network could use "
-            "it. Add keys under access.keys (modelyard key new), bind 127.0.0.1, or set "
+            "it. Add keys under access.keys (modelyard key NAME), bind 127.0.0.1, or set "
             "access.allow_open_lan: true"
         )
         raise typer.Exit(2)
     err.print(f"modelyard: {len(cfg.models)} model(s) from {config}, listening on {host}:{port}")
     # On SIGTERM/SIGINT: stop taking requests, let those running finish (bounded by the
     # drain timeout), then stop the engines.
-    uvicorn.run(
+    run_server(
         create_app(cfg),
-        host=host,
-        port=port,
+        host,
+        port,
+        cfg.access,
         log_level="info",
         access_log=False,
         timeout_graceful_shutdown=int(cfg.scheduler.drain_timeout) or 1,
@@ -84,9 +84,8 @@ def agent(
     ] = None,
 ) -> None:
     """Run the agent of NODE: its GPUs, its mode and its engines, for a gateway elsewhere."""
-    import uvicorn
-
     from modelyard.agent import create_agent_app
+    from modelyard.gateway.connection import run_server
 
     cfg = _load_or_exit(config)
     spec = cfg.nodes.get(node)
@@ -99,8 +98,8 @@ def agent(
     if not listen and not _is_ip(host):
         host = "0.0.0.0"  # a name in the url: listen on every address
     err.print(f"modelyard agent of node {node} on {host}:{port}")
-    uvicorn.run(
-        create_agent_app(cfg, node), host=host, port=port, log_level="info", access_log=False
+    run_server(
+        create_agent_app(cfg, node), host, port, cfg.access, log_level="info", access_log=False
     )
 
 

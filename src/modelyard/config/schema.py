@@ -62,6 +62,10 @@ class Timeouts(_Strict):
         return self.model_copy(update=own.model_dump(exclude_none=True))
 
 
+Endpoint = Literal["chat", "completions", "embeddings"]
+ENDPOINTS: frozenset[str] = frozenset(("chat", "completions", "embeddings"))
+
+
 class ModelBase(_Strict):
     """What every model has, whatever its engine."""
 
@@ -89,6 +93,16 @@ class ModelBase(_Strict):
     context_warn: float = Field(0.6, gt=0, le=1, description="Share of the window that warns.")
     context_refuse: float = Field(0.75, gt=0, le=1, description="Share above which it refuses.")
     timeouts: ModelTimeouts = Field(default_factory=ModelTimeouts)
+    serves: list[Endpoint] | None = Field(
+        None,
+        description="OpenAI endpoints it serves (chat, completions, embeddings); default: its "
+        "engine's (llama.cpp: chat and completions, or embeddings alone with --embeddings).",
+    )
+
+    @property
+    def endpoints(self) -> frozenset[str]:
+        """The endpoints it serves: ``serves``, else every one (its engine does not say)."""
+        return frozenset(self.serves) if self.serves else ENDPOINTS
 
     @model_validator(mode="after")
     def _split_matches_gpus(self) -> ModelBase:
@@ -128,6 +142,18 @@ class LlamaCppModel(ModelBase):
                     f"{arg!r} is set by modelyard; use `weights`, `aliases` and `listen` instead"
                 )
         return value
+
+    @property
+    def embedding_server(self) -> bool:
+        """Run with --embeddings: llama-server then serves embeddings and nothing else."""
+        flagged = any(a in ("--embedding", "--embeddings") for a in self.args)
+        return flagged or (self.serves is not None and "embeddings" in self.serves)
+
+    @property
+    def endpoints(self) -> frozenset[str]:
+        if self.serves:
+            return frozenset(self.serves)
+        return frozenset(("embeddings",) if self.embedding_server else ("chat", "completions"))
 
 
 class CommandModel(ModelBase):
@@ -387,7 +413,7 @@ class ApiKey(_Strict):
     @model_validator(mode="after")
     def _one_secret(self) -> ApiKey:
         if (self.sha256 is None) == (self.key is None):
-            raise ValueError("give exactly one of `sha256` (from `modelyard key new`) or `key`")
+            raise ValueError("give exactly one of `sha256` (from `modelyard key NAME`) or `key`")
         return self
 
     def digest(self) -> str:
@@ -400,6 +426,24 @@ class Access(_Strict):
         False, description="Serve a non-loopback address with no keys (an explicit choice)."
     )
     max_body: Bytes = Field(16 * 1024**2, description="Largest request body accepted.")
+    body_timeout: Seconds = Field(
+        30.0, gt=0, description="Longest silence while a request's body is read; then 408."
+    )
+    max_headers: int = Field(
+        100, ge=1, description="Most headers one request may send; more get 431."
+    )
+    max_header_bytes: Bytes = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest size of a request's header lines together; larger, or a head "
+        "(request line and headers) still unfinished past this size, gets 431.",
+    )
+    header_timeout: Seconds = Field(
+        10.0,
+        gt=0,
+        description="How long a request's headers may take to arrive, from the connection "
+        "(its first request) or the request's first byte; then 408 and the connection closes.",
+    )
 
 
 class TelemetrySpec(_Strict):
