@@ -6,6 +6,7 @@ request body (the SDK's ``extra_body``):
 
     {"tag": "a", "first_byte": 2.0, "chunks": 8, "gap": 0.05, "stall_after": 3, "stall": 10}
 
+``fail``: answer at once with that status and ``error`` as the JSON body.
 ``first_byte``: seconds before the first chunk (or the whole answer); ``gap``: seconds
 between chunks; after ``stall_after`` chunks it is silent for ``stall`` seconds. A streamed
 answer's headers go out at once, as llama-server's do.
@@ -16,12 +17,19 @@ cancels the handler). ``GET /stub/log`` returns the records and the highest numb
 requests it ever served at once; ``GET /health`` answers ok.
 
     python tests/slow_upstream.py --port 8089
+
+For the tests of stopping: ``--ignore-sigterm`` makes it ignore SIGTERM (an engine that
+hangs in its own shutdown), ``--child`` starts a child process, in the server's process
+group as ollama's runners are, that ignores SIGTERM too (its pid is in ``GET /stub/log``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -30,6 +38,7 @@ from aiohttp import web
 
 LOG: list[dict[str, Any]] = []
 NOW = {"running": 0, "peak": 0}
+CHILD: list[int] = []  # the pid of the child started with --child
 
 
 def _chunk(i: int) -> bytes:
@@ -70,6 +79,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
     NOW["peak"] = max(NOW["peak"], NOW["running"])
     chunks = int(spec.get("chunks", 8))
     try:
+        if "fail" in spec:  # an engine's own error answer, in an engine's own shape
+            record["outcome"] = "done"
+            return web.Response(
+                status=int(spec["fail"]), body=orjson.dumps(spec.get("error", {})),
+                content_type="application/json",
+            )  # fmt: skip
         if not record["stream"]:
             await asyncio.sleep(float(spec.get("first_byte", 0)))
             text = " ".join(f"t{i}" for i in range(chunks))
@@ -116,7 +131,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 
 async def log(request: web.Request) -> web.Response:
-    return web.json_response({"requests": LOG, "peak": NOW["peak"], "running": NOW["running"]})
+    return web.json_response(
+        {"requests": LOG, "peak": NOW["peak"], "running": NOW["running"], "child": CHILD}
+    )
 
 
 async def health(request: web.Request) -> web.Response:
@@ -127,7 +144,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--backlog", type=int, default=128, help="the listen queue's length")
+    parser.add_argument("--ignore-sigterm", action="store_true", help="SIGTERM does nothing")
+    parser.add_argument("--child", action="store_true", help="start a child that ignores it")
     args = parser.parse_args()
+    if args.ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if args.child:
+        ignore = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        child = subprocess.Popen([sys.executable, "-c", ignore + "time.sleep(3600)"])
+        CHILD.append(child.pid)
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/completions", chat)
@@ -142,6 +167,7 @@ def main() -> None:
         backlog=args.backlog,
         print=None,
         handler_cancellation=True,
+        handle_signals=not args.ignore_sigterm,  # aiohttp's own handler would stop on it
     )
 
 

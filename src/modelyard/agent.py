@@ -32,7 +32,9 @@ class Agent:
         spec = config.nodes[node]
         state = spec.state_dir or config.state_dir / f"agent-{node}"
         self.store = Store(state / "modelyard.db")
-        self.supervisor = Supervisor(state / "logs", self._exited, config.scheduler.stop_grace)
+        self.supervisor = Supervisor(
+            state / "logs", self._exited, config.scheduler.stop_grace, self.store
+        )
         host = urlsplit(spec.url).hostname if spec.url else None
         self.node = LocalNode(node, config, self.store, self.supervisor, host or "127.0.0.1")
         self.token = spec.token
@@ -144,6 +146,7 @@ def create_agent_app(config: Config, node: str) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await agent.supervisor.reap()  # what a killed run of this agent left: before serving
         await agent.node.refresh()
         try:
             yield

@@ -1,9 +1,11 @@
 """The store: SQLite in WAL mode for what must survive a restart.
 
 Instance events (ready with its load time, stopped, failed, crashed), routing decisions,
-node modes and the request log, one row per request. Decisions and request rows are
-buffered and written off the event loop within a second (a kill -9 loses at most that
-second), never before the first byte; old ones are pruned to the configured bound.
+node modes, the engine processes running now (so that a restart stops what a killed
+gateway or agent left behind) and the request log, one row per request. Decisions and
+request rows are buffered and written off the event loop within a second (a kill -9 loses
+at most that second), never before the first byte; old ones are pruned to the configured
+bound.
 """
 
 from __future__ import annotations
@@ -72,6 +74,19 @@ CREATE TABLE IF NOT EXISTS request_log (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS request_log_at ON request_log(at);
+CREATE TABLE IF NOT EXISTS engines (
+    pid INTEGER NOT NULL,
+    started INTEGER NOT NULL,
+    pgid INTEGER NOT NULL,
+    boot TEXT NOT NULL,
+    model TEXT NOT NULL,
+    argv0 TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    owner_pid INTEGER NOT NULL,
+    owner_started INTEGER NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (pid, started)
+);
 """
 
 _DECISION = ("id", "at", "asked", "rule", "model", "node", "status", "degraded", "body")
@@ -146,6 +161,27 @@ class RequestRow(NamedTuple):
 _ROW: tuple[str, ...] = RequestRow._fields  # the table's columns, in this order
 
 
+class EngineRow(NamedTuple):
+    """An engine process a supervisor started and has not yet seen end.
+
+    A process is known by its pid and its start time together: a pid alone may belong to
+    another process by the time anyone reads the row.
+    """
+
+    pid: int
+    started: int  # /proc/PID/stat field 22: clock ticks from boot to the process's start
+    pgid: int  # its process group (its own: engines start in a new session)
+    boot: str  # /proc/sys/kernel/random/boot_id: start times count from this boot
+    model: str
+    argv0: str
+    tag: str  # the value of MODELYARD_ENGINE in its environment, which its children inherit
+    owner_pid: int  # the gateway or agent that started it, known by pid and start time too
+    owner_started: int
+
+
+_ENGINE: tuple[str, ...] = EngineRow._fields
+
+
 class Store:
     """One SQLite file in the state directory."""
 
@@ -199,6 +235,20 @@ class Store:
             "ON CONFLICT(node) DO UPDATE SET mode = excluded.mode, at = excluded.at",
             (node, mode, time.time()),
         )
+
+    def add_engine(self, row: EngineRow) -> None:
+        """Record an engine process just started (rare, so written now)."""
+        insert = _insert("engines", (*_ENGINE, "at"), 1, "INSERT OR REPLACE")
+        self.db.execute(insert, (*row, time.time()))
+
+    def drop_engine(self, pid: int, started: int) -> None:
+        """Forget an engine process: it ended, or was stopped."""
+        self.db.execute("DELETE FROM engines WHERE pid = ? AND started = ?", (pid, started))
+
+    def engines(self) -> list[EngineRow]:
+        """The engine processes recorded as running, oldest first."""
+        rows = self.db.execute(f"SELECT {', '.join(_ENGINE)} FROM engines ORDER BY at").fetchall()
+        return [EngineRow(*row) for row in rows]
 
     def typical_load_seconds(self, model: str) -> float | None:
         """Median of the last five load times of ``model``, if it ever loaded."""

@@ -2,17 +2,26 @@
 
 It knows nothing of requests or swap groups; the scheduler tells it what to start and
 stop and hears from it when a process ends on its own.
+
+No engine outlives the gateway or agent that started it: an engine is SIGKILLed when its
+parent dies (``PR_SET_PDEATHSIG``), and each engine is recorded in the store until it ends,
+so that the next start of the gateway or agent stops what a killed run left behind (its
+engines' children, which the death signal does not reach): ``modelyard.reaper``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +29,14 @@ from pathlib import Path
 import aiohttp
 
 from modelyard.engines import Engine, Launch, Upstream
+from modelyard.reaper import TAG, boot_id, proc_stat, reap_leftovers
+from modelyard.store import EngineRow, Store
 
 LOG_LINES = 2000  # kept in memory per instance for `modelyard logs`
 LOG_FILE_BYTES = 5 * 1024 * 1024  # each instance's log file is rotated past this
 NOTE = "[modelyard "  # how modelyard's own lines in an engine log begin
+
+log = logging.getLogger("modelyard.supervisor")
 
 
 class StartError(Exception):
@@ -84,6 +97,8 @@ class EngineProcess:
         self.host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.log = log
         self.proc: asyncio.subprocess.Process | None = None
+        self.tag = uuid.uuid4().hex  # marks its processes, children included, in /proc
+        self.started: int | None = None  # its start time (``proc_stat``), once recorded
         self._pump: asyncio.Task[None] | None = None
         self._spoke = asyncio.Event()  # set on each line of output: a hint to probe again
 
@@ -98,10 +113,14 @@ class EngineProcess:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, **self.launch.env},
+            env={**os.environ, **self.launch.env, TAG: self.tag},
             cwd=self.launch.cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=(
+                functools.partial(_die_with_parent, os.getpid())
+                if sys.platform == "linux"
+                else None
+            ),
         )
         self._pump = asyncio.create_task(self._read_output())
 
@@ -118,9 +137,21 @@ class EngineProcess:
             self.log.write(line)
             self._spoke.set()
 
-    async def wait_exit(self) -> int:
+    async def exited(self) -> int:
+        """The engine's exit status, as soon as it has exited.
+
+        Not ``proc.wait()``: on Python 3.11 that also waits for the output pipe to close,
+        which a child of the engine that lives on (an ollama runner) keeps open for good.
+        """
         assert self.proc is not None
-        code = await self.proc.wait()
+        while True:
+            if self.proc.returncode is not None:
+                return self.proc.returncode
+            await asyncio.sleep(0.05)
+
+    async def wait_exit(self) -> int:
+        """Wait until the engine has exited and its output is read (that, 2 s at most)."""
+        code = await self.exited()
         if self._pump is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pump, 2)
@@ -155,13 +186,17 @@ class EngineProcess:
         if self.proc.returncode is None:
             self._signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(self.proc.wait(), grace)
+                await asyncio.wait_for(self.exited(), grace)
             except TimeoutError:
                 self.log.note(f"still running {grace:g}s after SIGTERM: SIGKILL")
-                self._signal(signal.SIGKILL)
-        code = await self.wait_exit()
-        self._signal(signal.SIGKILL)  # children that outlived their parent
-        return code
+        # The whole group, whether the engine went by itself or not: children that outlived
+        # it would keep its GPU memory, and its output pipe open.
+        self.kill_group()
+        return await self.wait_exit()
+
+    def kill_group(self) -> None:
+        """SIGKILL to the engine's process group: whatever of it is left."""
+        self._signal(signal.SIGKILL)
 
     def _signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None
@@ -169,12 +204,20 @@ class EngineProcess:
             os.killpg(self.proc.pid, sig)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it if the gateway dies, even by SIGKILL (Linux)."""
+def _die_with_parent(parent: int) -> None:
+    """In the child before exec: SIGKILL it when the gateway dies, even by SIGKILL (Linux).
+
+    SIGKILL, not SIGTERM: an engine that ignores SIGTERM, or hangs in its own shutdown, would
+    otherwise live on with its GPU memory. The signal comes when the thread that started the
+    engine ends (the event loop's), and reaches the engine only, not its children: those are
+    left to ``reap_leftovers`` at the next start.
+    """
     import ctypes
 
     pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the prctl: no signal will come
+        os._exit(1)
 
 
 def free_port(taken: set[int]) -> int:
@@ -196,10 +239,15 @@ class Supervisor:
         log_dir: Path,
         on_exit: Callable[[str, int], None],
         stop_grace: float = 10.0,
+        store: Store | None = None,
     ) -> None:
         self.log_dir = log_dir
         self.on_exit = on_exit  # called when a process ends without being asked to
         self.stop_grace = stop_grace
+        self.store = store  # where each engine is recorded while it runs, for the reaper
+        me = proc_stat(os.getpid())
+        self._owner = (os.getpid(), me.started if me else 0)
+        self._boot = boot_id()
         self.processes: dict[str, EngineProcess] = {}
         self.engines: dict[str, Engine] = {}
         self.logs: dict[str, InstanceLog] = {}
@@ -230,12 +278,13 @@ class Supervisor:
         for attempt in range(3):
             proc = EngineProcess(launch, port, log, engine.host)
             await proc.spawn()
+            self._record(model, proc)
             self.processes[model] = proc
             try:
                 await proc.wait_ready(self._client(), timeout)
                 await engine.after_ready(self._client(), port)
             except StartError as exc:
-                await proc.stop(self.stop_grace)
+                await self._end(proc)
                 self.processes.pop(model, None)
                 last = "\n".join(log.tail(15))
                 if attempt < 2 and "address already in use" in last.lower():
@@ -247,7 +296,7 @@ class Supervisor:
                 log.note(f"start failed: {failure}")
                 raise failure from exc
             except BaseException:
-                await proc.stop(self.stop_grace)
+                await self._end(proc)
                 self.processes.pop(model, None)
                 raise
             self.engines[model] = engine
@@ -256,10 +305,48 @@ class Supervisor:
             return engine.upstream(port), proc.pid
         raise StartError("could not find a free port")
 
+    def _record(self, model: str, proc: EngineProcess) -> None:
+        """Put the engine in the store until it ends: a later run reaps it if we die first."""
+        stat = proc_stat(proc.pid) if proc.pid is not None else None
+        if self.store is None or proc.pid is None or stat is None:
+            return
+        proc.started = stat.started
+        row = EngineRow(
+            pid=proc.pid,
+            started=stat.started,
+            pgid=stat.pgid,
+            boot=self._boot,
+            model=model,
+            argv0=proc.launch.argv[0],
+            tag=proc.tag,
+            owner_pid=self._owner[0],
+            owner_started=self._owner[1],
+        )
+        with contextlib.suppress(sqlite3.Error):  # a full disk must not stop the engine
+            self.store.add_engine(row)
+
+    def _forget(self, proc: EngineProcess) -> None:
+        if self.store is not None and proc.pid is not None and proc.started is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.store.drop_engine(proc.pid, proc.started)
+
+    async def _end(self, proc: EngineProcess) -> int | None:
+        """Stop ``proc`` (its whole group) and forget it."""
+        code = await proc.stop(self.stop_grace)
+        self._forget(proc)
+        return code
+
+    async def reap(self) -> list[str]:
+        """Stop what a previous run on this store left running (``reap_leftovers``)."""
+        return await reap_leftovers(self.store) if self.store is not None else []
+
     async def _watch(self, model: str, proc: EngineProcess) -> None:
-        code = await proc.wait_exit()
+        code = await proc.exited()
         if self.processes.get(model) is proc and model not in self._stopping:
             self.processes.pop(model, None)
+            proc.kill_group()  # its children, orphans now: they would keep its GPU memory
+            self._forget(proc)
+            await proc.wait_exit()  # its last lines, for the log and the error
             self.log(model).note(f"exited unexpectedly with {describe_exit(code)}")
             self.on_exit(model, code)
 
@@ -277,7 +364,7 @@ class Supervisor:
                     await asyncio.wait_for(engine.before_stop(self._client(), proc.port), 10)
                 except Exception as exc:  # unloading is a courtesy; the process stops anyway
                     self.log(model).note(f"before stop: {exc!r}")
-            code = await proc.stop(self.stop_grace)
+            code = await self._end(proc)
             self.log(model).note(f"stopped (exit code {code})")
         finally:
             self._stopping.discard(model)
