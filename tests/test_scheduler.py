@@ -27,7 +27,7 @@ def test_a_grant_whose_server_exits_before_the_request_runs_is_refused(tmp_path:
     gw = Gateway(load_config(config))
     sched = gw.scheduler
     inst = sched.instances["m"]
-    inst.state, inst.upstream, inst.in_flight = State.READY, Upstream("http://127.0.0.1:9/v1"), 1
+    inst.state, inst.upstream = State.READY, Upstream("http://127.0.0.1:9/v1")
     apply = sched._apply
 
     def grant_then_exit(action: Any, now: float) -> None:
@@ -39,14 +39,149 @@ def test_a_grant_whose_server_exits_before_the_request_runs_is_refused(tmp_path:
 
     async def scenario() -> None:
         sched.start_loop()
+        running = await sched.acquire("m")  # the one slot
         waiting = asyncio.ensure_future(sched.acquire("m"))
         await asyncio.sleep(0.05)
         assert not waiting.done() and sched.waiting() == {"m": 1}  # the one slot is busy
-        sched.release(inst)  # the running request ends: the waiter is granted
+        sched.release(running)  # the running request ends: the waiter is granted
         with pytest.raises(Refused, match="m stopped before the request was sent") as refused:
             await asyncio.wait_for(waiting, 5)
         assert refused.value.status == 503
         assert (inst.state, inst.in_flight, sched.waiting()) == (State.FAILED, 0, {})
+        await sched.close()
+
+    asyncio.run(scenario())
+    gw.store.db.close()
+
+
+def _one_slot(tmp_path: Path) -> Gateway:
+    """A gateway whose model ``m`` is ready on one slot, with no engine behind it."""
+    config = tmp_path / "m.yaml"
+    config.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        "models:\n  m:\n    engine: command\n    command: [/bin/false, '{port}']\n    slots: 1\n"
+    )
+    gw = Gateway(load_config(config))
+    inst = gw.scheduler.instances["m"]
+    inst.state, inst.upstream = State.READY, Upstream("http://127.0.0.1:9/v1")
+    return gw
+
+
+def _in_same_turn_as_grant(sched: Any, act: Any) -> None:
+    """Make ``act()`` run in the very turn of the loop that grants a waiter its place."""
+    apply = sched._apply
+
+    def grant_and_act(action: Any, now: float) -> None:
+        apply(action, now)
+        if isinstance(action, Grant):
+            act()
+
+    sched._apply = grant_and_act
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_a_cancel_in_the_same_turn_as_the_grant_wins_and_the_place_comes_back(
+    tmp_path: Path, timeout: float | None
+) -> None:
+    """The grant and the client's leave land together: the request is cancelled (it does
+    not go on to generate for nobody) and its place is back, whatever the wait's timeout.
+    Python 3.11's wait_for returned the grant and dropped the cancel here."""
+    gw = _one_slot(tmp_path)
+    sched, inst = gw.scheduler, gw.scheduler.instances["m"]
+    waiting: asyncio.Task[Any] | None = None
+
+    def leave() -> None:
+        assert waiting is not None
+        waiting.cancel()
+
+    _in_same_turn_as_grant(sched, leave)
+
+    async def scenario() -> None:
+        nonlocal waiting
+        sched.start_loop()
+        running = await sched.acquire("m")
+        waiting = asyncio.ensure_future(sched.acquire("m", timeout=timeout))
+        await asyncio.sleep(0.05)
+        sched.release(running)
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await asyncio.sleep(0.01)
+        assert (inst.in_flight, inst.leases, sched.waiting()) == (0, set(), {})
+        assert sched.audit() == {"leaks_found": [], "leaks_total": 0, "drift": {}}
+        await sched.close()
+
+    asyncio.run(scenario())
+    gw.store.db.close()
+
+
+def test_a_timeout_in_the_same_turn_as_the_grant_refuses_and_returns_the_place(
+    tmp_path: Path,
+) -> None:
+    gw = _one_slot(tmp_path)
+    sched, inst = gw.scheduler, gw.scheduler.instances["m"]
+
+    async def scenario() -> None:
+        sched.start_loop()
+        running = await sched.acquire("m")
+        waiting = asyncio.ensure_future(sched.acquire("m", timeout=0.2))
+        await asyncio.sleep(0.05)
+        # The release is timed to land with the timeout: whichever wins, nothing is kept.
+        asyncio.get_running_loop().call_later(0.15, sched.release, running)
+        try:
+            lease = await waiting
+        except Refused as exc:
+            assert exc.timed_out
+        else:
+            sched.release(lease)
+        await asyncio.sleep(0.01)
+        assert (inst.in_flight, inst.leases, sched.waiting()) == (0, set(), {})
+        await sched.close()
+
+    asyncio.run(scenario())
+    gw.store.db.close()
+
+
+def test_a_place_is_returned_once_however_often_it_is_released(tmp_path: Path) -> None:
+    gw = _one_slot(tmp_path)
+    sched, inst = gw.scheduler, gw.scheduler.instances["m"]
+
+    async def scenario() -> None:
+        first = await sched.acquire("m")
+        second = asyncio.ensure_future(sched.acquire("m"))
+        sched.start_loop()
+        for _ in range(3):
+            sched.release(first)  # a stream closed three ways still frees one place
+        lease = await asyncio.wait_for(second, 5)
+        assert inst.in_flight == 1 and inst.leases == {lease}
+        sched.release(lease)
+        assert inst.in_flight == 0
+        await sched.close()
+
+    asyncio.run(scenario())
+    gw.store.db.close()
+
+
+def test_the_audit_finds_a_place_held_by_a_finished_request_and_returns_it(
+    tmp_path: Path,
+) -> None:
+    """The invariant check: a place whose request's task has ended is a leak; the audit
+    counts it (``/admin/status``, ``/metrics``), logs it and hands the place back."""
+    gw = _one_slot(tmp_path)
+    sched, inst = gw.scheduler, gw.scheduler.instances["m"]
+
+    async def scenario() -> None:
+        async def forgetful() -> None:
+            await sched.acquire("m")  # and never released
+
+        await asyncio.ensure_future(forgetful())
+        assert inst.in_flight == 1
+        assert sched.audit()["leaks_found"] == []  # first seen: it may be handed back soon
+        for lease in inst.leases:
+            lease.orphaned = (lease.orphaned or 0) - 2  # two seconds later
+        report = sched.audit()
+        assert report["leaks_found"] == ["m"] and report["leaks_total"] == 1
+        assert inst.in_flight == 0 and sched.leaks == {"m": 1}
+        assert any(e["event"] == "leak" for e in sched.store.events(limit=5))
         await sched.close()
 
     asyncio.run(scenario())

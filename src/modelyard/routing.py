@@ -14,7 +14,7 @@ failed), and the first kept one serves. Every step lands in the Decision's trail
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,8 @@ from modelyard.config import Condition, Config, LlamaCppModel, Rule, VllmModel
 AUTO = "auto"
 FORBIDDEN = "forbidden by a rule"
 CONTEXT = "context too long"
+UNSERVED = "does not serve"
+HEADER_VALUE_KEPT = 256  # characters of a routing header's value kept in a decision
 MANUAL_ONLY = "manual-only: reached only when named"
 _BY_POLICY = (FORBIDDEN, MANUAL_ONLY)
 TOKEN_METHOD = "characters / 3, rounded up, + 4 per message (errs high for English and code)"
@@ -39,6 +41,9 @@ class Features:
     tools: bool = False
     images: bool = False
     max_tokens: int = 0  # what the client asked to generate, if it said
+    endpoint: str = "chat"  # chat, completions or embeddings
+    header_count: int = 0  # all the request's headers, kept or not: a bounded summary
+    header_bytes: int = 0
 
     @property
     def need(self) -> int:
@@ -46,11 +51,21 @@ class Features:
         return self.tokens + self.max_tokens
 
     def as_dict(self, text: bool = True) -> dict[str, Any]:
-        """What a replay needs; credentials are never kept, the prompt only if ``text``."""
-        headers = {k: v for k, v in self.headers.items() if k not in _SECRET_HEADERS}
+        """What a replay needs; credentials are never kept, the prompt only if ``text``.
+
+        ``headers`` holds only what routing read (names in a policy rule); the rest are
+        counted, not kept.
+        """
+        headers = {
+            k: "(credential, not kept)" if k in _SECRET_HEADERS else v[:HEADER_VALUE_KEPT]
+            for k, v in self.headers.items()
+        }
         return {
             "model": self.model,
+            "endpoint": self.endpoint,
             "headers": headers,
+            "header_count": self.header_count,
+            "header_bytes": self.header_bytes,
             "last_user": self.last_user[:65536] if text else "",
             "text_kept": text,
             "tokens": self.tokens,
@@ -69,6 +84,7 @@ class Features:
             bool(data.get("tools")),
             bool(data.get("images")),
             int(data.get("max_tokens", 0)),
+            str(data.get("endpoint", "chat")),
         )
 
 
@@ -119,7 +135,12 @@ class Decision:
     def degraded(self) -> str | None:
         """The first candidate turned down for its health (not by policy), if any."""
         for step in self.trail:
-            if step.kind == "candidate" and not step.ok and step.why not in _BY_POLICY:
+            if (
+                step.kind == "candidate"
+                and not step.ok
+                and step.why not in _BY_POLICY
+                and not step.why.startswith(UNSERVED)  # the request's own kind, not health
+            ):
                 return f"{step.name}: {step.why}"
         return None
 
@@ -143,8 +164,29 @@ class Decision:
         }
 
 
-def features(body: Mapping[str, Any], headers: Mapping[str, str]) -> Features:
-    """Features of an OpenAI chat or completions body, read without changing it."""
+def header_names(config: Config) -> frozenset[str]:
+    """The header names the policy reads (lower-cased): all a decision keeps of headers."""
+    return frozenset(
+        name.lower()
+        for rule in config.policy
+        for c in [rule, *(rule.any or [])]
+        for name in (c.header or {})
+    )
+
+
+def features(
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    keep: Collection[str] | None = None,
+    endpoint: str = "chat",
+    header_count: int = 0,
+    header_bytes: int = 0,
+) -> Features:
+    """Features of an OpenAI chat, completions or embeddings body, read without changing it.
+
+    ``keep``: the (lower-case) header names to keep, e.g. ``header_names(config)``; None
+    keeps every header. ``header_count`` and ``header_bytes`` summarise them all.
+    """
     messages = body.get("messages")
     texts: list[str] = []
     last_user = ""
@@ -167,12 +209,19 @@ def features(body: Mapping[str, Any], headers: Mapping[str, str]) -> Features:
     chars = sum(len(t) for t in texts)
     return Features(
         model=str(body.get("model", "")),
-        headers={k.lower(): v for k, v in headers.items()},
+        headers=(
+            {k.lower(): v for k, v in headers.items()}
+            if keep is None
+            else {k: v for k in keep if (v := headers.get(k)) is not None}
+        ),
         last_user=last_user,
         tokens=-(-chars // 3) + 4 * count,
         tools=bool(body.get("tools") or body.get("functions")),
         images=images,
         max_tokens=_int(body.get("max_completion_tokens", body.get("max_tokens"))),
+        endpoint=endpoint,
+        header_count=header_count,
+        header_bytes=header_bytes,
     )
 
 
@@ -255,6 +304,8 @@ def route(config: Config, req: Features, cluster: Cluster) -> Decision:
         auto_picked = explicit is None or target != explicit.name
         for name in config.tier_models(target) if target in config.tiers else [target]:
             why_not = _turned_down(name, config, cluster, forbidden, forced, auto_picked)
+            if why_not is None and req.endpoint not in config.models[name].endpoints:
+                why_not = _unserved(name, config, req.endpoint)
             use = context_use(config, name, req)
             if why_not is None and use is not None and use > config.models[name].context_refuse:
                 why_not = (
@@ -276,6 +327,16 @@ def route(config: Config, req: Features, cluster: Cluster) -> Decision:
         req.tokens,
         tuple(trail),
     )
+
+
+def _unserved(name: str, config: Config, endpoint: str) -> str:
+    model = config.models[name]
+    how = f"add {endpoint} to models.{name}.serves"
+    if isinstance(model, LlamaCppModel) and endpoint == "embeddings":
+        how += " (llama-server then runs with --embeddings, for embeddings alone)"
+    elif isinstance(model, LlamaCppModel):
+        how = f"it runs with --embeddings; models.{name}.serves lists what it serves"
+    return f"{UNSERVED} {endpoint}: it serves {', '.join(sorted(model.endpoints))}; {how}"
 
 
 def _names(rule: Rule, asked: str) -> bool:

@@ -12,8 +12,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +73,7 @@ class Instance:
     upstream: Upstream | None = None
     pid: int | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    leases: set[Lease] = field(default_factory=set, repr=False)  # one per request in flight
 
     @property
     def id(self) -> str:
@@ -94,10 +94,30 @@ class Instance:
         )
 
 
+@dataclass(eq=False)
+class Lease:
+    """One request's place on an instance, handed back exactly once (``Scheduler.release``).
+
+    ``owner`` is the task of the request that holds it: once that task is done, the place
+    must be back; the audit (``Scheduler.audit``) reports and returns any that is not.
+    """
+
+    instance: Instance
+    owner: asyncio.Task[Any] | None
+    since: float  # monotonic: when it was granted
+    held: bool = True
+    orphaned: float | None = None  # monotonic: when an audit first saw its owner done
+
+    @property
+    def id(self) -> str:
+        return self.instance.id
+
+
 @dataclass
 class _Waiter:
     waiter: Waiter
-    future: asyncio.Future[Instance]
+    future: asyncio.Future[Lease]
+    owner: asyncio.Task[Any] | None
     admin: bool = False
 
 
@@ -109,7 +129,8 @@ class Scheduler:
         self.store = store
         self.instances: dict[str, Instance] = {}
         self._waiters: list[_Waiter] = []
-        self._served: dict[str, deque[float]] = {}  # recent release times, for Retry-After
+        self._took: dict[str, deque[float]] = {}  # recent requests' seconds on a slot
+        self.leaks: dict[str, int] = {}  # places found held by finished requests, per model
         self._ids = itertools.count(1)
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
@@ -211,10 +232,7 @@ class Scheduler:
             if entry.future.done():
                 return
             if isinstance(action, Grant):
-                if not entry.admin:
-                    inst.in_flight += 1
-                inst.last_used = now
-                entry.future.set_result(inst)
+                entry.future.set_result(self._lease(inst, entry.owner, entry.admin, now))
             else:
                 retry = inst.retry_at - now if inst.retry_at else self._queue_wait(inst.model, now)
                 entry.future.set_exception(Refused(action.status, action.reason, retry))
@@ -308,25 +326,33 @@ class Scheduler:
         admin: bool = False,
         force: bool = False,
         priority: int = 0,
-    ) -> Instance:
+        owner: asyncio.Task[Any] | None = None,
+    ) -> Lease:
         """Wait until ``model`` is ready and take a place on it; raises Refused.
 
         Waiters with a higher ``priority`` are granted first; equal ones in arrival order.
+        ``owner`` is the request's task (default: the caller's), which must give the place
+        back (``release``) before it ends. A cancel always wins over a grant made in the
+        same turn of the event loop: the request sees CancelledError, and the place it was
+        granted goes back here.
         """
-        waiter = Waiter(next(self._ids), model, time.monotonic(), no_swap, admin, force, priority)
+        now = time.monotonic()
+        waiter = Waiter(next(self._ids), model, now, no_swap, admin, force, priority)
+        owner = owner or asyncio.current_task()
         inst = self.instances[model]
         if not self._waiters:
             rule = self.rules()[model]
             if granted_at_once(rule, inst.view(), self.nodes[rule.node].view(), waiter):
-                inst.in_flight += 1  # what decide would do, without a turn of the loop
-                inst.last_used = waiter.since
-                return inst
-        future: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
-        entry = _Waiter(waiter, future, admin)
+                return self._lease(inst, owner, admin, now)  # as decide would, no loop turn
+        future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        entry = _Waiter(waiter, future, owner, admin)
         self._waiters.append(entry)
         self._kick()
         try:
-            granted = await asyncio.wait_for(asyncio.shield(future), timeout)
+            # Awaited directly, not through wait_for(shield(...)): on Python 3.11 wait_for
+            # returns a result that lands in the same turn as a cancel, and drops the cancel.
+            async with asyncio.timeout(timeout):
+                lease = await future
         except TimeoutError:
             self._forget(entry)
             raise Refused(
@@ -335,46 +361,96 @@ class Scheduler:
         except asyncio.CancelledError:
             self._forget(entry)
             raise
-        if granted.upstream is None and not admin:
+        if lease.instance.upstream is None and not admin:
             # Granted, then its server exited before this request got to run: its place
             # goes back and the request is refused like one that came a moment later.
-            self.release(granted)
+            self.release(lease)
             raise Refused(503, f"{model} stopped before the request was sent")
-        return granted
+        return lease
+
+    def _lease(
+        self, inst: Instance, owner: asyncio.Task[Any] | None, admin: bool, now: float
+    ) -> Lease:
+        lease = Lease(inst, owner, now, held=not admin)
+        if not admin:
+            inst.in_flight += 1
+            inst.leases.add(lease)
+        inst.last_used = now
+        return lease
 
     def _forget(self, entry: _Waiter) -> None:
+        """A waiter gives up (cancelled, timed out): out of the line, or its grant returned."""
         if entry in self._waiters:
             self._waiters.remove(entry)
-        elif entry.future.done() and not entry.future.cancelled() and not entry.admin:
+            if not entry.future.done():
+                entry.future.cancel()
+        elif entry.future.done() and not entry.future.cancelled():
             if entry.future.exception() is None:
-                self.release(entry.future.result())  # granted as we gave up: hand it back
+                self.release(entry.future.result())  # granted as it gave up: hand it back
         self._kick()
 
-    def release(self, inst: Instance) -> None:
+    def release(self, lease: Lease) -> None:
+        """Give ``lease``'s place back; a second call for the same lease does nothing."""
+        if not lease.held:
+            return
+        lease.held = False
+        inst = lease.instance
+        inst.leases.discard(lease)
         inst.in_flight -= 1
         inst.last_used = time.monotonic()
-        self._served.setdefault(inst.model, deque(maxlen=200)).append(inst.last_used)
+        took = self._took.get(inst.model)
+        if took is None:
+            took = self._took[inst.model] = deque(maxlen=50)
+        took.append(inst.last_used - lease.since)
         if self._waiters or not quiet_release(inst.view()):
             self._kick()
 
-    def _queue_wait(self, model: str, now: float) -> float:
-        """Seconds until a place frees up: the waiting line over the recent service rate."""
-        done = [t for t in self._served.get(model, ()) if t > now - 60]
-        waiting = 1 + sum(1 for w in self._waiters if w.waiter.model == model)
-        if len(done) >= 2 and now > done[0]:
-            return waiting / (len(done) / (now - done[0]))
-        typical = self.store.typical_load_seconds(model)  # nothing served yet: a load away
-        return typical if typical else 5.0
+    def audit(self) -> dict[str, Any]:
+        """Check that every place in use belongs to a request still running.
 
-    @asynccontextmanager
-    async def lease(
-        self, model: str, no_swap: bool = False, timeout: float | None = None
-    ) -> AsyncIterator[Instance]:
-        inst = await self.acquire(model, no_swap, timeout)
-        try:
-            yield inst
-        finally:
-            self.release(inst)
+        A place whose request's task ended over a second before (one handed back by a done
+        callback may lag a moment) is a leak: it is counted in ``leaks``, logged as an
+        event and handed back. ``drift`` lists instances whose ``in_flight`` differs from
+        their leases (it never should; reported, not changed).
+        """
+        now = time.monotonic()
+        found: list[str] = []
+        drift: dict[str, int] = {}
+        for inst in self.instances.values():
+            for lease in list(inst.leases):
+                if lease.owner is None or not lease.owner.done():
+                    continue
+                if lease.orphaned is None:
+                    lease.orphaned = now
+                elif now - lease.orphaned > 1.0:
+                    found.append(inst.model)
+                    self.leaks[inst.model] = self.leaks.get(inst.model, 0) + 1
+                    self.store.event(inst.model, "leak", f"a place of {inst.id} handed back")
+                    self.release(lease)
+            if inst.in_flight != len(inst.leases):
+                drift[inst.model] = inst.in_flight - len(inst.leases)
+        return {"leaks_found": found, "leaks_total": sum(self.leaks.values()), "drift": drift}
+
+    def _queue_wait(self, model: str, now: float) -> float:
+        """Seconds until a request refused now would be served at once if it came back.
+
+        The requests ahead of it and itself, served ``slots`` at a time, each taking as
+        long as the last ones did (up to 50); before any finished, as long as the oldest
+        running one has run so far. A model not ready adds its typical load time.
+        """
+        inst = self.instances[model]
+        ahead = sum(1 for w in self._waiters if w.waiter.model == model and not w.admin)
+        took = self._took.get(model)
+        if took:
+            each = sum(took) / len(took)
+        else:
+            each = max((now - lease.since for lease in inst.leases), default=0.0)
+        slots = self.rules()[model].slots or max(inst.in_flight, 1)
+        drain = (ahead + 1) * each / slots
+        if inst.state is State.READY:
+            return max(drain, 1.0)
+        typical = self.store.typical_load_seconds(model)  # a load away, then the line
+        return (typical or 5.0) + drain
 
     # -- admin ------------------------------------------------------------------------------
 
@@ -384,7 +460,7 @@ class Scheduler:
         if inst.state is State.FAILED:
             inst.failures, inst.retry_at, inst.restart = 0, None, False
             inst.state = State.STOPPED
-        return await self.acquire(model, timeout=timeout, admin=True)
+        return (await self.acquire(model, timeout=timeout, admin=True)).instance
 
     async def stop(self, model: str) -> None:
         """Stop ``model`` once its in-flight requests finish (bounded by the drain timeout)."""

@@ -213,6 +213,16 @@ class _Live(Collector):
             "modelyard_instance_restarts", "Crashes and failed starts since the gateway began.",
             labels=["model"],
         )  # fmt: skip
+        leaks = CounterMetricFamily(
+            "modelyard_slot_leaks",
+            "Places found held by finished requests, and handed back (should stay 0).",
+            labels=["model"],
+        )
+        drift = GaugeMetricFamily(
+            "modelyard_slot_drift",
+            "in_flight minus the places requests hold (should stay 0).",
+            labels=["model"],
+        )
         waiting = sched.waiting()
         for name, inst in sched.instances.items():
             if name not in sched.config.models:
@@ -223,7 +233,9 @@ class _Live(Collector):
             slots.add_metric([name], inst.in_flight)
             queue.add_metric([name], waiting.get(name, 0))
             restarts.add_metric([name], inst.restarts)
-        yield from (state, slots, queue, restarts)
+            leaks.add_metric([name], sched.leaks.get(name, 0))
+            drift.add_metric([name], inst.in_flight - len(inst.leases))
+        yield from (state, slots, queue, restarts, leaks, drift)
         yield from _node_metrics(self._nodes())
 
 

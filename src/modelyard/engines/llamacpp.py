@@ -58,6 +58,8 @@ class LlamaCppEngine(Engine):
             argv += ["--n-gpu-layers", "0"]  # placed on the CPU
         if m.tensor_split:
             argv += ["--tensor-split", ",".join(f"{w:g}" for w in m.tensor_split)]
+        if m.embedding_server and not any(a in ("--embedding", "--embeddings") for a in m.args):
+            argv += ["--embeddings"]
         argv += m.args
         return Launch(argv, {**m.env, **gpu_env(m.gpus)}, None, "/health")
 

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelyard.config import Access, ApiKey
+from modelyard.gateway.body import CLOSE, LimitedReceive
 from modelyard.gateway.errors import error_response
 
 OPEN_PATHS = ("/health", "/ready")
@@ -32,13 +33,18 @@ class AccessGuard:
         self._buckets: dict[str, tuple[float, float]] = {}  # key name → (tokens, at)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or (scope["path"] in OPEN_PATHS and not scope["query_string"]):
+            await self.app(scope, receive, send)  # asking for a model by name needs a key
             return
         length = _content_length(scope)
-        if length and length.isdigit() and int(length) > self.max_body:
+        if length is None:  # chunked, or no body: bounded while it is read
+            receive = LimitedReceive(receive, self.max_body)
+        elif length.isdigit() and int(length) > self.max_body:
             refusal = error_response(
-                413, f"the body is {int(length)} bytes; this gateway takes at most {self.max_body}"
+                413,
+                f"the body is {int(length)} bytes; this gateway takes at most {self.max_body} "
+                "(access.max_body)",
+                headers=dict(CLOSE),
             )
             await refusal(scope, receive, send)
             return

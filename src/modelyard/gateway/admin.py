@@ -3,18 +3,41 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from starlette.requests import Request
+import orjson
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from modelyard.config import ConfigError, load_config
+from modelyard.gateway.body import CLOSE, BodyStalled, BodyTooLarge, read_body
 from modelyard.gateway.errors import error_response
 from modelyard.gateway.state import Gateway, ReloadRefused
 from modelyard.nodes import AgentError
 from modelyard.routing import features, route
 from modelyard.scheduler import Refused
+from modelyard.supervisor import LOG_LINES
 from modelyard.units import parse_duration
+
+
+async def read_json(request: Request) -> Any:
+    """The body as JSON, or the 4xx that says why not (too large, too deep, not JSON)."""
+    gw: Gateway = request.app.state.gateway
+    access = gw.config.access
+    try:
+        raw = await read_body(request.receive, access.max_body, access.body_timeout)
+    except (BodyTooLarge, BodyStalled) as exc:
+        status = 413 if isinstance(exc, BodyTooLarge) else 408
+        return error_response(status, str(exc), headers=dict(CLOSE))
+    except ClientDisconnect:
+        return Response(status_code=499)
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)  # nested at most 1,024 deep: deeper is an error, not a crash
+    except orjson.JSONDecodeError as exc:
+        return error_response(400, f"the request body is not valid JSON: {exc}")
 
 
 async def status(request: Request) -> Response:
@@ -82,9 +105,14 @@ async def logs(request: Request) -> Response:
     try:
         lines = int(request.query_params.get("lines", "200"))
     except ValueError:
-        return error_response(400, "`lines` must be a whole number, e.g. ?lines=200")
+        lines = 0
+    if not 1 <= lines <= LOG_LINES:
+        return error_response(
+            400, f"`lines` must be a whole number from 1 to {LOG_LINES}, e.g. ?lines=200",
+            param="lines",
+        )  # fmt: skip
     try:
-        tail = await gw.nodes[gw.config.node_of(name)].logs(name, max(lines, 0))
+        tail = await gw.nodes[gw.config.node_of(name)].logs(name, lines)
     except AgentError as exc:
         return error_response(503, exc.message, code="node_unreachable")
     if "application/json" in request.headers.get("accept", ""):
@@ -102,10 +130,9 @@ async def set_mode(request: Request) -> Response:
     name = request.path_params["node"]
     if name not in gw.nodes:
         return error_response(404, f"no node {name!r}; nodes: {', '.join(gw.nodes)}")
-    try:
-        body = await request.json()
-    except ValueError:
-        body = None
+    body = await read_json(request)
+    if isinstance(body, Response):
+        return body
     modes = gw.config.nodes[name].modes
     wanted = body.get("mode") if isinstance(body, dict) else None
     if not isinstance(wanted, str) or wanted not in modes:
@@ -161,10 +188,9 @@ async def decision(request: Request) -> Response:
 async def explain(request: Request) -> Response:
     """The decision a request would get now, without sending it."""
     gw: Gateway = request.app.state.gateway
-    try:
-        body = await request.json()
-    except ValueError:
-        body = None
+    body = await read_json(request)
+    if isinstance(body, Response):
+        return body
     if not isinstance(body, dict) or not isinstance(body.get("request"), dict):
         return error_response(
             400, 'expected {"request": {OpenAI body}, "headers": {name: value}}', param="request"

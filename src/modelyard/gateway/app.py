@@ -20,6 +20,7 @@ from starlette.types import ASGIApp
 from modelyard.config import Config, ConfigError, load_config
 from modelyard.gateway import admin, openai
 from modelyard.gateway.access import AccessGuard
+from modelyard.gateway.body import CLOSE, BodyTooLarge
 from modelyard.gateway.errors import error_response
 from modelyard.gateway.lane import OpenAILane
 from modelyard.gateway.state import Gateway, ReloadRefused
@@ -59,6 +60,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         405: f"{request.method} is not allowed on {request.url.path}",
     }.get(exc.status_code, str(exc.detail))
     return error_response(exc.status_code, message)
+
+
+async def _too_large(request: Request, exc: Exception) -> Response:
+    # A chunked body past access.max_body, read by any route: the rest is never read.
+    return error_response(413, str(exc), headers=dict(CLOSE))
 
 
 async def _reload_on_signal(gateway: Gateway) -> None:
@@ -114,7 +120,7 @@ def create_app(config: Config) -> ASGIApp:
             *admin.routes,
         ],
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={HTTPException: _http_error, BodyTooLarge: _too_large},
     )
     app.state.gateway = gateway
     # The guard first, for every path; then the lane for the OpenAI POSTs, Starlette for

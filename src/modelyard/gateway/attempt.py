@@ -20,8 +20,8 @@ from starlette.responses import Response
 from modelyard.gateway.errors import error_response
 from modelyard.gateway.proxy import Result
 from modelyard.gateway.state import Gateway
-from modelyard.routing import CONTEXT, Decision, context_use
-from modelyard.scheduler import Instance
+from modelyard.routing import CONTEXT, UNSERVED, Decision, context_use
+from modelyard.scheduler import Lease
 from modelyard.store import RequestRow
 from modelyard.telemetry import outcome
 
@@ -91,8 +91,8 @@ class Attempt:
             out["x-modelyard-degraded"] = degraded.encode("ascii", "replace").decode()
         return out
 
-    def done(self, name: str, inst: Instance, asked_at: float) -> Finish:
-        """The finish of the hop to ``inst``, granted now after waiting since ``asked_at``."""
+    def done(self, name: str, lease: Lease, asked_at: float) -> Finish:
+        """The finish of the hop on ``lease``, granted now after waiting since ``asked_at``."""
         released = False
         granted = time.monotonic()
 
@@ -101,12 +101,12 @@ class Attempt:
             if released:
                 return
             released = True
-            self.gw.scheduler.release(inst)
+            self.gw.scheduler.release(lease)
             if decided:
                 overhead = None
                 if result.sent is not None and not self.hops:  # a first hop: no fallback time
                     overhead = result.sent - self.began - (granted - asked_at)
-                self.record(name, inst.id, result, granted - self.began, overhead)
+                self.record(name, lease.id, result, granted - self.began, overhead)
 
         return finish
 
@@ -179,12 +179,14 @@ class Attempt:
         if (
             not self.decision.candidates
             and turned
-            and all(s.why.startswith(CONTEXT) for s in turned)
+            and all(s.why.startswith((CONTEXT, UNSERVED)) for s in turned)
         ):
-            status, reason, code = (
-                400,
-                f"{turned[0].name}: {turned[0].why}",
-                "context_length_exceeded",
+            # The request itself is what no candidate takes: the client's to change.
+            status, reason = 400, f"{turned[0].name}: {turned[0].why}"
+            code = (
+                "context_length_exceeded"
+                if turned[0].why.startswith(CONTEXT)
+                else "unsupported_endpoint"
             )
         elif not self.decision.candidates:
             status, reason = 503, "every candidate was turned down"

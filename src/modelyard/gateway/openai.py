@@ -14,8 +14,11 @@ from starlette.routing import Route
 from modelyard.config import ApiKey
 from modelyard.gateway.access import may_use
 from modelyard.gateway.attempt import Attempt, rejected
+from modelyard.gateway.body import CLOSE, BodyStalled, BodyTooLarge, read_body
+from modelyard.gateway.connection import HEAD_KEY
 from modelyard.gateway.errors import error_response
 from modelyard.gateway.keepalive import stream_or_wait
+from modelyard.gateway.openai_shape import shape_problem
 from modelyard.gateway.proxy import ProxyStream, Result, UpstreamUnavailable, forward
 from modelyard.gateway.state import Gateway
 from modelyard.gateway.timeouts import Deadline, limits_for
@@ -24,6 +27,11 @@ from modelyard.routing import AUTO, Decision, features, route, strip_tags
 from modelyard.scheduler import Refused
 
 _TRUE = {"1", "true", "yes", "on"}
+_ENDPOINTS = {
+    "/chat/completions": "chat",
+    "/completions": "completions",
+    "/embeddings": "embeddings",
+}
 
 
 async def chat_completions(request: Request) -> Response:
@@ -46,17 +54,27 @@ async def _until_gone(request: Request, path: str) -> Response:
     queue goes, its slot comes back (``finally``) and the upstream request is closed, which
     stops the generation.
     """
-    began = time.monotonic()
+    arrived = time.monotonic()
+    gw: Gateway = request.app.state.gateway
+    access = gw.config.access
     try:
-        raw = await request.body()  # read first: the watch below only sees what follows
+        # Read first: the watch below only sees what follows.
+        raw = await read_body(request.receive, access.max_body, access.body_timeout)
     except ClientDisconnect:
-        return _left_early(request, path, began, b"")
+        return _left_early(request, path, arrived, b"")
+    except BodyTooLarge as exc:
+        refusal = error_response(413, str(exc), headers=dict(CLOSE))
+        return _left_early(request, path, arrived, b"", refusal)
+    except BodyStalled as exc:
+        refusal = error_response(408, str(exc), code="body_timeout", headers=dict(CLOSE))
+        return _left_early(request, path, arrived, b"", refusal)
+    began = time.monotonic()  # the upload is not waiting: the request's time starts here
     me = asyncio.current_task()
     assert me is not None, "an ASGI app runs in a task"
     watch = ClientWatch(request.receive, me)
     answer: Response | None = None
     try:
-        answer = await _proxy(request, path, began, raw)
+        answer = await _proxy(request, path, began, raw, me)
         return answer
     except asyncio.CancelledError:
         if watch.swallow():
@@ -69,10 +87,12 @@ async def _until_gone(request: Request, path: str) -> Response:
             watch.stop()
 
 
-def _left_early(request: Request, path: str, began: float, raw: bytes) -> Response:
+def _left_early(
+    request: Request, path: str, began: float, raw: bytes, answer: Response | None = None
+) -> Response:
     gw: Gateway = request.app.state.gateway
     key = request.scope.get("state", {}).get("api_key")
-    gone = error_response(499, "the client went away before its request was handled")
+    gone = answer or error_response(499, "the client went away before its request was handled")
     return rejected(gw, path, raw, began, key.name if key else None, gone)
 
 
@@ -81,10 +101,24 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": gw.model_cards()})
 
 
-async def _proxy(request: Request, path: str, began: float, raw: bytes) -> Response:
+async def retrieve_model(request: Request) -> Response:
+    """One model, tier or ``auto`` by its id or an alias (the SDKs' ``models.retrieve``)."""
+    gw: Gateway = request.app.state.gateway
+    asked = request.path_params["model"]
+    named = gw.config.resolve(asked)
+    wanted = named.name if named is not None else asked
+    for card in gw.model_cards():
+        if card["id"] == wanted:
+            return JSONResponse(card)
+    return _no_target(gw, asked)
+
+
+async def _proxy(
+    request: Request, path: str, began: float, raw: bytes, owner: asyncio.Task[Any]
+) -> Response:
     gw: Gateway = request.app.state.gateway
     key = request.scope.get("state", {}).get("api_key")
-    admitted = _admit(gw, raw, request, key)
+    admitted = _admit(gw, raw, request, key, path)
     if isinstance(admitted, Response):
         return rejected(gw, path, raw, began, key.name if key else None, admitted)
     body, decision = admitted
@@ -112,8 +146,8 @@ async def _proxy(request: Request, path: str, began: float, raw: bytes) -> Respo
             wait, cut = deadline.bound(gw.wait_timeout(name))
             asked_at = time.monotonic()
             try:
-                inst = await gw.scheduler.acquire(
-                    name, no_swap, timeout=wait, force=decision.forced, priority=priority
+                lease = await gw.scheduler.acquire(
+                    name, no_swap, wait, force=decision.forced, priority=priority, owner=owner
                 )
             except Refused as exc:
                 if cut and exc.timed_out:
@@ -122,11 +156,11 @@ async def _proxy(request: Request, path: str, began: float, raw: bytes) -> Respo
                     break
                 attempt.turned_down(name, exc.status, exc.reason, exc.retry_after)
                 continue
-            upstream = inst.upstream
+            upstream = lease.instance.upstream
             assert upstream is not None, "acquire grants only an instance with a server"
             forwarded = {**body, "model": upstream.model} if upstream.model else body
             data = raw if forwarded is body and not decision.strip else orjson.dumps(forwarded)
-            finish = attempt.done(name, inst, asked_at)
+            finish = attempt.done(name, lease, asked_at)
             try:
                 return await forward(
                     gw.client,
@@ -135,7 +169,7 @@ async def _proxy(request: Request, path: str, began: float, raw: bytes) -> Respo
                     data,
                     stream=stream,
                     asked_model=name,
-                    headers=attempt.headers(name, inst.id),
+                    headers=attempt.headers(name, lease.id),
                     limits=limits_for(gw.config, name, deadline),
                     done=finish,
                 )
@@ -156,7 +190,7 @@ async def _proxy(request: Request, path: str, began: float, raw: bytes) -> Respo
 
 
 def _admit(
-    gw: Gateway, raw: bytes, request: Request, key: ApiKey | None
+    gw: Gateway, raw: bytes, request: Request, key: ApiKey | None, path: str
 ) -> tuple[dict[str, Any], Decision] | Response:
     """The body and its routing decision, or the 4xx that says what is wrong with it."""
     parsed = _parse(raw, gw)
@@ -172,11 +206,17 @@ def _admit(
             code="model_not_allowed",
             param="model",
         )
-    if len(raw) > gw.config.access.max_body:
-        return error_response(413, f"the body is over {gw.config.access.max_body} bytes")
-    decision = route(gw.config, features(body, request.headers), gw.cluster())
+    head = request.scope.get(HEAD_KEY)  # counted by the connection as it read them
+    if head is None:
+        raw_headers = request.scope["headers"]
+        head = (len(raw_headers), sum(len(k) + len(v) + 4 for k, v in raw_headers))
+    found = features(body, request.headers, gw.routing_headers, _ENDPOINTS[path], *head)
+    decision = route(gw.config, found, gw.cluster())
     if decision.target is None:
         return _no_target(gw, asked)
+    problem = shape_problem(path, body)  # after the name: an unknown model is a 404 first
+    if problem is not None:
+        return error_response(400, problem[0], param=problem[1], code="invalid_request")
     return body, decision
 
 
@@ -220,4 +260,5 @@ routes = [
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/embeddings", embeddings, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
 ]

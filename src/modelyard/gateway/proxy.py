@@ -20,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from modelyard.engines import Upstream
-from modelyard.gateway.errors import sse_error
+from modelyard.gateway.errors import UpstreamFailed, from_upstream, sse_error
 from modelyard.gateway.timeouts import Limits
 from modelyard.gateway.watch import ClientWatch
 
@@ -158,13 +158,21 @@ async def forward(
         resp.release()
         if renamer is not None:
             first = renamer.feed(first) + renamer.end()
-        result = Result(resp.status, None, sent, first_byte)
-        if resp.status >= 400:
+        status = resp.status
+        if status >= 400:
+            try:
+                status, first = from_upstream(status, first, asked_model)
+            except UpstreamFailed as exc:
+                raise UpstreamUnavailable(str(exc)) from None
+            out_headers = {k: v for k, v in out_headers.items() if k.lower() != "content-type"}
+            out_headers["content-type"] = "application/json"
+        result = Result(status, None, sent, first_byte)
+        if status >= 400:
             result.error = first[:500].decode("utf-8", "replace")
         elif b'"usage"' in first:
             _count(result, first)
         done(result)
-        return Response(first, status_code=resp.status, headers=out_headers)
+        return Response(first, status_code=status, headers=out_headers)
 
     result = Result(resp.status, None, sent, first_byte)
     complete = finished = False
@@ -254,7 +262,8 @@ class ProxyStream(StreamingResponse):
         self, content: AsyncIterator[bytes], closed: Callable[[], None], **kwargs: Any
     ) -> None:
         super().__init__(content, **kwargs)
-        self._closed = closed
+        self._on_close = closed
+        self._closed_once = False
         self.watch: ClientWatch | None = None  # the request's, handed over to see it through
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -276,15 +285,22 @@ class ProxyStream(StreamingResponse):
         finally:
             if self.watch is not None:
                 self.watch.stop()
-            if isinstance(self.body_iterator, AsyncGenerator):
-                await self.body_iterator.aclose()  # its counts are in before the record
-            self._closed()
+            try:
+                if isinstance(self.body_iterator, AsyncGenerator):
+                    await self.body_iterator.aclose()  # its counts are in before the record
+            finally:
+                self._closed()  # even if a second cancel lands in the close
+
+    def _closed(self) -> None:
+        if not self._closed_once:  # however many ways it ends, it is given back once
+            self._closed_once = True
+            self._on_close()
 
     def abandon(self) -> None:
         """Close it unread: the upstream request and the instance's slot are given back."""
         self._closed()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The stream's bytes, for a response that already started elsewhere (keep-alive)."""
         try:
             async for chunk in self.body_iterator:

@@ -13,7 +13,7 @@ from modelyard import __version__
 from modelyard.config import Config, RemoteModel
 from modelyard.gateway.proxy import UpstreamClient, new_client
 from modelyard.nodes import LocalNode, NodeHandle, RemoteNode
-from modelyard.routing import Cluster
+from modelyard.routing import Cluster, header_names
 from modelyard.scheduler import Scheduler
 from modelyard.store import Store
 from modelyard.supervisor import StartError, Supervisor, describe_exit
@@ -33,7 +33,7 @@ class Gateway:
         self.config = config
         self.store = Store(config.state_dir / "modelyard.db")
         self.supervisor = Supervisor(
-            config.state_dir / "logs", self._on_exit, config.scheduler.stop_grace
+            config.state_dir / "logs", self._on_exit, config.scheduler.stop_grace, self.store
         )
         self.client: UpstreamClient = None  # type: ignore[assignment]  # set in open()
         self.nodes: dict[str, NodeHandle] = {}
@@ -49,6 +49,7 @@ class Gateway:
         self.started = time.time()
         self._poller: asyncio.Task[None] | None = None
         self._rule_names = frozenset(r.name for r in config.policy)
+        self.routing_headers = header_names(config)  # all a decision keeps of the headers
         self.telemetry = Telemetry(
             lambda: self.scheduler,
             self._node_readings,
@@ -69,6 +70,9 @@ class Gateway:
         self.scheduler.on_exit(model, str(why))
 
     async def open(self) -> None:
+        # First what a killed predecessor left running: it may hold the GPU memory and the
+        # ports our engines are about to need.
+        await self.supervisor.reap()
         self.client = new_client()
         keep = self.config.telemetry
         self.store.start_flusher(
@@ -88,6 +92,7 @@ class Gateway:
                 *(node.refresh() for node in self.nodes.values()), self._probe_remotes()
             )
             self.scheduler.poke()
+            self.scheduler.audit()
 
     async def _probe_remotes(self) -> None:
         """Is each `remote` model's URL answering? Routing skips the ones that are not."""
@@ -144,6 +149,7 @@ class Gateway:
         await asyncio.gather(*(self.scheduler.stop(m) for m in removed + changed))
         self.config = new
         self._rule_names = frozenset(r.name for r in new.policy)
+        self.routing_headers = header_names(new)
         for node in self.nodes.values():
             node.config = new  # type: ignore[attr-defined]
         self.scheduler.apply_config(new)
@@ -224,5 +230,6 @@ class Gateway:
             "uptime_s": round(time.time() - self.started, 1),
             "nodes": [node.describe() for node in self.nodes.values()],
             "models": [self.describe(n) for n in self.config.models],
+            "slot_audit": self.scheduler.audit(),
             "events": self.store.events(limit=20),
         }

@@ -1,0 +1,94 @@
+"""Reading a request's body within its limits: a size bound and an idle timeout.
+
+Both hold while the body is read, chunked or not: a body over ``access.max_body`` is
+refused as soon as it passes the bound (nothing more is read or kept), and an upload that
+stalls for ``access.body_timeout`` seconds is dropped rather than held open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import ClientDisconnect
+from starlette.types import Message, Receive
+
+# On an answer sent before its body was read whole: uvicorn then closes the connection
+# instead of reading (and dropping) the rest of the body.
+CLOSE = {"Connection": "close"}
+
+
+class BodyTooLarge(Exception):
+    """The body passed ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the body is over {limit} bytes, the most this gateway takes "
+                         "(access.max_body)")  # fmt: skip
+        self.limit = limit
+
+
+class BodyStalled(Exception):
+    """No part of the body came for ``idle`` seconds."""
+
+    def __init__(self, idle: float) -> None:
+        super().__init__(f"the body stopped arriving: nothing for {idle:g}s "
+                         "(access.body_timeout)")  # fmt: skip
+
+
+async def read_body(receive: Receive, limit: int, idle: float) -> bytes:
+    """The whole body; raises BodyTooLarge, BodyStalled or ClientDisconnect.
+
+    The idle bound is one timer that cancels this task, re-armed per part of the body
+    (asyncio.timeout does the same with more bookkeeping: this runs for every request).
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None, "called from a request's task"
+    stalled = False
+
+    def stall() -> None:
+        nonlocal stalled
+        stalled = True
+        task.cancel()
+
+    timer = loop.call_later(idle, stall)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            body: bytes = message.get("body", b"")
+            size += len(body)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+            timer.cancel()
+            timer = loop.call_later(idle, stall)
+    except asyncio.CancelledError:
+        if stalled and task.uncancel() == 0:
+            raise BodyStalled(idle) from None
+        raise
+    finally:
+        timer.cancel()
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class LimitedReceive:
+    """``receive`` that raises BodyTooLarge once more than ``limit`` body bytes came.
+
+    For bodies of undeclared length (chunked); a declared one is checked before the app.
+    """
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self.receive, self.limit, self.size = receive, limit, 0
+
+    async def __call__(self) -> Message:
+        message = await self.receive()
+        if message["type"] == "http.request":
+            self.size += len(message.get("body", b""))
+            if self.size > self.limit:
+                raise BodyTooLarge(self.limit)
+        return message
