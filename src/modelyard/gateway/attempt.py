@@ -148,6 +148,7 @@ class Attempt:
         )
         self.gw.store.request(row)
         self.gw.telemetry.observe(row, overhead, self.decision.rule)
+        published(self.gw, row)
         if not served:
             model = node = None
         degraded = self.degraded()
@@ -198,7 +199,7 @@ class Attempt:
         if retry is not None:
             headers["Retry-After"] = str(max(1, math.ceil(retry)))
         # A plain request for one model gets the reason alone; a routed one, the trail too.
-        routed = len(self.decision.trail) > 1 or not self.hops
+        routed = len(self.decision.trail) > 1 or not (self.hops or status == 400)
         message = f"{reason} (decision {self.id}: {self.decision.summary()})" if routed else reason
         return error_response(status, message, code=code, headers=headers)
 
@@ -234,4 +235,11 @@ def rejected(
     )
     gw.store.request(row)
     gw.telemetry.observe(row, None, None)
+    published(gw, row)
     return answer
+
+
+def published(gw: Gateway, row: RequestRow) -> None:
+    """A ``request`` event for a finished request, if anyone listens."""
+    if gw.events.wants("request"):
+        gw.events.publish("request", **row._asdict())
