@@ -186,3 +186,84 @@ def test_the_audit_finds_a_place_held_by_a_finished_request_and_returns_it(
 
     asyncio.run(scenario())
     gw.store.db.close()
+
+
+def test_the_model_served_after_a_reload_runs_with_the_new_settings(tmp_path: Path) -> None:
+    """The reload window: a request arrives while a changed model drains its last answer.
+    Whatever serves it after the reload must be started from the new config, never the old.
+    (Seen before: gemma-a#2 started with the old --ctx-size and stayed so until a restart.)"""
+    model = "models:\n  m:\n    engine: command\n    command: [/bin/false, '{port}']\n"
+    config = tmp_path / "m.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n{model}    description: old\n")
+    gw = Gateway(load_config(config))
+    sched, node = gw.scheduler, gw.nodes["local"]
+    started_with: list[str] = []
+
+    async def start(name: str, timeout: float) -> tuple[Upstream, int | None]:
+        started_with.append(node.config.models[name].description)  # what the engine is made of
+        await asyncio.sleep(0.01)
+        return Upstream("http://127.0.0.1:9/v1"), None
+
+    async def stop(name: str, reason: str) -> None:
+        await asyncio.sleep(0.01)
+
+    node.start, node.stop = start, stop  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        sched.start_loop()
+        running = await sched.acquire("m")  # a long answer on the old settings
+        config.write_text(f"state_dir: {tmp_path / 'state'}\n{model}    description: new\n")
+        reload = asyncio.ensure_future(gw.reload(load_config(config)))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(sched.acquire("m"))  # comes in while it drains
+        await asyncio.sleep(0.05)
+        sched.release(running)  # the old answer ends: the model stops and starts again
+        served = await asyncio.wait_for(waiting, 5)
+        assert await asyncio.wait_for(reload, 5) == {"added": [], "changed": ["m"], "removed": []}
+        assert started_with == ["old", "new"]
+        sched.release(served)
+        await sched.close()
+
+    asyncio.run(scenario())
+    gw.store.db.close()
+
+
+def test_a_model_removed_while_it_answers_finishes_then_goes(tmp_path: Path) -> None:
+    two = (
+        "models:\n  keep:\n    engine: command\n    command: [/bin/false, '{port}']\n"
+        "  gone:\n    engine: command\n    command: [/bin/false, '{port}']\n"
+    )
+    config = tmp_path / "m.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n{two}")
+    gw = Gateway(load_config(config))
+    sched, node = gw.scheduler, gw.nodes["local"]
+    stopped: list[str] = []
+
+    async def start(name: str, timeout: float) -> tuple[Upstream, int | None]:
+        return Upstream("http://127.0.0.1:9/v1"), None
+
+    async def stop(name: str, reason: str) -> None:
+        stopped.append(name)
+
+    node.start, node.stop = start, stop  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        sched.start_loop()
+        answering = await sched.acquire("gone")
+        config.write_text(f"state_dir: {tmp_path / 'state'}\n{two.split('  gone:')[0]}")
+        reload = asyncio.ensure_future(gw.reload(load_config(config)))
+        await asyncio.sleep(0.05)
+        assert not reload.done() and stopped == []  # its answer goes on
+        assert sched.instances["gone"].state is State.DRAINING
+        sched.release(answering)
+        assert await asyncio.wait_for(reload, 5) == {
+            "added": [],
+            "changed": [],
+            "removed": ["gone"],
+        }
+        assert stopped == ["gone"] and "gone" not in sched.instances
+        assert "gone" not in sched.rules()
+        await sched.close()
+
+    asyncio.run(scenario())
+    gw.store.db.close()

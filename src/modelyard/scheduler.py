@@ -12,12 +12,13 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from modelyard.config import Config, LlamaCppModel, Model
 from modelyard.engines import Upstream
+from modelyard.events import Hub
 from modelyard.nodes import NodeHandle
 from modelyard.placement import Inventory, slow_link
 from modelyard.schedule import (
@@ -58,6 +59,7 @@ class Instance:
     """The loop's own record of one model's instance (mutated only by the loop's actions)."""
 
     model: str
+    node: str = ""  # where it was started: it is stopped there, even if the config moved it
     state: State = State.STOPPED
     in_flight: int = 0
     since: float = 0.0
@@ -124,9 +126,12 @@ class _Waiter:
 class Scheduler:
     """Starts, swaps and stops the instances of this node as requests need them."""
 
-    def __init__(self, config: Config, nodes: dict[str, NodeHandle], store: Store) -> None:
+    def __init__(
+        self, config: Config, nodes: dict[str, NodeHandle], store: Store, events: Hub
+    ) -> None:
         self.nodes = nodes
-        self.store = store
+        self.store = store  # read for typical load times; state changes go to ``events``
+        self.events = events
         self.instances: dict[str, Instance] = {}
         self._waiters: list[_Waiter] = []
         self._took: dict[str, deque[float]] = {}  # recent requests' seconds on a slot
@@ -135,9 +140,22 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._retired: dict[str, ModelRule] = {}  # removed from the config, still running
+        self._rules: dict[str, ModelRule] | None = None
         self.apply_config(config)
 
-    def apply_config(self, config: Config) -> None:
+    def apply_config(
+        self, config: Config, changed: Iterable[str] = (), removed: Iterable[str] = ()
+    ) -> None:
+        """Take ``config`` now: every start from here on uses it.
+
+        Instances of ``changed`` and ``removed`` models that run on the old settings are
+        told to stop once their requests finish (bounded by the drain timeout); a changed
+        one comes back on the new settings when a request needs it. A removed one keeps its
+        old rule until it has stopped, then goes. Done in one step, with no await: a start
+        in between would use the old settings (the reload window).
+        """
+        old = self.rules() if changed or removed else {}
         self.config = config
         s = config.scheduler
         self.timing = Timing(
@@ -149,8 +167,32 @@ class Scheduler:
         )
         for name in config.models:
             self.instances.setdefault(name, Instance(name))
-        self._rules: dict[str, ModelRule] | None = None
+        for name in [*changed, *removed]:
+            inst = self.instances.get(name)
+            if inst is None:
+                continue
+            if inst.state in (State.STOPPED, State.FAILED):
+                if name not in config.models:
+                    del self.instances[name]
+                continue
+            inst.stop_wanted = True
+            if name not in config.models and name in old:
+                self._retired[name] = old[name]
+        self._rules = None
         self._kick()
+
+    async def retired(self, names: Iterable[str], generation: dict[str, int]) -> None:
+        """Wait until none of ``names`` runs on the settings it had at ``generation``."""
+
+        def done(name: str) -> bool:
+            inst = self.instances.get(name)
+            return (
+                inst is None
+                or inst.state in (State.STOPPED, State.FAILED)
+                or inst.generation > generation.get(name, 0)
+            )
+
+        await self._until(lambda: all(done(n) for n in names))
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -190,7 +232,7 @@ class Scheduler:
         return self._rules
 
     def _work_out_rules(self) -> dict[str, ModelRule]:
-        rules = {}
+        rules = dict(self._retired)
         for name, m in self.config.models.items():
             node = self.config.node_of(name)
             need = self.nodes[node].need(name)
@@ -219,6 +261,16 @@ class Scheduler:
         self._rules = None
         self._kick()
 
+    def _said(
+        self, inst: Instance, event: str, detail: str = "", seconds: float | None = None
+    ) -> None:
+        """Publish what became of ``inst`` (the store records it; subscribers see it)."""
+        self.events.publish(
+            "instance", model=inst.model, event=event, state=inst.state.value,
+            instance=inst.id if inst.generation else None, node=inst.node or None,
+            detail=detail, seconds=seconds,
+        )  # fmt: skip
+
     def _pulse(self) -> None:
         """Wake whoever waits for a state change (admin commands)."""
         old, self._changed = self._changed, asyncio.Event()
@@ -242,12 +294,16 @@ class Scheduler:
         if isinstance(action, Start):
             inst.state = State.STARTING
             inst.generation += 1
+            inst.node = self.config.node_of(inst.model)
+            expected = self.store.typical_load_seconds(inst.model)  # for a progress bar
+            self._said(inst, "starting", action.reason, expected)
             inst.task = asyncio.create_task(self._starting(inst))
         elif isinstance(action, Drain):
             inst.state = State.DRAINING
-            self.store.event(inst.model, "draining", action.reason)
+            self._said(inst, "draining", action.reason)
         elif isinstance(action, Stop):
             inst.state = State.STOPPING
+            self._said(inst, "stopping", action.reason)
             inst.task = asyncio.create_task(self._stopping(inst, action.reason))
         self._pulse()
 
@@ -256,8 +312,7 @@ class Scheduler:
         timeout = model.start_timeout or self.config.scheduler.start_timeout
         began = time.monotonic()
         try:
-            node = self.nodes[self.config.node_of(inst.model)]
-            inst.upstream, inst.pid = await node.start(inst.model, timeout)
+            inst.upstream, inst.pid = await self.nodes[inst.node].start(inst.model, timeout)
         except StartError as exc:
             inst.failures += 1
             inst.restarts += 1
@@ -265,22 +320,25 @@ class Scheduler:
             inst.state, inst.since, inst.stop_wanted = State.FAILED, time.monotonic(), False
             gave_up = inst.failures >= self.timing.max_restarts
             inst.retry_at = None if gave_up else inst.since + self.timing.backoff(inst.failures)
-            self.store.event(inst.model, "failed", "\n".join([str(exc), *exc.tail]))
+            self._said(inst, "failed", "\n".join([str(exc), *exc.tail]))
         else:
             now = time.monotonic()
             inst.state, inst.since, inst.last_used = State.READY, now, now
             inst.failures, inst.retry_at, inst.restart, inst.error = 0, None, False, None
-            self.store.event(inst.model, "ready", f"pid {inst.pid}", now - began)
+            self._said(inst, "ready", f"pid {inst.pid}", now - began)
         self._pulse()
         self._kick()
 
     async def _stopping(self, inst: Instance, reason: str) -> None:
         try:
-            await self.nodes[self.config.node_of(inst.model)].stop(inst.model, reason)
+            await self.nodes[inst.node].stop(inst.model, reason)
         finally:
             inst.state, inst.since = State.STOPPED, time.monotonic()
             inst.upstream, inst.pid, inst.stop_wanted = None, None, False
-            self.store.event(inst.model, "stopped", reason)
+            self._said(inst, "stopped", reason)
+            if self._retired.pop(inst.model, None) is not None:
+                del self.instances[inst.model]  # removed from the config: gone for good
+                self._rules = None
             self._pulse()
             self._kick()
 
@@ -296,7 +354,7 @@ class Scheduler:
         inst.error, inst.restart = why, True
         gave_up = inst.failures >= self.timing.max_restarts
         inst.retry_at = None if gave_up else now + self.timing.backoff(inst.failures)
-        self.store.event(model, "crashed", why)
+        self._said(inst, "crashed", why)
         self._pulse()
         self._kick()
 
@@ -312,7 +370,7 @@ class Scheduler:
             None,
         )
         inst.reason = why
-        self.store.event(model, "stopped", why)
+        self._said(inst, "stopped", why)
         self._pulse()
         self._kick()
 
@@ -425,7 +483,7 @@ class Scheduler:
                 elif now - lease.orphaned > 1.0:
                     found.append(inst.model)
                     self.leaks[inst.model] = self.leaks.get(inst.model, 0) + 1
-                    self.store.event(inst.model, "leak", f"a place of {inst.id} handed back")
+                    self._said(inst, "leak", f"a place of {inst.id} handed back")
                     self.release(lease)
             if inst.in_flight != len(inst.leases):
                 drift[inst.model] = inst.in_flight - len(inst.leases)

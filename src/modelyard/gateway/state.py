@@ -11,6 +11,7 @@ import aiohttp
 
 from modelyard import __version__
 from modelyard.config import Config, RemoteModel
+from modelyard.events import Hub
 from modelyard.gateway.proxy import UpstreamClient, new_client
 from modelyard.nodes import LocalNode, NodeHandle, RemoteNode
 from modelyard.routing import Cluster, header_names
@@ -37,7 +38,9 @@ class Gateway:
         )
         self.client: UpstreamClient = None  # type: ignore[assignment]  # set in open()
         self.nodes: dict[str, NodeHandle] = {}
-        self.scheduler = Scheduler(config, self.nodes, self.store)
+        self.events = Hub()
+        self.events.listen(self.store.on_event, ("instance", "config"))
+        self.scheduler = Scheduler(config, self.nodes, self.store, self.events)
         for name, spec in config.nodes.items():
             if spec.url is None:
                 self.nodes[name] = LocalNode(name, config, self.store, self.supervisor)
@@ -88,9 +91,11 @@ class Gateway:
         """Agents' status (reachability, mode, GPUs, exits), local GPUs, remote URLs."""
         while True:
             await asyncio.sleep(POLL_SECONDS)
+            before = self.node_views()
             await asyncio.gather(
                 *(node.refresh() for node in self.nodes.values()), self._probe_remotes()
             )
+            self.publish_nodes(before)
             self.scheduler.poke()
             self.scheduler.audit()
 
@@ -113,6 +118,16 @@ class Gateway:
 
         remotes = [(n, m) for n, m in self.config.models.items() if isinstance(m, RemoteModel)]
         await asyncio.gather(*(probe(n, m) for n, m in remotes))
+
+    def node_views(self) -> dict[str, tuple[str, bool]]:
+        """Each node's mode and reachability now."""
+        return {n: (v.mode, v.reachable) for n, node in self.nodes.items() for v in [node.view()]}
+
+    def publish_nodes(self, before: dict[str, tuple[str, bool]]) -> None:
+        """A ``node`` event for each node whose mode or reachability is not as ``before``."""
+        for name, (mode, reachable) in self.node_views().items():
+            if before.get(name) != (mode, reachable):
+                self.events.publish("node", node=name, mode=mode, reachable=reachable)
 
     def cluster(self) -> Cluster:
         """What routing reads of the cluster now."""
@@ -146,19 +161,18 @@ class Gateway:
         old = self.config
         removed = [m for m in old.models if m not in new.models]
         changed = [m for m in old.models if m in new.models and old.models[m] != new.models[m]]
-        await asyncio.gather(*(self.scheduler.stop(m) for m in removed + changed))
+        # All at once, no await between: routing, the nodes and the scheduler take the new
+        # config together, so nothing starts on the old settings after this point.
+        generation = {m: i.generation for m, i in self.scheduler.instances.items()}
         self.config = new
         self._rule_names = frozenset(r.name for r in new.policy)
         self.routing_headers = header_names(new)
         for node in self.nodes.values():
             node.config = new  # type: ignore[attr-defined]
-        self.scheduler.apply_config(new)
-        for name in removed:
-            self.scheduler.instances.pop(name, None)
+        self.scheduler.apply_config(new, changed, removed)
         added = [m for m in new.models if m not in old.models]
-        self.store.event(
-            "config", "reloaded", f"added {added}, changed {changed}, removed {removed}"
-        )
+        self.events.publish("config", added=added, changed=changed, removed=removed)
+        await self.scheduler.retired(removed + changed, generation)
         return {"added": added, "changed": changed, "removed": removed}
 
     def known_names(self) -> list[str]:
@@ -231,5 +245,6 @@ class Gateway:
             "nodes": [node.describe() for node in self.nodes.values()],
             "models": [self.describe(n) for n in self.config.models],
             "slot_audit": self.scheduler.audit(),
+            "event_subscribers": self.events.subscribers,
             "events": self.store.events(limit=20),
         }
