@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from modelyard.events import Event
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -213,6 +215,16 @@ class Store:
         )
         if event == "ready":
             self._load_cache.pop(model, None)
+
+    def on_event(self, event: Event) -> None:
+        """The hub's listener: instance events and reloads are kept (starts and stops of
+        a start, ``starting`` and ``stopping``, are not: their outcome is)."""
+        data = event.data
+        if event.kind == "instance" and data["event"] not in ("starting", "stopping"):
+            self.event(data["model"], data["event"], data["detail"], data["seconds"])
+        elif event.kind == "config":
+            added, changed, removed = data["added"], data["changed"], data["removed"]
+            self.event("config", "reloaded", f"added {added}, changed {changed}, removed {removed}")
 
     def events(self, model: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         query = "SELECT at, model, event, detail, seconds FROM events"

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from modelyard.config import ConfigError, load_config
+from modelyard.gateway import events_api
 from modelyard.gateway.body import CLOSE, BodyStalled, BodyTooLarge, read_body
 from modelyard.gateway.errors import error_response
 from modelyard.gateway.state import Gateway, ReloadRefused
@@ -139,10 +140,13 @@ async def set_mode(request: Request) -> Response:
         return error_response(
             400, f'expected {{"mode": NAME}} with NAME one of: {", ".join(modes)}', param="mode"
         )
+    before = gw.node_views()
     try:
         await gw.scheduler.set_mode(name, wanted)
     except AgentError as exc:
         return error_response(503, exc.message, code="node_unreachable")
+    finally:
+        gw.publish_nodes(before)
     return JSONResponse(gw.nodes[name].describe())
 
 
@@ -224,6 +228,7 @@ async def reload(request: Request) -> Response:
 
 
 routes = [
+    Route("/admin/events", events_api.events, methods=["GET"]),
     Route("/admin/reload", reload, methods=["POST"]),
     Route("/admin/decisions", decisions, methods=["GET"]),
     Route("/admin/decisions/{id}", decision, methods=["GET"]),

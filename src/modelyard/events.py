@@ -1,0 +1,123 @@
+"""The event hub: every state change of the yard, published once, read by whoever listens.
+
+Kinds: ``instance`` (a model's instance starting, ready, draining, stopped, failed,
+crashed, a leak handed back), ``node`` (a node's mode or reachability changed), ``config``
+(a reload applied) and ``request`` (a request finished: its row in the request log).
+
+Two ways to listen:
+
+- a *listener* is called inline for each event of its kinds (the store, which must not
+  miss one); it must be quick and never await;
+- a *subscription* is a bounded buffer read at its own pace (``GET /admin/events``,
+  ``modelyard top``, the console). One that falls behind loses its oldest events and is
+  told how many (a ``lost`` event); it never slows the gateway or holds more than its
+  buffer. A closed subscription is dropped from the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+KINDS = ("instance", "node", "config", "request")
+LOST = "lost"  # not published: what a subscription says when it dropped events
+BUFFER = 1000  # events a subscription keeps unread before it drops the oldest
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change: ``seq`` orders them (it never repeats within a gateway's run)."""
+
+    seq: int
+    at: float  # wall clock, seconds since the epoch
+    kind: str
+    data: Mapping[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "at": round(self.at, 3), "kind": self.kind, **self.data}
+
+
+Listener = Callable[[Event], None]
+
+
+class Subscription:
+    """A bounded buffer of events of ``kinds`` (None: all), read with ``next``."""
+
+    def __init__(self, hub: Hub, kinds: Collection[str] | None, size: int) -> None:
+        self.kinds = frozenset(kinds) if kinds is not None else None
+        self.lost = 0
+        self._hub = hub
+        self._buffer: deque[Event] = deque(maxlen=size)
+        self._ready = asyncio.Event()
+        self.closed = False
+
+    def offer(self, event: Event) -> None:
+        if len(self._buffer) == self._buffer.maxlen:
+            self.lost += 1  # the oldest goes: a slow reader never holds more than its buffer
+        self._buffer.append(event)
+        self._ready.set()
+
+    async def next(self, timeout: float | None = None) -> Event | None:
+        """The next event, a ``lost`` event if some were dropped since the last read, or
+        None after ``timeout`` seconds with nothing new."""
+        while not self._buffer and not self.lost:
+            self._ready.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._ready.wait()
+            except TimeoutError:
+                return None
+        if self.lost:
+            lost, self.lost = self.lost, 0
+            return Event(-1, time.time(), LOST, {"lost": lost})
+        return self._buffer.popleft()
+
+    def close(self) -> None:
+        self.closed = True
+        self._hub.unsubscribe(self)
+
+
+class Hub:
+    """Where events are published; see the module's docstring."""
+
+    def __init__(self) -> None:
+        self._seq = itertools.count(1)
+        self._listeners: list[tuple[frozenset[str] | None, Listener]] = []
+        self._subs: list[Subscription] = []
+
+    def publish(self, kind: str, **data: Any) -> Event:
+        event = Event(next(self._seq), time.time(), kind, data)
+        for kinds, listener in self._listeners:
+            if kinds is None or kind in kinds:
+                listener(event)
+        for sub in self._subs:
+            if sub.kinds is None or kind in sub.kinds:
+                sub.offer(event)
+        return event
+
+    def wants(self, kind: str) -> bool:
+        """Whether anyone listens to ``kind`` (skip building an event nobody reads)."""
+        return any(k is None or kind in k for k, _ in self._listeners) or any(
+            s.kinds is None or kind in s.kinds for s in self._subs
+        )
+
+    def listen(self, listener: Listener, kinds: Collection[str] | None = None) -> None:
+        self._listeners.append((frozenset(kinds) if kinds is not None else None, listener))
+
+    def subscribe(self, kinds: Collection[str] | None = None, size: int = BUFFER) -> Subscription:
+        sub = Subscription(self, kinds, size)
+        self._subs.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        if sub in self._subs:
+            self._subs.remove(sub)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
