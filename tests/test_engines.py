@@ -15,10 +15,9 @@ import pytest
 from aiohttp import web
 
 from modelyard.config import ConfigError, LlamaCppModel, Model, OllamaModel, VllmModel, parse_config
-from modelyard.engines import Launch, engine_for
+from modelyard.engines import Launch, StartError, engine_for
 from modelyard.engines.ollama import OllamaEngine, keep_alive_value
 from modelyard.engines.vllm import VllmEngine
-from modelyard.supervisor import StartError
 
 
 def model(spec: str, name: str = "m") -> Model:

@@ -11,8 +11,8 @@ import pytest
 from modelyard.config import load_config
 from modelyard.engines import Upstream
 from modelyard.gateway.state import Gateway
+from modelyard.instance import Refused
 from modelyard.schedule import Grant, State
-from modelyard.scheduler import Refused
 
 
 def test_a_grant_whose_server_exits_before_the_request_runs_is_refused(tmp_path: Path) -> None:

@@ -19,10 +19,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from modelyard.config import Config
+from modelyard.engines import StartError
 from modelyard.gateway.errors import error_response
-from modelyard.nodes import LocalNode, gpu_dict, need_dict
+from modelyard.nodes import LocalNode
 from modelyard.store import Store
-from modelyard.supervisor import StartError, Supervisor, describe_exit
+from modelyard.supervisor import Supervisor, describe_exit
+from modelyard.views import gpu_view, need_view, node_view
 
 
 class Agent:
@@ -50,9 +52,9 @@ class Agent:
         node = self.node
         needs = {m: node.need(m) for m in node.models()}
         return {
-            **node.describe(),
-            "gpus": [gpu_dict(g) for g in node.gpus()],
-            "needs": {m: need_dict(n) for m, n in needs.items() if n is not None},
+            **node_view(node, node.config),
+            "gpus": [gpu_view(g) for g in node.gpus()],
+            "needs": {m: need_view(n) for m, n in needs.items() if n is not None},
             "instances": {
                 m: {
                     "running": m in self.supervisor.processes,
@@ -142,7 +144,7 @@ def create_agent_app(config: Config, node: str) -> Starlette:
         if stop_models is None:
             stop_models = modes[wanted].stop_models
         await agent.node.set_mode(wanted, bool(stop_models))
-        return JSONResponse(agent.node.describe())
+        return JSONResponse(node_view(agent.node, agent.node.config))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

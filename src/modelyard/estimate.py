@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from modelyard.config import Config, LlamaCppModel
+from modelyard.config.schema import Config, LlamaCppModel
 from modelyard.placement import Gpu, Need, slow_link, split
 from modelyard.units import format_bytes
 

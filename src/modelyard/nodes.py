@@ -14,14 +14,14 @@ from typing import Any, Protocol
 import aiohttp
 
 from modelyard.config import Config, LlamaCppModel
-from modelyard.engines import Upstream, engine_for
+from modelyard.engines import StartError, Upstream, engine_for
 from modelyard.estimate import GgufFacts, need_for
 from modelyard.gguf_file import read_facts
 from modelyard.gpus import inventory
 from modelyard.placement import Gpu, Need
 from modelyard.schedule import NodeView
 from modelyard.store import Store
-from modelyard.supervisor import StartError, Supervisor
+from modelyard.supervisor import Supervisor
 
 
 class NodeHandle(Protocol):
@@ -38,30 +38,6 @@ class NodeHandle(Protocol):
     async def set_mode(self, mode: str, stop_models: bool) -> None: ...
     async def refresh(self) -> None: ...
     async def close(self) -> None: ...
-    def describe(self) -> dict[str, Any]: ...
-
-
-def gpu_dict(gpu: Gpu) -> dict[str, Any]:
-    return {
-        "index": gpu.index,
-        "name": gpu.name,
-        "memory_total": gpu.total,
-        "memory_used": gpu.used,
-        "utilization": gpu.utilization,
-        "temperature": gpu.temperature,
-        "power": gpu.power,
-        "measured": gpu.measured,
-        "pcie_gen": gpu.pcie_gen,
-        "pcie_width": gpu.pcie_width,
-    }
-
-
-def need_dict(need: Need) -> dict[str, Any]:
-    return {
-        "per_gpu": {str(k): v for k, v in need.per_gpu.items()},
-        "moe": need.moe,
-        "how": need.how,
-    }
 
 
 class LocalNode:
@@ -145,18 +121,6 @@ class LocalNode:
 
     async def close(self) -> None:
         await self.supervisor.close()
-
-    def describe(self) -> dict[str, Any]:
-        view = self.view()
-        return {
-            "name": self.name,
-            "url": None,
-            "reachable": True,
-            "mode": view.mode,
-            "kind": view.kind,
-            "modes": {m: s.kind for m, s in self.config.nodes[self.name].modes.items()},
-            "gpus": [gpu_dict(g) for g in self._gpus],
-        }
 
 
 class RemoteNode:
@@ -294,20 +258,6 @@ class RemoteNode:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
-
-    def describe(self) -> dict[str, Any]:
-        view = self.view()
-        return {
-            "name": self.name,
-            "url": self.url,
-            "reachable": self.reachable,
-            "error": self.error,
-            "last_seen": self.last_seen,
-            "mode": view.mode,
-            "kind": view.kind,
-            "modes": {m: s.kind for m, s in self.config.nodes[self.name].modes.items()},
-            "gpus": [gpu_dict(g) for g in self._gpus],
-        }
 
 
 class AgentError(Exception):

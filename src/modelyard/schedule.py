@@ -405,3 +405,18 @@ def _ready(
             plan.actions.append(Stop(rule.name, f"idle for {rule.ttl:g}s (ttl)"))
         else:
             plan.wake(expires)
+
+
+def queue_wait(
+    ahead: int, took: Sequence[float], running: Sequence[float], slots: int, load: float | None
+) -> float:
+    """Seconds until a request refused now would be served at once if it came back.
+
+    The ``ahead`` requests waiting and itself, served ``slots`` at a time, each taking as
+    long as the last ones did (``took``, seconds on a slot); before any finished, as long
+    as the oldest ``running`` one has run so far. ``load``: the typical load time of a model
+    not ready yet (None when it is).
+    """
+    each = sum(took) / len(took) if took else max(running, default=0.0)
+    drain = (ahead + 1) * each / slots
+    return max(drain, 1.0) if load is None else load + drain

@@ -13,19 +13,19 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from modelyard.config import Config, LlamaCppModel, Model
-from modelyard.engines import Upstream
+from modelyard.config import Config
+from modelyard.engines import StartError
 from modelyard.events import Hub
+from modelyard.instance import Instance, Lease, Refused, slots_of
 from modelyard.nodes import NodeHandle
 from modelyard.placement import Inventory, slow_link
 from modelyard.schedule import (
     Action,
     Drain,
     Grant,
-    InstanceView,
     ModelRule,
     Refuse,
     Start,
@@ -35,84 +35,10 @@ from modelyard.schedule import (
     Waiter,
     decide,
     granted_at_once,
+    queue_wait,
     quiet_release,
 )
 from modelyard.store import Store
-from modelyard.supervisor import StartError
-
-
-class Refused(Exception):
-    """A request the scheduler will not serve now; ``status`` is the HTTP status to answer."""
-
-    def __init__(
-        self, status: int, reason: str, retry_after: float | None = None, timed_out: bool = False
-    ) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.retry_after = retry_after
-        self.timed_out = timed_out  # the wait ran out, nothing refused it
-
-
-@dataclass
-class Instance:
-    """The loop's own record of one model's instance (mutated only by the loop's actions)."""
-
-    model: str
-    node: str = ""  # where it was started: it is stopped there, even if the config moved it
-    state: State = State.STOPPED
-    in_flight: int = 0
-    since: float = 0.0
-    last_used: float = 0.0
-    failures: int = 0
-    restarts: int = 0  # crashes and failed starts since the gateway began (a counter)
-    retry_at: float | None = None
-    restart: bool = False
-    stop_wanted: bool = False
-    error: str | None = None
-    reason: str = ""  # why it entered its state
-    generation: int = 0
-    upstream: Upstream | None = None
-    pid: int | None = None
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
-    leases: set[Lease] = field(default_factory=set, repr=False)  # one per request in flight
-
-    @property
-    def id(self) -> str:
-        return f"{self.model}#{self.generation}"
-
-    def view(self) -> InstanceView:
-        return InstanceView(
-            self.model,
-            self.state,
-            self.in_flight,
-            self.since,
-            self.last_used,
-            self.failures,
-            self.retry_at,
-            self.restart,
-            self.stop_wanted,
-            self.error,
-        )
-
-
-@dataclass(eq=False)
-class Lease:
-    """One request's place on an instance, handed back exactly once (``Scheduler.release``).
-
-    ``owner`` is the task of the request that holds it: once that task is done, the place
-    must be back; the audit (``Scheduler.audit``) reports and returns any that is not.
-    """
-
-    instance: Instance
-    owner: asyncio.Task[Any] | None
-    since: float  # monotonic: when it was granted
-    held: bool = True
-    orphaned: float | None = None  # monotonic: when an audit first saw its owner done
-
-    @property
-    def id(self) -> str:
-        return self.instance.id
 
 
 @dataclass
@@ -244,7 +170,7 @@ class Scheduler:
                 if problem and self.config.placement.moe_on_slow_link == "refuse":
                     blocked = f"{name} refused: {problem} (placement.moe_on_slow_link: refuse)"
             rules[name] = ModelRule(
-                name, m.swap_group, m.pinned, m.ttl, node, need, blocked, _slots(m), m.queue
+                name, m.swap_group, m.pinned, m.ttl, node, need, blocked, slots_of(m), m.queue
             )
         return rules
 
@@ -490,27 +416,14 @@ class Scheduler:
         return {"leaks_found": found, "leaks_total": sum(self.leaks.values()), "drift": drift}
 
     def _queue_wait(self, model: str, now: float) -> float:
-        """Seconds until a request refused now would be served at once if it came back.
-
-        The requests ahead of it and itself, served ``slots`` at a time, each taking as
-        long as the last ones did (up to 50); before any finished, as long as the oldest
-        running one has run so far. A model not ready adds its typical load time.
-        """
         inst = self.instances[model]
-        ahead = sum(1 for w in self._waiters if w.waiter.model == model and not w.admin)
-        took = self._took.get(model)
-        if took:
-            each = sum(took) / len(took)
-        else:
-            each = max((now - lease.since for lease in inst.leases), default=0.0)
-        slots = self.rules()[model].slots or max(inst.in_flight, 1)
-        drain = (ahead + 1) * each / slots
-        if inst.state is State.READY:
-            return max(drain, 1.0)
-        typical = self.store.typical_load_seconds(model)  # a load away, then the line
-        return (typical or 5.0) + drain
-
-    # -- admin ------------------------------------------------------------------------------
+        return queue_wait(
+            sum(1 for w in self._waiters if w.waiter.model == model and not w.admin),
+            list(self._took.get(model, ())),
+            [now - lease.since for lease in inst.leases],
+            self.rules()[model].slots or max(inst.in_flight, 1),
+            None if inst.state is State.READY else self.store.typical_load_seconds(model) or 5.0,
+        )
 
     async def start(self, model: str, timeout: float | None = None) -> Instance:
         """Start ``model`` (swapping if needed) and wait until it is ready."""
@@ -572,29 +485,6 @@ class Scheduler:
             on_node = [m for m in self.config.models if self.config.node_of(m) == node]
             await asyncio.gather(*(self.stop(m) for m in on_node))
 
-    def describe(self, inst: Instance) -> dict[str, Any]:
-        """The instance as the APIs show it."""
-        now = time.monotonic()
-        return {
-            "node": self.config.node_of(inst.model),
-            "state": inst.state.value,
-            "instance": inst.id if inst.generation else None,
-            "pid": inst.pid,
-            "upstream": inst.upstream.base_url if inst.upstream else None,
-            "in_flight": inst.in_flight,
-            "slots": _slots(self.config.models[inst.model]),
-            "waiting": sum(
-                1 for w in self._waiters if w.waiter.model == inst.model and not w.admin
-            ),
-            "since_s": round(now - inst.since, 1) if inst.generation else None,
-            "progress": self.progress(inst),
-            "reason": inst.reason or None,
-            "error": inst.error,
-            "retry_in_s": round(inst.retry_at - now, 1) if inst.retry_at else None,
-            "failures": inst.failures,
-            "restarts": inst.restarts,
-        }
-
     async def close(self) -> None:
         if self._loop_task is not None:
             self._loop_task.cancel()
@@ -605,8 +495,3 @@ class Scheduler:
             if not entry.future.done():
                 entry.future.set_exception(Refused(503, "the gateway is shutting down"))
         await asyncio.gather(*(node.close() for node in self.nodes.values()))
-
-
-def _slots(model: Model) -> int | None:
-    """Requests a model serves at once: its `slots`, else llama.cpp's `parallel`, else no cap."""
-    return model.slots or (model.parallel if isinstance(model, LlamaCppModel) else None)

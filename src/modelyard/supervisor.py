@@ -29,24 +29,14 @@ from pathlib import Path
 import aiohttp
 
 from modelyard.engines import Engine, Launch, Upstream
+from modelyard.engines.base import NOTE, StartError
 from modelyard.reaper import TAG, boot_id, proc_stat, reap_leftovers
 from modelyard.store import EngineRow, Store
 
 LOG_LINES = 2000  # kept in memory per instance for `modelyard logs`
 LOG_FILE_BYTES = 5 * 1024 * 1024  # each instance's log file is rotated past this
-NOTE = "[modelyard "  # how modelyard's own lines in an engine log begin
 
 log = logging.getLogger("modelyard.supervisor")
-
-
-class StartError(Exception):
-    """An instance failed to start: ``str()`` says why, ``tail`` has the engine's last lines."""
-
-    def __init__(self, reason: str, tail: list[str] | None = None) -> None:
-        engine_lines = (ln for ln in reversed(tail or []) if ln.strip() and not ln.startswith(NOTE))
-        last = next(engine_lines, None)
-        super().__init__(f"{reason}; last output: {last.strip()}" if last else reason)
-        self.tail = tail or []
 
 
 def describe_exit(code: int | None) -> str:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from modelyard.config.checks import cross_check, cross_check_parts
 from modelyard.config.schema import Config
+from modelyard.estimate import placement_problems
 
 _SCALARS = yaml.SafeLoader("")  # only its scalar constructors are used
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -101,8 +102,6 @@ def parse_config(text: str, filename: str, environ: Mapping[str, str]) -> Config
     found = [f for f in found if not any(_overlap(f.key, i.key) for i in issues)]
     if issues or found or config is None:
         raise ConfigError(issues + found)
-    from modelyard.estimate import placement_problems  # estimate builds on this module
-
     problems = placement_problems(config)
     fatal = [(p, m) for p, m, f in problems if f]
     if fatal:

@@ -10,14 +10,14 @@ from modelyard.config import (
     RemoteModel,
     VllmModel,
 )
-from modelyard.engines.base import Engine, Launch, Upstream
+from modelyard.engines.base import Engine, Launch, StartError, Upstream
 from modelyard.engines.command import CommandEngine
 from modelyard.engines.llamacpp import LlamaCppEngine
 from modelyard.engines.ollama import OllamaEngine
 from modelyard.engines.remote import RemoteEngine
 from modelyard.engines.vllm import VllmEngine
 
-__all__ = ["Engine", "Launch", "Upstream", "engine_for"]
+__all__ = ["Engine", "Launch", "StartError", "Upstream", "engine_for"]
 
 
 def engine_for(model: Model, llama_binary: str | None = None, host: str = "127.0.0.1") -> Engine:

@@ -77,3 +77,16 @@ class Engine:
 
     async def before_stop(self, session: aiohttp.ClientSession, port: int) -> None:
         """Before SIGTERM: e.g. unload the model from a daemon (Ollama)."""
+
+
+NOTE = "[modelyard "  # how modelyard's own lines in an engine log begin
+
+
+class StartError(Exception):
+    """An instance failed to start: ``str()`` says why, ``tail`` has the engine's last lines."""
+
+    def __init__(self, reason: str, tail: list[str] | None = None) -> None:
+        engine_lines = (ln for ln in reversed(tail or []) if ln.strip() and not ln.startswith(NOTE))
+        last = next(engine_lines, None)
+        super().__init__(f"{reason}; last output: {last.strip()}" if last else reason)
+        self.tail = tail or []

@@ -13,7 +13,14 @@ from typing import Any
 import aiohttp
 
 from modelyard.config import OllamaModel
-from modelyard.engines.base import Engine, Launch, Upstream, gpu_env, missing_program
+from modelyard.engines.base import (
+    Engine,
+    Launch,
+    StartError,
+    Upstream,
+    gpu_env,
+    missing_program,
+)
 
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 
@@ -69,7 +76,6 @@ class OllamaEngine(Engine):
         return {"model": self.model.model, "keep_alive": 0}
 
     async def after_ready(self, session: aiohttp.ClientSession, port: int) -> None:
-        from modelyard.supervisor import StartError  # the supervisor imports the engines
 
         # No total limit: loading a large model takes minutes, and Ollama gives up on its
         # own (OLLAMA_LOAD_TIMEOUT) with an error that is more useful than ours.

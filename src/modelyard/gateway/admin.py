@@ -15,11 +15,12 @@ from modelyard.gateway import events_api
 from modelyard.gateway.body import CLOSE, BodyStalled, BodyTooLarge, read_body
 from modelyard.gateway.errors import error_response
 from modelyard.gateway.state import Gateway, ReloadRefused
+from modelyard.instance import Refused
 from modelyard.nodes import AgentError
 from modelyard.routing import features, route
-from modelyard.scheduler import Refused
 from modelyard.supervisor import LOG_LINES
 from modelyard.units import parse_duration
+from modelyard.views import model_view, node_view
 
 
 async def read_json(request: Request) -> Any:
@@ -48,7 +49,7 @@ async def status(request: Request) -> Response:
 
 async def models(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
-    return JSONResponse({"models": [gw.describe(n) for n in gw.config.models]})
+    return JSONResponse({"models": [model_view(gw.scheduler, n) for n in gw.config.models]})
 
 
 def _model(request: Request) -> tuple[Gateway, str] | Response:
@@ -73,7 +74,7 @@ async def start(request: Request) -> Response:
         await gw.scheduler.start(name, timeout=gw.wait_timeout(name))
     except Refused as exc:
         return error_response(exc.status, exc.reason, code="start_failed")
-    return JSONResponse(gw.describe(name))
+    return JSONResponse(model_view(gw.scheduler, name))
 
 
 async def stop(request: Request) -> Response:
@@ -82,7 +83,7 @@ async def stop(request: Request) -> Response:
         return found
     gw, name = found
     await gw.scheduler.stop(name)
-    return JSONResponse(gw.describe(name))
+    return JSONResponse(model_view(gw.scheduler, name))
 
 
 async def restart(request: Request) -> Response:
@@ -95,7 +96,7 @@ async def restart(request: Request) -> Response:
         await gw.scheduler.start(name, timeout=gw.wait_timeout(name))
     except Refused as exc:
         return error_response(exc.status, exc.reason, code="start_failed")
-    return JSONResponse(gw.describe(name))
+    return JSONResponse(model_view(gw.scheduler, name))
 
 
 async def logs(request: Request) -> Response:
@@ -123,7 +124,7 @@ async def logs(request: Request) -> Response:
 
 async def nodes(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
-    return JSONResponse({"nodes": [node.describe() for node in gw.nodes.values()]})
+    return JSONResponse({"nodes": [node_view(node, gw.config) for node in gw.nodes.values()]})
 
 
 async def set_mode(request: Request) -> Response:
@@ -147,7 +148,7 @@ async def set_mode(request: Request) -> Response:
         return error_response(503, exc.message, code="node_unreachable")
     finally:
         gw.publish_nodes(before)
-    return JSONResponse(gw.nodes[name].describe())
+    return JSONResponse(node_view(gw.nodes[name], gw.config))
 
 
 async def decisions(request: Request) -> Response:

@@ -20,8 +20,8 @@ from starlette.responses import Response
 from modelyard.gateway.errors import error_response
 from modelyard.gateway.proxy import Result
 from modelyard.gateway.state import Gateway
+from modelyard.instance import Lease
 from modelyard.routing import CONTEXT, UNSERVED, Decision, context_use
-from modelyard.scheduler import Lease
 from modelyard.store import RequestRow
 from modelyard.telemetry import outcome
 

@@ -23,8 +23,9 @@ from modelyard.gateway.proxy import ProxyStream, Result, UpstreamUnavailable, fo
 from modelyard.gateway.state import Gateway
 from modelyard.gateway.timeouts import Deadline, limits_for
 from modelyard.gateway.watch import ClientWatch
+from modelyard.instance import Refused
 from modelyard.routing import AUTO, Decision, features, route, strip_tags
-from modelyard.scheduler import Refused
+from modelyard.views import model_cards
 
 _TRUE = {"1", "true", "yes", "on"}
 _ENDPOINTS = {
@@ -98,7 +99,7 @@ def _left_early(
 
 async def list_models(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
-    return JSONResponse({"object": "list", "data": gw.model_cards()})
+    return JSONResponse({"object": "list", "data": model_cards(gw.scheduler, gw.started)})
 
 
 async def retrieve_model(request: Request) -> Response:
@@ -107,7 +108,7 @@ async def retrieve_model(request: Request) -> Response:
     asked = request.path_params["model"]
     named = gw.config.resolve(asked)
     wanted = named.name if named is not None else asked
-    for card in gw.model_cards():
+    for card in model_cards(gw.scheduler, gw.started):
         if card["id"] == wanted:
             return JSONResponse(card)
     return _no_target(gw, asked)

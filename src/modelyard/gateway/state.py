@@ -9,16 +9,17 @@ from typing import Any
 
 import aiohttp
 
-from modelyard import __version__
 from modelyard.config import Config, RemoteModel
+from modelyard.engines import StartError
 from modelyard.events import Hub
 from modelyard.gateway.proxy import UpstreamClient, new_client
 from modelyard.nodes import LocalNode, NodeHandle, RemoteNode
 from modelyard.routing import Cluster, header_names
 from modelyard.scheduler import Scheduler
 from modelyard.store import Store
-from modelyard.supervisor import StartError, Supervisor, describe_exit
+from modelyard.supervisor import Supervisor, describe_exit
 from modelyard.telemetry import NodeReading, Telemetry
+from modelyard.views import status_view
 
 POLL_SECONDS = 2.0  # how often agents are asked for their status and GPUs are sampled
 
@@ -187,64 +188,11 @@ class Gateway:
         start = self.config.models[model].start_timeout or s.start_timeout
         return s.max_swap_delay + s.drain_timeout + s.stop_grace + start
 
-    def describe(self, name: str) -> dict[str, Any]:
-        model = self.config.models[name]
-        return {
-            "name": name,
-            "aliases": model.aliases,
-            "engine": model.engine,
-            "swap_group": model.swap_group,
-            "pinned": model.pinned,
-            "ttl_s": model.ttl,
-            **self.scheduler.describe(self.scheduler.instances[name]),
-        }
-
-    def model_cards(self) -> list[dict[str, Any]]:
-        """/v1/models entries: each model with its true state, then the tiers and ``auto``."""
-        cards = []
-        for name in self.config.models:
-            info = self.describe(name)
-            cards.append(
-                {
-                    "id": name,
-                    "object": "model",
-                    "created": int(self.started),
-                    "owned_by": "modelyard",
-                    **{k: info[k] for k in ("aliases", "engine", "state", "progress", "error")},
-                }
-            )
-        for tier in self.config.tiers:
-            cards.append(
-                {
-                    "id": tier,
-                    "object": "model",
-                    "created": int(self.started),
-                    "owned_by": "modelyard",
-                    "tier": self.config.tier_models(tier),
-                }
-            )
-        if self.config.policy:
-            cards.append(
-                {
-                    "id": "auto",
-                    "object": "model",
-                    "created": int(self.started),
-                    "owned_by": "modelyard",
-                    "policy": [r.name for r in self.config.policy],
-                }
-            )
-        return cards
-
     def status(self) -> dict[str, Any]:
-        return {
-            "version": __version__,
-            "config": str(self.config.source) if self.config.source else None,
-            "listen": self.config.listen,
-            "state_dir": str(self.config.state_dir),
-            "uptime_s": round(time.time() - self.started, 1),
-            "nodes": [node.describe() for node in self.nodes.values()],
-            "models": [self.describe(n) for n in self.config.models],
-            "slot_audit": self.scheduler.audit(),
-            "event_subscribers": self.events.subscribers,
-            "events": self.store.events(limit=20),
-        }
+        return status_view(
+            self.scheduler,
+            self.nodes,
+            self.started,
+            self.events.subscribers,
+            self.store.events(limit=20),
+        )

@@ -1,0 +1,117 @@
+"""Commands that run a server on this machine (the gateway, a node's agent) and make API keys."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import typer
+
+from modelyard.cli.config_files import load_or_exit
+from modelyard.cli.options import DEFAULT_CONFIG, ConfigOpt
+from modelyard.cli.output import err, out
+from modelyard.config import split_listen
+
+
+def serve(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    listen: Annotated[str | None, typer.Option(help="HOST:PORT, overrides `listen:`.")] = None,
+) -> None:
+    """Run the gateway on the config's port."""
+    # Imported here: the gateway and uvicorn are heavy, and `modelyard --help` should be quick.
+    from modelyard.gateway import create_app
+    from modelyard.gateway.connection import run_server
+
+    cfg = load_or_exit(config)
+    if listen is not None:
+        try:
+            split_listen(listen)
+        except ValueError as exc:
+            err.print(f"--listen {exc}")
+            raise typer.Exit(2) from None
+        cfg = cfg.model_copy(update={"listen": listen})
+    host, port = split_listen(cfg.listen)
+    if not cfg.access.keys and not cfg.access.allow_open_lan and not _loopback(host):
+        err.print(
+            f"refusing to serve {host}:{port} with no API keys: anyone on the network could use "
+            "it. Add keys under access.keys (modelyard key NAME), bind 127.0.0.1, or set "
+            "access.allow_open_lan: true"
+        )
+        raise typer.Exit(2)
+    err.print(f"modelyard: {len(cfg.models)} model(s) from {config}, listening on {host}:{port}")
+    # On SIGTERM/SIGINT: stop taking requests, let those running finish (bounded by the
+    # drain timeout), then stop the engines.
+    run_server(
+        create_app(cfg),
+        host,
+        port,
+        cfg.access,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=int(cfg.scheduler.drain_timeout) or 1,
+    )
+
+
+def agent(
+    node: Annotated[str, typer.Option("--node", help="Which node of the config this machine is.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT; default: from the node's url.")
+    ] = None,
+) -> None:
+    """Run the agent of NODE: its GPUs, its mode and its engines, for a gateway elsewhere."""
+    from modelyard.agent import create_agent_app
+    from modelyard.gateway.connection import run_server
+
+    cfg = load_or_exit(config)
+    spec = cfg.nodes.get(node)
+    if spec is None or spec.url is None:
+        remote = [n for n, s in cfg.nodes.items() if s.url]
+        err.print(f"{node!r} is not a node with an url in {config}; those are: {', '.join(remote)}")
+        raise typer.Exit(2)
+    parts = urlsplit(spec.url)
+    host, port = split_listen(listen) if listen else (parts.hostname or "0.0.0.0", parts.port or 80)
+    if not listen and not _is_ip(host):
+        host = "0.0.0.0"  # a name in the url: listen on every address
+    err.print(f"modelyard agent of node {node} on {host}:{port}")
+    run_server(
+        create_agent_app(cfg, node), host, port, cfg.access, log_level="info", access_log=False
+    )
+
+
+def new_key(
+    name: Annotated[str, typer.Argument(help="A name for whoever gets the key.")],
+    admin: Annotated[bool, typer.Option(help="Also the admin scope.")] = False,
+) -> None:
+    """Make a new API key: the key for its holder, and the lines for access.keys."""
+    import hashlib
+    import secrets
+
+    key = "my-" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    scopes = "[user, admin]" if admin else "[user]"
+    out.print(f"key (give it to {name}; it is not kept anywhere): {key}", highlight=False)
+    out.print("add to the config under access.keys:", highlight=False)
+    out.print(f"  - {{name: {name}, sha256: {digest}, scopes: {scopes}}}", markup=False)
+
+
+def _loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host``: serving it open is no risk to the LAN."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

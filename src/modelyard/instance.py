@@ -1,0 +1,94 @@
+"""An instance of a model and the places requests hold on it.
+
+The scheduler's loop is the only writer of an ``Instance``; a ``Lease`` is one request's
+place on it, handed back exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelyard.config import LlamaCppModel, Model
+from modelyard.engines import Upstream
+from modelyard.schedule import InstanceView, State
+
+
+class Refused(Exception):
+    """A request the scheduler will not serve now; ``status`` is the HTTP status to answer."""
+
+    def __init__(
+        self, status: int, reason: str, retry_after: float | None = None, timed_out: bool = False
+    ) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+        self.timed_out = timed_out  # the wait ran out, nothing refused it
+
+
+@dataclass
+class Instance:
+    """The loop's own record of one model's instance (mutated only by the loop's actions)."""
+
+    model: str
+    node: str = ""  # where it was started: it is stopped there, even if the config moved it
+    state: State = State.STOPPED
+    in_flight: int = 0
+    since: float = 0.0
+    last_used: float = 0.0
+    failures: int = 0
+    restarts: int = 0  # crashes and failed starts since the gateway began (a counter)
+    retry_at: float | None = None
+    restart: bool = False
+    stop_wanted: bool = False
+    error: str | None = None
+    reason: str = ""  # why it entered its state
+    generation: int = 0
+    upstream: Upstream | None = None
+    pid: int | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+    leases: set[Lease] = field(default_factory=set, repr=False)  # one per request in flight
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}#{self.generation}"
+
+    def view(self) -> InstanceView:
+        return InstanceView(
+            self.model,
+            self.state,
+            self.in_flight,
+            self.since,
+            self.last_used,
+            self.failures,
+            self.retry_at,
+            self.restart,
+            self.stop_wanted,
+            self.error,
+        )
+
+
+@dataclass(eq=False)
+class Lease:
+    """One request's place on an instance, handed back exactly once (``Scheduler.release``).
+
+    ``owner`` is the task of the request that holds it: once that task is done, the place
+    must be back; the audit (``Scheduler.audit``) reports and returns any that is not.
+    """
+
+    instance: Instance
+    owner: asyncio.Task[Any] | None
+    since: float  # monotonic: when it was granted
+    held: bool = True
+    orphaned: float | None = None  # monotonic: when an audit first saw its owner done
+
+    @property
+    def id(self) -> str:
+        return self.instance.id
+
+
+def slots_of(model: Model) -> int | None:
+    """Requests a model serves at once: its `slots`, else llama.cpp's `parallel`, else no cap."""
+    return model.slots or (model.parallel if isinstance(model, LlamaCppModel) else None)

@@ -1,0 +1,135 @@
+"""The API's views: the JSON of models, instances, nodes, GPUs and the gateway's status.
+
+One place for what ``/v1/models``, ``/admin/*`` and an agent's status show, so the
+console, the CLI and ``modelyard top`` read the same shapes, built from the live objects
+without changing them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from modelyard import __version__
+from modelyard.config import Config
+from modelyard.instance import Instance, slots_of
+from modelyard.nodes import NodeHandle, RemoteNode
+from modelyard.placement import Gpu, Need
+
+if TYPE_CHECKING:
+    from modelyard.scheduler import Scheduler
+
+
+def gpu_view(gpu: Gpu) -> dict[str, Any]:
+    return {
+        "index": gpu.index,
+        "name": gpu.name,
+        "memory_total": gpu.total,
+        "memory_used": gpu.used,
+        "utilization": gpu.utilization,
+        "temperature": gpu.temperature,
+        "power": gpu.power,
+        "measured": gpu.measured,
+        "pcie_gen": gpu.pcie_gen,
+        "pcie_width": gpu.pcie_width,
+    }
+
+
+def need_view(need: Need) -> dict[str, Any]:
+    return {
+        "per_gpu": {str(k): v for k, v in need.per_gpu.items()},
+        "moe": need.moe,
+        "how": need.how,
+    }
+
+
+def node_view(node: NodeHandle, config: Config) -> dict[str, Any]:
+    """A node: where it is, whether it answers, its mode and its GPUs."""
+    view = node.view()
+    out: dict[str, Any] = {"name": node.name}
+    if isinstance(node, RemoteNode):
+        out |= {"url": node.url, "reachable": node.reachable, "error": node.error,
+                "last_seen": node.last_seen}  # fmt: skip
+    else:
+        out |= {"url": None, "reachable": True}
+    return out | {
+        "mode": view.mode,
+        "kind": view.kind,
+        "modes": {m: s.kind for m, s in config.nodes[node.name].modes.items()},
+        "gpus": [gpu_view(g) for g in node.gpus()],
+    }
+
+
+def instance_view(sched: Scheduler, inst: Instance) -> dict[str, Any]:
+    """A model's instance: its state, process, places in use and waiting, and why."""
+    now = time.monotonic()
+    return {
+        "node": sched.config.node_of(inst.model),
+        "state": inst.state.value,
+        "instance": inst.id if inst.generation else None,
+        "pid": inst.pid,
+        "upstream": inst.upstream.base_url if inst.upstream else None,
+        "in_flight": inst.in_flight,
+        "slots": slots_of(sched.config.models[inst.model]),
+        "waiting": sched.waiting().get(inst.model, 0),
+        "since_s": round(now - inst.since, 1) if inst.generation else None,
+        "progress": sched.progress(inst),
+        "reason": inst.reason or None,
+        "error": inst.error,
+        "retry_in_s": round(inst.retry_at - now, 1) if inst.retry_at else None,
+        "failures": inst.failures,
+        "restarts": inst.restarts,
+    }
+
+
+def model_view(sched: Scheduler, name: str) -> dict[str, Any]:
+    """A model as configured, with its instance."""
+    model = sched.config.models[name]
+    return {
+        "name": name,
+        "aliases": model.aliases,
+        "engine": model.engine,
+        "swap_group": model.swap_group,
+        "pinned": model.pinned,
+        "ttl_s": model.ttl,
+        **instance_view(sched, sched.instances[name]),
+    }
+
+
+def model_cards(sched: Scheduler, started: float) -> list[dict[str, Any]]:
+    """/v1/models entries: each model with its true state, then the tiers and ``auto``."""
+    config = sched.config
+    base = {"object": "model", "created": int(started), "owned_by": "modelyard"}
+    cards = []
+    for name in config.models:
+        info = model_view(sched, name)
+        shown = {k: info[k] for k in ("aliases", "engine", "state", "progress", "error")}
+        cards.append({"id": name, **base, **shown})
+    for tier in config.tiers:
+        cards.append({"id": tier, **base, "tier": config.tier_models(tier)})
+    if config.policy:
+        cards.append({"id": "auto", **base, "policy": [r.name for r in config.policy]})
+    return cards
+
+
+def status_view(
+    sched: Scheduler,
+    nodes: dict[str, NodeHandle],
+    started: float,
+    subscribers: int,
+    events: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The gateway: its config, nodes, models, slot audit and latest events."""
+    config = sched.config
+    return {
+        "version": __version__,
+        "config": str(config.source) if config.source else None,
+        "listen": config.listen,
+        "state_dir": str(config.state_dir),
+        "uptime_s": round(time.time() - started, 1),
+        "nodes": [node_view(node, config) for node in nodes.values()],
+        "models": [model_view(sched, n) for n in config.models],
+        "slot_audit": sched.audit(),
+        "event_subscribers": subscribers,
+        "events": events,
+    }
