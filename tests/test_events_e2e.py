@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import aiohttp
 import httpx
 import pytest
 
+from modelyard.top import Follower
 from tests.conftest import Gateway, stub_model, write_config
 
 pytestmark = pytest.mark.e2e
@@ -62,6 +64,19 @@ def test_instance_request_and_config_events_reach_a_subscriber(serve: Any, tmp_p
     assert seqs == sorted(seqs)
     r = httpx.get(gw.url + "/admin/events?kinds=instance,nope", timeout=10)
     assert r.status_code == 400 and r.json()["error"]["param"] == "kinds"
+
+    # `modelyard top` follows the same stream: a finished request shows at once.
+    recent: deque[dict[str, Any]] = deque(maxlen=5)
+    follower = Follower(gw.url, {}, recent)
+    follower.start()
+    time.sleep(0.5)  # subscribed
+    body["stub"] = {"tag": "seen-by-top"}
+    assert httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=30).is_success
+    assert follower.changed.wait(5)
+    deadline = time.monotonic() + 5
+    while not recent and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert recent and recent[0]["model"] == "slow" and recent[0]["status"] == 200
 
 
 def test_a_subscriber_that_stops_reading_is_bounded_then_dropped(

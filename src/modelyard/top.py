@@ -1,14 +1,21 @@
 """``modelyard top``: a live terminal view of nodes, GPUs, instances, queues and requests.
 
 ``frame`` lays out one view from what the gateway's admin API returns (``/admin/status``
-and ``/admin/requests``); the CLI fetches those every interval and redraws.
+and ``/admin/requests``). ``Follower`` reads the gateway's event stream
+(``/admin/events``): each finished request joins the list as it ends, and any change
+redraws at once; the status is read again on each change and every interval (GPU figures
+are sampled, not events).
 """
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from collections import deque
 from typing import Any
 
+import httpx
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -111,3 +118,37 @@ def _recent(requests: list[dict[str, Any]]) -> Table:
             f"{r['duration_s'] * 1000:.0f} ms",
         )
     return table
+
+
+class Follower(threading.Thread):
+    """Follows ``/admin/events`` in the background: finished requests go to the front of
+    ``recent``, and ``changed`` is set on every event. Reconnects after a second if the
+    stream breaks; a gateway without the stream is read by polling alone."""
+
+    def __init__(self, url: str, headers: dict[str, str], recent: deque[dict[str, Any]]) -> None:
+        super().__init__(daemon=True, name="modelyard-top-events")
+        self.url, self.headers, self.recent = url.rstrip("/"), headers, recent
+        self.changed = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                self._follow()
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(1.0)
+
+    def _follow(self) -> None:
+        path = "/admin/events?kinds=instance,node,config,request"
+        with httpx.stream("GET", self.url + path, headers=self.headers, timeout=None) as resp:
+            if resp.status_code != 200:
+                time.sleep(30)  # an older gateway: polling will do
+                return
+            kind = ""
+            for line in resp.iter_lines():
+                if line.startswith("event: "):
+                    kind = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    if kind == "request":
+                        self.recent.appendleft(json.loads(line.removeprefix("data: ")))
+                    self.changed.set()

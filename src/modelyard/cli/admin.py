@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -83,26 +84,31 @@ def top(
     once: Annotated[bool, typer.Option("--once", help="Print one view and exit.")] = False,
 ) -> None:
     """A live view of nodes, GPUs, instances, queues and the latest requests."""
-    import time
+    from collections import deque
 
     from rich.live import Live
 
-    from modelyard.top import frame
-
-    def fetch(client: httpx.Client) -> Any:
-        status = send(client, "GET", url, "/admin/status").json()
-        recent = send(client, "GET", url, f"/admin/requests?limit={rows}").json()["requests"]
-        return frame(status, recent)
+    from modelyard.top import Follower, frame
 
     with httpx.Client(timeout=10) as client:
+        listed = send(client, "GET", url, f"/admin/requests?limit={rows}").json()["requests"]
+        recent: deque[dict[str, Any]] = deque(listed, maxlen=rows)
+
+        def fetch() -> Any:
+            return frame(send(client, "GET", url, "/admin/status").json(), list(recent))
+
         if once:
-            out.print(fetch(client))
+            out.print(fetch())
             return
-        with Live(fetch(client), console=out, auto_refresh=False, screen=True) as live:
+        key = os.environ.get("MODELYARD_API_KEY")
+        follower = Follower(url, {"Authorization": f"Bearer {key}"} if key else {}, recent)
+        follower.start()
+        with Live(fetch(), console=out, auto_refresh=False, screen=True) as live:
             try:
-                while True:
-                    time.sleep(interval)
-                    live.update(fetch(client), refresh=True)
+                while True:  # redraw on each event, and every interval for the GPUs
+                    follower.changed.wait(interval)
+                    follower.changed.clear()
+                    live.update(fetch(), refresh=True)
             except KeyboardInterrupt:
                 pass
 
