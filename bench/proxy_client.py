@@ -23,36 +23,37 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import platform
 import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-CHAT = "/v1/chat/completions"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
+
+from harness import (
+    CHAT,
+    Running,
+    chat_body,
+    listening_socket,
+    post,
+    proxy_role,
+    spawn_serving,
+    start_stub,
+    wait_http,
+)
+from procfs import cpu_seconds
+from report import fmt, machine, ratio, row, times, versions
+
 CLIENTS = ("aiohttp", "httpx")
 TARGETS = ("direct", "proxy-aiohttp", "proxy-httpx")
 # Hop-by-hop and length headers belong to the proxy's own server, as in the gateway.
 DROP = {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
-
-
-def request_body(stream: bool) -> bytes:
-    body = {
-        "model": "stub-model",
-        "messages": [{"role": "user", "content": "Say hello."}],
-        "max_tokens": 32,
-        "stream": stream,
-    }
-    return json.dumps(body, separators=(",", ":")).encode()
 
 
 # --------------------------------------------------------------------------- the proxy
@@ -173,13 +174,6 @@ def run_proxy(argv: list[str]) -> None:
 # --------------------------------------------------------------------------- the load generator
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` from /proc (clock-tick resolution)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class LoadResult:
     requests: int = 0
@@ -213,7 +207,7 @@ async def generate_load(
     """
     import aiohttp
 
-    body = request_body(stream)
+    body = chat_body(stream)
     headers = {"Content-Type": "application/json"}
     done_marker = b"data: [DONE]\n\n"
     result = LoadResult()
@@ -336,20 +330,8 @@ class Phase:
 
 
 @dataclass
-class Sample:
+class Sample(LoadResult):
     """One phase on one target, pooled over the rounds."""
-
-    requests: int = 0
-    errors: int = 0
-    elapsed: float = 0.0
-    chunks: int = 0
-    latency_ms: list[float] = field(default_factory=list)
-    ttfc_ms: list[float] = field(default_factory=list)
-    proxy_cpu_s: float = 0.0
-    stub_cpu_s: float = 0.0
-    loadgen_cpu_s: float = 0.0
-    cpu_window_s: float = 0.0
-    first_error: str | None = None
 
     def add(self, r: dict[str, Any]) -> None:
         self.requests += r["requests"]
@@ -379,46 +361,6 @@ def pct(values: list[float], q: float) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=1000, method="inclusive")[round(q * 1000) - 1]
-
-
-def listening_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(4096)
-    return sock
-
-
-def spawn(
-    args: list[str], sock: socket.socket, wrapper: list[str] | None = None, **popen: Any
-) -> subprocess.Popen[bytes]:
-    """This file in a child serving on ``sock`` (inherited), under ``wrapper`` if given."""
-    fd = sock.fileno()
-    cmd = [*(wrapper or []), sys.executable, *args, "--fd", str(fd)]
-    proc = subprocess.Popen(cmd, pass_fds=(fd,), **popen)
-    sock.close()  # the child holds it now: if it dies, connections are refused, not hung
-    return proc
-
-
-def post(url: str, body: bytes, timeout: float = 5.0) -> bytes:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        data: bytes = resp.read()
-        return data
-
-
-def wait_ready(url: str, procs: list[subprocess.Popen[bytes]], deadline_s: float = 30.0) -> None:
-    end = time.monotonic() + deadline_s
-    while True:
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"process {p.args!r} exited with {p.returncode}")
-        try:
-            post(url, request_body(False), timeout=2.0)
-            return
-        except OSError:
-            if time.monotonic() > end:
-                raise
-            time.sleep(0.1)
 
 
 def measure(
@@ -453,35 +395,9 @@ def measure(
     return result
 
 
-def fmt(x: float, digits: int = 0) -> str:
-    if x != x:  # nan
-        return "n/a"
-    return f"{x:,.{digits}f}"
-
-
-def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b and a == a and b == b else "n/a"
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, for the machine line of a report."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def environment() -> list[str]:
-    cpu = cpu_model()
-    libs = ", ".join(
-        f"{name} {version(name)}"
-        for name in ("aiohttp", "httpx", "httpcore", "starlette", "uvicorn", "uvloop", "httptools")
-    )
-    return [
-        f"- machine: `nproc` = {os.cpu_count()} ({cpu}), {platform.system()} {platform.release()}",
-        f"- python {platform.python_version()}; {libs}",
-    ]
+    libs = versions(("aiohttp", "httpx", "httpcore", "starlette", "uvicorn", "uvloop", "httptools"))
+    return [f"- machine: {machine()}", f"- python {platform.python_version()}; {libs}"]
 
 
 def report(samples: dict[tuple[str, str], Sample], phases: list[Phase], chunks: int) -> str:
@@ -514,18 +430,17 @@ def report(samples: dict[tuple[str, str], Sample], phases: list[Phase], chunks: 
 
     digits = [0, 2, 2, 0, 2, 2, 2, 0]
     values = {t: metrics(t) for t in TARGETS}
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = [row(cols), "|" + "---|" * len(cols)]
     for t in TARGETS:
         errors = sum(samples[(t, p.name)].errors for p in phases)
         cells = [fmt(v, d) for v, d in zip(values[t], digits, strict=True)]
-        lines.append(f"| {t} | " + " | ".join(cells) + f" | {errors} |")
+        lines.append(row([t, *cells, str(errors)]))
     for t in TARGETS[1:]:
-        cells = [ratio(v, d) for v, d in zip(values[t], values["direct"], strict=True)]
-        lines.append(f"| {t} ÷ direct | " + " | ".join(cells) + " | |")
-    cells = [
-        ratio(a, h) for a, h in zip(values["proxy-aiohttp"], values["proxy-httpx"], strict=True)
-    ]
-    lines.append("| proxy-aiohttp ÷ proxy-httpx | " + " | ".join(cells) + " | |")
+        cells = [times(ratio(v, d)) for v, d in zip(values[t], values["direct"], strict=True)]
+        lines.append(row([f"{t} ÷ direct", *cells]) + " |")  # an empty errors cell
+    pairs = zip(values["proxy-aiohttp"], values["proxy-httpx"], strict=True)
+    cells = [times(ratio(a, h)) for a, h in pairs]
+    lines.append(row(["proxy-aiohttp ÷ proxy-httpx", *cells]) + " |")
 
     lines += [
         "",
@@ -561,55 +476,30 @@ def report(samples: dict[tuple[str, str], Sample], phases: list[Phase], chunks: 
     return "\n".join(lines)
 
 
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 def run_bench(args: argparse.Namespace) -> None:
     phases = [
         Phase(f"non-stream c={args.concurrency_low}", False, args.concurrency_low),
         Phase(f"non-stream c={args.concurrency_high}", False, args.concurrency_high),
         Phase(f"stream c={args.stream_concurrency}", True, args.stream_concurrency),
     ]
-    procs: list[subprocess.Popen[bytes]] = []
+    running = Running(grace=5)
     try:
-        stub_sock = listening_socket()
-        stub_url = f"http://127.0.0.1:{stub_sock.getsockname()[1]}"
-        stub = spawn([str(HERE / "upstream_stub.py"), "--chunks", str(args.chunks)], stub_sock)
-        procs.append(stub)
+        stub, stub_url = start_stub(running, args.chunks)
         urls = {"direct": stub_url}
-        pids = {"direct": stub.pid}
+        procs = {"direct": stub}
         for client in CLIENTS:
             sock = listening_socket()
             urls[f"proxy-{client}"] = f"http://127.0.0.1:{sock.getsockname()[1]}"
-            proc = spawn(
-                [
-                    str(Path(__file__).resolve()),
-                    "_proxy",
-                    "--client",
-                    client,
-                    "--upstream",
-                    stub_url,
-                ],
-                sock,
+            procs[f"proxy-{client}"] = running.add(
+                spawn_serving(proxy_role(client, stub_url), sock)
             )
-            procs.append(proc)
-            pids[f"proxy-{client}"] = proc.pid
         for t in TARGETS:
-            wait_ready(urls[t] + CHAT, procs)
+            wait_http(urls[t] + CHAT, procs[t], within=30, body=chat_body(False))
         # The proxies must hand back exactly the stub's bytes.
         for stream in (False, True):
-            want = post(stub_url + CHAT, request_body(stream))
+            want = post(stub_url + CHAT, chat_body(stream))
             for t in TARGETS[1:]:
-                got = post(urls[t] + CHAT, request_body(stream))
+                got = post(urls[t] + CHAT, chat_body(stream))
                 if got != want:
                     raise RuntimeError(f"{t} changed the {'stream' if stream else 'answer'}")
 
@@ -624,7 +514,7 @@ def run_bench(args: argparse.Namespace) -> None:
             order = TARGETS[rnd % len(TARGETS) :] + TARGETS[: rnd % len(TARGETS)]
             for p in phases:
                 for t in order:
-                    proxy_pid = None if t == "direct" else pids[t]
+                    proxy_pid = None if t == "direct" else procs[t].pid
                     r = measure(urls[t] + CHAT, p, args, stub.pid, proxy_pid)
                     samples[(t, p.name)].add(r)
                     print(
@@ -634,7 +524,7 @@ def run_bench(args: argparse.Namespace) -> None:
                     )
         print(f"# measured in {time.perf_counter() - t_all:.0f}s", file=sys.stderr)
     finally:
-        stop(procs)
+        running.stop_all()
 
     print("\n".join(environment()))
     print(

@@ -29,17 +29,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import shutil
-import signal
-import socket
-import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,13 +42,24 @@ from typing import Any
 import aiohttp
 import uvloop
 
-REPO = Path(__file__).resolve().parent.parent
-STUB = REPO / "bench" / "upstream_stub.py"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
+
+from gateway import (
+    MESSAGES,
+    Gateway,
+    count_rows,
+    launch_gateway,
+    stop_gateway,
+    write_stub_config,
+)
+from harness import free_port
+from procfs import cpu_seconds, open_fds, parent_of, status
+from report import MiB, mib
+
 CHUNKS = 16
 SLOTS = 16
 WARMUP = 1_000
 EVERY = 2_000
-MiB = 1024 * 1024
 
 # Per 100 requests; shuffled once with a fixed seed so the kinds interleave the same every run.
 MIX = {
@@ -73,57 +78,12 @@ EXPECTED: dict[str, set[str] | None] = {
     "unknown": {"404"},
     "abandon-plain": None,  # whatever happens first: an answer or the client's cancel
 }
-MESSAGES = [{"role": "user", "content": "Say hello."}]
 
 
 def pattern() -> list[str]:
     kinds = [kind for kind, share in MIX.items() for _ in range(share)]
     random.Random(20_000).shuffle(kinds)
     return kinds
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def get_json(url: str, method: str = "GET", timeout: float = 30) -> Any:
-    req = urllib.request.Request(url, method=method)
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read())
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM in bytes, Threads, from /proc/PID/status."""
-    out: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0]) * 1024
-            elif key == "Threads":
-                out[key] = int(value)
-    return out
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def parent_of(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @dataclass
@@ -140,18 +100,18 @@ class Sample:
 
 
 def sample(done: int, elapsed: float, gateway: int, engine: int) -> Sample:
-    gw = proc_status(gateway)
-    eng = proc_status(engine)
+    gw = status(gateway)
+    eng = status(engine)
     return Sample(
         done=done,
         elapsed_s=round(elapsed, 3),
         gateway_rss=gw["VmRSS"],
         gateway_hwm=gw["VmHWM"],
-        gateway_fds=len(os.listdir(f"/proc/{gateway}/fd")),
+        gateway_fds=open_fds(gateway),
         gateway_threads=gw["Threads"],
         gateway_cpu_s=cpu_seconds(gateway),
         engine_rss=eng["VmRSS"],
-        engine_fds=len(os.listdir(f"/proc/{engine}/fd")),
+        engine_fds=open_fds(engine),
     )
 
 
@@ -265,97 +225,16 @@ class Load:
         return elapsed
 
 
-def write_config(tmp: Path, port: int) -> Path:
-    command = [sys.executable, str(STUB), "--port", "{port}", "--chunks", str(CHUNKS)]
-    config = tmp / "soak.yaml"
-    config.write_text(
-        f"listen: 127.0.0.1:{port}\n"
-        f"state_dir: {tmp / 'state'}\n"
-        "models:\n"
-        "  stub:\n"
-        "    engine: command\n"
-        f"    command: {json.dumps(command)}\n"
-        f"    slots: {SLOTS}\n"
-        "    queue: 100\n",
-        encoding="utf-8",
-    )
-    return config
-
-
-def wait_health(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"the gateway exited ({proc.returncode}):\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit("the gateway did not answer /health within 60 s")
-        time.sleep(0.1)
-
-
-def stub_info(url: str) -> dict[str, Any]:
-    models = get_json(url + "/admin/models")["models"]
-    info: dict[str, Any] = next(m for m in models if m["name"] == "stub")
-    return info
-
-
-def slot_audit(url: str, within: float = 5.0) -> tuple[bool, dict[str, Any]]:
+def slot_audit(gw: Gateway, within: float = 5.0) -> tuple[bool, dict[str, Any]]:
     """Wait up to ``within`` s for stub's in_flight and waiting to be 0."""
     deadline = time.monotonic() + within
     while True:
-        info = stub_info(url)
+        info = gw.model("stub")
         if info["in_flight"] == 0 and info["waiting"] == 0:
             return True, info
         if time.monotonic() > deadline:
             return False, info
         time.sleep(0.1)
-
-
-def stop(proc: subprocess.Popen[bytes], engine: int, log: Path) -> dict[str, Any]:
-    """SIGTERM; clean = exit 0 or by SIGTERM (uvicorn re-raises the signal it caught once
-    its shutdown is done) with uvicorn's "Finished server process" logged, engine gone."""
-    began = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code: int | None = proc.wait(60)
-    except subprocess.TimeoutExpired:
-        code = None
-        proc.kill()
-        proc.wait(10)
-    exit_s = time.monotonic() - began
-    deadline = time.monotonic() + 15  # a killed engine may take a moment to be reaped
-    while alive(engine) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    finished = "Finished server process" in log.read_text(errors="replace")
-    gone = not alive(engine)
-    clean = code in (0, -signal.SIGTERM) and finished and gone
-    return {"exit_code": code, "exit_s": round(exit_s, 2), "engine_gone": gone, "clean": clean}
-
-
-def count_rows(db: Path) -> dict[str, int]:
-    """Rows of the request log (table ``requests``, or ``request_log`` in newer schemas) and
-    of ``decisions``; -1 for a table that is not there."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        names = {row[0] for row in con.execute("SELECT name FROM sqlite_master")}
-        log = "request_log" if "request_log" in names else "requests"
-        return {
-            key: con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-            if table in names
-            else -1
-            for key, table in (("requests", log), ("decisions", "decisions"))
-        }
-    finally:
-        con.close()
-
-
-def mib(n: float) -> str:
-    return f"{n / MiB:,.1f}"
 
 
 def report(
@@ -435,47 +314,23 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="modelyard-soak-"))
     port = free_port()
-    config = write_config(tmp, port)
+    config = write_stub_config(tmp, port, chunks=CHUNKS, slots=SLOTS)
     log = tmp / "gateway.log"
-    url = f"http://127.0.0.1:{port}"
-    python = REPO / ".venv" / "bin" / "python"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                str(python if python.exists() else sys.executable),
-                "-m",
-                "modelyard",
-                "serve",
-                "-c",
-                str(config),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    print(f"gateway pid {proc.pid} on {url}; temporary dir {tmp}", file=sys.stderr)
+    gw = launch_gateway(config, port, log)
+    print(f"gateway pid {gw.proc.pid} on {gw.base}; temporary dir {tmp}", file=sys.stderr)
     engine = 0
     try:
-        wait_health(url, proc, log)
-        get_json(url + "/admin/models/stub/start", method="POST", timeout=60)
-        engine = int(stub_info(url)["pid"])
-        if parent_of(engine) != proc.pid:
-            raise SystemExit(f"engine pid {engine} is not a child of the gateway {proc.pid}")
-        load = Load(url, opts.requests, proc.pid, engine)
+        gw.wait()
+        engine = int(gw.start("stub")["pid"])
+        if parent_of(engine) != gw.proc.pid:
+            raise SystemExit(f"engine pid {engine} is not a child of the gateway {gw.proc.pid}")
+        load = Load(gw.base, opts.requests, gw.proc.pid, engine)
         elapsed = uvloop.run(load.run(opts.concurrency))
-        audit = slot_audit(url)
+        audit = slot_audit(gw)
         # What the gateway has written by now; the rest waits in its store's buffer.
         rows_before = count_rows(tmp / "state" / "modelyard.db")
     finally:
-        shutdown = (
-            stop(proc, engine, log)
-            if proc.poll() is None
-            else {
-                "exit_code": proc.returncode,
-                "exit_s": 0.0,
-                "engine_gone": not alive(engine),
-                "clean": False,
-            }
-        )
+        shutdown = stop_gateway(gw, engine)
     rows = count_rows(tmp / "state" / "modelyard.db")
     rows["requests_before_sigterm"] = rows_before["requests"]
     rows["decisions_before_sigterm"] = rows_before["decisions"]

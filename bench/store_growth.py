@@ -27,7 +27,6 @@ import asyncio
 import json
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,20 +38,10 @@ from typing import Any
 import aiohttp
 import uvloop
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 
-from soak import (  # noqa: E402  (bench/ is not a package)
-    MESSAGES,
-    REPO,
-    count_rows,
-    free_port,
-    get_json,
-    stop,
-    stub_info,
-    wait_health,
-    write_config,
-)
+from gateway import MESSAGES, count_rows, launch_gateway, stop_gateway, write_stub_config
+from harness import free_port
 
 # name: (header value length or None, model, expected status, extra config)
 CASES: dict[str, tuple[int | None, str, int, str]] = {
@@ -148,29 +137,21 @@ def run_case(name: str, total: int, concurrency: int, keep: bool) -> Result:
     headers = {} if length is None else {"x-junk": "j" * length}
     tmp = Path(tempfile.mkdtemp(prefix=f"modelyard-store-{name}-"))
     port = free_port()
-    config = write_config(tmp, port)
-    config.write_text(config.read_text(encoding="utf-8") + extra, encoding="utf-8")
+    config = write_stub_config(tmp, port, extra=extra)
     db = tmp / "state" / "modelyard.db"
     log = tmp / "gateway.log"
-    url = f"http://127.0.0.1:{port}"
-    python = REPO / ".venv" / "bin" / "python"
-    command = [str(python if python.exists() else sys.executable), "-m", "modelyard"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*command, "serve", "-c", str(config)], stdout=out, stderr=subprocess.STDOUT
-        )
-    print(f"{name}: gateway pid {proc.pid} on {url}; temporary dir {tmp}", file=sys.stderr)
+    gw = launch_gateway(config, port, log)
+    print(f"{name}: gateway pid {gw.proc.pid} on {gw.base}; temporary dir {tmp}", file=sys.stderr)
     engine = 0
     try:
-        wait_health(url, proc, log)
-        get_json(url + "/admin/models/stub/start", method="POST", timeout=60)
-        engine = int(stub_info(url)["pid"])
+        gw.wait()
+        engine = int(gw.start("stub")["pid"])
         before, _ = checkpointed_size(db)
         elapsed, statuses, examples = uvloop.run(
-            drive(url, total, concurrency, model, headers, expect)
+            drive(gw.base, total, concurrency, model, headers, expect)
         )
     finally:
-        shutdown = stop(proc, engine, log) if proc.poll() is None else {"clean": False}
+        shutdown = stop_gateway(gw, engine)
     db_file, wal_file = file_size(db), file_size(db.with_name(db.name + "-wal"))
     after, free = checkpointed_size(db)
     rows = count_rows(db)
