@@ -218,3 +218,11 @@ def access_keys(*keys: tuple[str, str, str]) -> str:
         digest = hashlib.sha256(key.encode()).hexdigest()
         lines.append(f"    - {{name: {name}, sha256: {digest}{', ' + more if more else ''}}}")
     return "\n".join(lines) + "\n"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e is end to end (real processes): `-m "not e2e"` and
+    `pytest tests/unit` leave it out."""
+    for item in items:
+        if f"{os.sep}e2e{os.sep}" in str(item.path):
+            item.add_marker(pytest.mark.e2e)

@@ -244,7 +244,7 @@ def granted_at_once(rule: ModelRule, v: InstanceView, node: NodeView, w: Waiter)
 
     The common case, a ready model with a free slot and an empty line, may then be served
     without a turn of the run loop. Never true where ``decide`` would not grant:
-    ``tests/test_schedule.py`` checks it against ``decide`` over every combination.
+    ``tests/unit/test_schedule.py`` checks it against ``decide`` over every combination.
     """
     return (
         not w.admin  # an admin start takes no slot: the loop handles it
@@ -261,7 +261,7 @@ def quiet_release(v: InstanceView) -> bool:
     nothing new to do when nobody waits.
 
     A ready instance still serving others has no idle timer to start and nothing to
-    drain, so the run loop need not take a turn for it. ``tests/test_schedule.py`` checks
+    drain, so the run loop need not take a turn for it. ``tests/unit/test_schedule.py`` checks
     that ``decide`` plans the same before and after such a release.
     """
     return v.state is State.READY and not v.stop_wanted and v.in_flight > 0

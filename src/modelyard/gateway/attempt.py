@@ -7,17 +7,13 @@ and one count in the metrics, all written after the answer.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import os
 import time
 from typing import Any, Protocol
 
-import orjson
-from starlette.responses import Response
-
-from modelyard.gateway.errors import error_response
+from modelyard.gateway.errors import Refusal
 from modelyard.gateway.proxy import Result
 from modelyard.gateway.state import Gateway
 from modelyard.instance import Lease
@@ -172,8 +168,8 @@ class Attempt:
             why = "client went away while waiting for a slot or a load"
             self.record(last, None, Result(499, why), None, served=False)
 
-    def refusal(self) -> Response:
-        """No candidate served: the answer that says why, recorded."""
+    def refusal(self) -> Refusal:
+        """No candidate served: why, recorded (the front-end renders it)."""
         status, reason, retry = self.last
         turned = [s for s in self.decision.trail if s.kind == "candidate" and not s.ok]
         code = {409: "swap_refused", 504: "timeout"}.get(status, "model_unavailable")
@@ -201,42 +197,35 @@ class Attempt:
         # A plain request for one model gets the reason alone; a routed one, the trail too.
         routed = len(self.decision.trail) > 1 or not (self.hops or status == 400)
         message = f"{reason} (decision {self.id}: {self.decision.summary()})" if routed else reason
-        return error_response(status, message, code=code, headers=headers)
+        return Refusal(status, message, code=code, headers=headers)
 
 
 def rejected(
-    gw: Gateway, path: str, raw: bytes, began: float, key: str | None, answer: Response
-) -> Response:
-    """Log a request refused before routing (bad body, unknown model, …) and pass it on."""
-    asked: Any = None
-    with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
-        asked = orjson.loads(raw).get("model")
-    message: Any = None
-    with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
-        message = orjson.loads(bytes(answer.body))["error"]["message"]
+    gw: Gateway, path: str, asked: str, began: float, key: str | None, refusal: Refusal
+) -> None:
+    """Log a request refused before routing (bad body, unknown model, …)."""
     row = RequestRow(
         at=time.time() - (time.monotonic() - began),
         key=key,
         endpoint=path,
-        asked=asked[:200] if isinstance(asked, str) else "",
+        asked=asked[:200],
         model=None,
         node=None,
         instance=None,
         decision=None,
-        status=answer.status_code,
-        outcome=outcome(answer.status_code),
+        status=refusal.status,
+        outcome=outcome(refusal.status),
         stream=False,
         tokens_in=None,
         tokens_out=None,
         wait_s=None,
         ttft_s=None,
         duration_s=time.monotonic() - began,
-        error=str(message)[:500] if message is not None else None,
+        error=refusal.message[:500],
     )
     gw.store.request(row)
     gw.telemetry.observe(row, None, None)
     published(gw, row)
-    return answer
 
 
 def published(gw: Gateway, row: RequestRow) -> None:

@@ -117,7 +117,7 @@ class Connection(HttpToolsProtocol):
         if self._head_bytes > self.max_header_bytes:
             raise _TooLarge(f"more than {self.max_header_bytes} bytes of headers")
         # The rest is uvicorn's own on_header, repeated rather than called: this runs for
-        # every header of every request. tests/test_connection_e2e.py checks it still matches.
+        # every header of every request. tests/e2e/test_connection_e2e.py checks it still matches.
         name = name.lower()
         value = value.rstrip(b" \t")
         if name == b"expect" and value.lower() == b"100-continue":

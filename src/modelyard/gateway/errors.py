@@ -7,6 +7,8 @@ retry 5xx answers, so a client's mistake must never reach them as one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -27,6 +29,27 @@ _TYPES = {
     503: "service_unavailable",
     504: "timeout_error",
 }
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An error for the client in no protocol's shape: each front-end renders it in its own
+    (``openai_error``). ``code`` is a stable machine-readable word, ``param`` the request
+    field at fault."""
+
+    status: int
+    message: str
+    code: str | None = None
+    param: str | None = None
+    headers: Mapping[str, str] | None = None
+
+
+def openai_error(refusal: Refusal) -> JSONResponse:
+    """``refusal`` in the OpenAI error shape."""
+    headers = dict(refusal.headers) if refusal.headers else None
+    return error_response(
+        refusal.status, refusal.message, code=refusal.code, param=refusal.param, headers=headers
+    )
 
 
 def error_type(status: int) -> str:

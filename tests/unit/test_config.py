@@ -21,7 +21,7 @@ from modelyard.config import (
 )
 from modelyard.units import parse_duration
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
+EXAMPLES = Path(__file__).parent.parent.parent / "examples"
 
 
 def parse(text: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]

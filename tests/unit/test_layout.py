@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parent.parent / "src" / "modelyard"
+SRC = Path(__file__).resolve().parent.parent.parent / "src" / "modelyard"
 MAX_LINES = 500
 # The pure core: no I/O, no event loop; it may import only itself and the standard library.
 CORE = {

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Gateway, free_port
-from tests.test_nodes_e2e import Agents, node, two_node_config, wait_for
+from tests.e2e.test_nodes_e2e import Agents, node, two_node_config, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -166,7 +166,7 @@ def test_the_two_node_demo_file(gemma: Path, llama_server: str, tmp_path: Path) 
         "MODELYARD_DEMO_WEIGHTS": str(gemma),
         "MODELYARD_CLOUD_URL": f"http://127.0.0.1:{ports['cloud']}/v1",
     }
-    demo = Path(__file__).parent.parent / "examples" / "demo-two-nodes.yaml"
+    demo = Path(__file__).parent.parent.parent / "examples" / "demo-two-nodes.yaml"
     procs = [
         subprocess.Popen(
             [

@@ -25,7 +25,7 @@ from modelyard.routing import (
     strip_tags,
 )
 
-DEMO_PATH = Path(__file__).parent.parent / "examples" / "demo-two-nodes.yaml"
+DEMO_PATH = Path(__file__).parent.parent.parent / "examples" / "demo-two-nodes.yaml"
 DEMO = load_config(DEMO_PATH, environ={})
 
 NORMAL = ("normal", "open")
