@@ -89,6 +89,7 @@ class Hub:
         self._seq = itertools.count(1)
         self._listeners: list[tuple[frozenset[str] | None, Listener]] = []
         self._subs: list[Subscription] = []
+        self._wanted: frozenset[str] = frozenset()  # kinds someone listens to (per request)
 
     def publish(self, kind: str, **data: Any) -> Event:
         event = Event(next(self._seq), time.time(), kind, data)
@@ -102,21 +103,27 @@ class Hub:
 
     def wants(self, kind: str) -> bool:
         """Whether anyone listens to ``kind`` (skip building an event nobody reads)."""
-        return any(k is None or kind in k for k, _ in self._listeners) or any(
-            s.kinds is None or kind in s.kinds for s in self._subs
-        )
+        return kind in self._wanted
 
     def listen(self, listener: Listener, kinds: Collection[str] | None = None) -> None:
         self._listeners.append((frozenset(kinds) if kinds is not None else None, listener))
+        self._count()
 
     def subscribe(self, kinds: Collection[str] | None = None, size: int = BUFFER) -> Subscription:
         sub = Subscription(self, kinds, size)
         self._subs.append(sub)
+        self._count()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         if sub in self._subs:
             self._subs.remove(sub)
+            self._count()
+
+    def _count(self) -> None:
+        kinds = [k for k, _ in self._listeners] + [s.kinds for s in self._subs]
+        every = any(k is None for k in kinds)
+        self._wanted = frozenset(KINDS) if every else frozenset().union(*(k for k in kinds if k))
 
     @property
     def subscribers(self) -> int:

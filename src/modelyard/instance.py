@@ -12,7 +12,7 @@ from typing import Any
 
 from modelyard.config import LlamaCppModel, Model
 from modelyard.engines import Upstream
-from modelyard.schedule import InstanceView, State
+from modelyard.lifecycle import InstanceView, State
 
 
 class Refused(Exception):

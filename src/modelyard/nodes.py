@@ -18,8 +18,8 @@ from modelyard.engines import StartError, Upstream, engine_for
 from modelyard.estimate import GgufFacts, need_for
 from modelyard.gguf_file import read_facts
 from modelyard.gpus import inventory
+from modelyard.lifecycle import NodeView
 from modelyard.placement import Gpu, Need
-from modelyard.schedule import NodeView
 from modelyard.store import Store
 from modelyard.supervisor import Supervisor
 

@@ -1,7 +1,7 @@
 """The scheduler's run loop: one task owns every instance's state and acts on ``decide``.
 
 Requests and admin commands become *waiters*; the loop asks the pure
-:func:`modelyard.schedule.decide` what to do and does it (grant, refuse, start, drain,
+:func:`modelyard.lifecycle.decide` what to do and does it (grant, refuse, start, drain,
 stop). Starts and stops run as tasks that report back to the loop, so the loop never
 blocks and no lock is needed.
 """
@@ -20,13 +20,11 @@ from modelyard.config import Config
 from modelyard.engines import StartError
 from modelyard.events import Hub
 from modelyard.instance import Instance, Lease, Refused, slots_of
-from modelyard.nodes import NodeHandle
-from modelyard.placement import Inventory, slow_link
-from modelyard.schedule import (
+from modelyard.lifecycle import (
     Action,
     Drain,
     Grant,
-    ModelRule,
+    ModelFacts,
     Refuse,
     Start,
     State,
@@ -38,6 +36,8 @@ from modelyard.schedule import (
     queue_wait,
     quiet_release,
 )
+from modelyard.nodes import NodeHandle
+from modelyard.placement import Inventory, slow_link
 from modelyard.store import Store
 
 
@@ -66,8 +66,8 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
-        self._retired: dict[str, ModelRule] = {}  # removed from the config, still running
-        self._rules: dict[str, ModelRule] | None = None
+        self._retired: dict[str, ModelFacts] = {}  # removed from the config, still running
+        self._rules: dict[str, ModelFacts] | None = None
         self.apply_config(config)
 
     def apply_config(
@@ -148,7 +148,7 @@ class Scheduler:
             except TimeoutError:
                 pass
 
-    def rules(self) -> dict[str, ModelRule]:
+    def rules(self) -> dict[str, ModelFacts]:
         """What decide needs of each model: where it runs and what it needs there.
 
         Worked out once per config and per look at the nodes (``poke``), not per request.
@@ -157,7 +157,7 @@ class Scheduler:
             self._rules = self._work_out_rules()
         return self._rules
 
-    def _work_out_rules(self) -> dict[str, ModelRule]:
+    def _work_out_rules(self) -> dict[str, ModelFacts]:
         rules = dict(self._retired)
         for name, m in self.config.models.items():
             node = self.config.node_of(name)
@@ -169,7 +169,7 @@ class Scheduler:
                 )
                 if problem and self.config.placement.moe_on_slow_link == "refuse":
                     blocked = f"{name} refused: {problem} (placement.moe_on_slow_link: refuse)"
-            rules[name] = ModelRule(
+            rules[name] = ModelFacts(
                 name, m.swap_group, m.pinned, m.ttl, node, need, blocked, slots_of(m), m.queue
             )
         return rules

@@ -24,8 +24,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from modelyard.lifecycle import State
 from modelyard.placement import Gpu
-from modelyard.schedule import State
 
 if TYPE_CHECKING:
     from modelyard.scheduler import Scheduler

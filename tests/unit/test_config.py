@@ -319,7 +319,7 @@ def _path_values(value: Any) -> Iterator[tuple[str, Path]]:
 EVERY_PATH = """\
 state_dir: P/Config.state_dir
 engines:
-  llama.cpp: {binary: P/LlamaCppEngine.binary}
+  llama.cpp: {binary: P/LlamaCppSettings.binary}
 nodes:
   here: {}
   there: {url: "http://127.0.0.1:9", state_dir: P/Node.state_dir}

@@ -17,7 +17,7 @@ CORE = {
     "modelyard.config.schema",
     "modelyard.routing",
     "modelyard.placement",
-    "modelyard.schedule",
+    "modelyard.lifecycle",
     "modelyard.estimate",
     "modelyard.units",
 }

@@ -13,6 +13,20 @@ import pytest
 
 from modelyard.config import Config, ConfigError, parse_config
 from modelyard.estimate import GgufFacts, estimate_gguf, kv_cache_bytes, need_for
+from modelyard.lifecycle import (
+    Action,
+    Drain,
+    Grant,
+    InstanceView,
+    ModelFacts,
+    NodeView,
+    Refuse,
+    Start,
+    State,
+    Timing,
+    Waiter,
+    decide,
+)
 from modelyard.placement import (
     Eviction,
     Gpu,
@@ -23,20 +37,6 @@ from modelyard.placement import (
     plan_eviction,
     slow_link,
     split,
-)
-from modelyard.schedule import (
-    Action,
-    Drain,
-    Grant,
-    InstanceView,
-    ModelRule,
-    NodeView,
-    Refuse,
-    Start,
-    State,
-    Timing,
-    Waiter,
-    decide,
 )
 
 GiB = 1024**3
@@ -905,9 +905,9 @@ UNREACHABLE = "node a is unreachable: its agent does not answer"
 MOE_BLOCKED = S1_LINK_REFUSAL
 
 
-def rule(name: str, per_gpu: Mapping[int, int] | None = None, **kw: object) -> ModelRule:
+def rule(name: str, per_gpu: Mapping[int, int] | None = None, **kw: object) -> ModelFacts:
     need = None if per_gpu is None else Need("a", dict(per_gpu), how="declared")
-    return ModelRule(name, node="a", need=need, **kw)  # type: ignore[arg-type]
+    return ModelFacts(name, node="a", need=need, **kw)  # type: ignore[arg-type]
 
 
 DECISIONS = [
@@ -1115,7 +1115,7 @@ DECISIONS = [
     DECISIONS,
 )
 def test_decide_with_nodes_and_memory(
-    models: dict[str, ModelRule],
+    models: dict[str, ModelFacts],
     instances: dict[str, InstanceView],
     waiters: list[Waiter],
     nodes: dict[str, NodeView],

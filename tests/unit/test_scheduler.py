@@ -12,7 +12,7 @@ from modelyard.config import load_config
 from modelyard.engines import Upstream
 from modelyard.gateway.state import Gateway
 from modelyard.instance import Refused
-from modelyard.schedule import Grant, State
+from modelyard.lifecycle import Grant, State
 
 
 def test_a_grant_whose_server_exits_before_the_request_runs_is_refused(tmp_path: Path) -> None:

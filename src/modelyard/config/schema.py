@@ -70,12 +70,12 @@ from modelyard.config.models import (
 )
 
 
-class LlamaCppEngine(Strict):
+class LlamaCppSettings(Strict):
     binary: Path | None = Field(None, description="llama-server to use; else PATH, else package.")
 
 
 class Engines(Strict):
-    llama_cpp: LlamaCppEngine = Field(default_factory=LlamaCppEngine, alias="llama.cpp")
+    llama_cpp: LlamaCppSettings = Field(default_factory=LlamaCppSettings, alias="llama.cpp")
 
 
 class Scheduler(Strict):

@@ -24,7 +24,7 @@ from modelyard.gateway.body import CLOSE, BodyTooLarge
 from modelyard.gateway.errors import error_response
 from modelyard.gateway.lane import OpenAILane
 from modelyard.gateway.state import Gateway, ReloadRefused
-from modelyard.schedule import State
+from modelyard.lifecycle import State
 from modelyard.telemetry import CONTENT_TYPE
 
 

@@ -7,10 +7,9 @@ import contextlib
 import time
 from typing import Any
 
-import aiohttp
-
 from modelyard.config import Config, RemoteModel
 from modelyard.engines import StartError
+from modelyard.engines.remote import RemoteEngine
 from modelyard.events import Hub
 from modelyard.gateway.proxy import UpstreamClient, new_client
 from modelyard.nodes import LocalNode, NodeHandle, RemoteNode
@@ -102,23 +101,11 @@ class Gateway:
 
     async def _probe_remotes(self) -> None:
         """Is each `remote` model's URL answering? Routing skips the ones that are not."""
-
-        async def probe(name: str, model: RemoteModel) -> None:
-            headers = {"Authorization": f"Bearer {model.api_key}"} if model.api_key else {}
-            try:
-                async with self.client.pooled.get(
-                    model.url + "/models", headers=headers, timeout=aiohttp.ClientTimeout(total=3)
-                ) as resp:
-                    if resp.status >= 500:
-                        self.remote_down[name] = f"{model.url} answers {resp.status}"
-                        return
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self.remote_down[name] = f"{model.url} does not answer ({type(exc).__name__})"
-                return
-            self.remote_down.pop(name, None)
-
-        remotes = [(n, m) for n, m in self.config.models.items() if isinstance(m, RemoteModel)]
-        await asyncio.gather(*(probe(n, m) for n, m in remotes))
+        remotes = {n: m for n, m in self.config.models.items() if isinstance(m, RemoteModel)}
+        found = await asyncio.gather(
+            *(RemoteEngine(m).down(self.client.pooled) for m in remotes.values())
+        )
+        self.remote_down = {n: why for n, why in zip(remotes, found, strict=True) if why}
 
     def node_views(self) -> dict[str, tuple[str, bool]]:
         """Each node's mode and reachability now."""

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from modelyard.schedule import (
+from modelyard.lifecycle import (
     Drain,
     Grant,
     InstanceView,
-    ModelRule,
+    ModelFacts,
     Refuse,
     Start,
     State,
@@ -20,12 +20,12 @@ from modelyard.schedule import (
 
 T = Timing(drain_timeout=30, max_swap_delay=5, restart_backoff=1, restart_backoff_max=60)
 MODELS = {
-    "a": ModelRule("a", swap_group="g", ttl=60),
-    "b": ModelRule("b", swap_group="g", ttl=60),
-    "c": ModelRule("c", swap_group="g"),
-    "p": ModelRule("p", pinned=True, swap_group="pinned-group"),
-    "q": ModelRule("q", swap_group="pinned-group"),
-    "free": ModelRule("free"),
+    "a": ModelFacts("a", swap_group="g", ttl=60),
+    "b": ModelFacts("b", swap_group="g", ttl=60),
+    "c": ModelFacts("c", swap_group="g"),
+    "p": ModelFacts("p", pinned=True, swap_group="pinned-group"),
+    "q": ModelFacts("q", swap_group="pinned-group"),
+    "free": ModelFacts("free"),
 }
 
 
@@ -287,7 +287,7 @@ def test_stop_reason_names_the_swap() -> None:
     assert plan.actions == [Start("c", "request waiting")]
 
 
-SLOTTED = {"s": ModelRule("s", slots=2, queue=3)}
+SLOTTED = {"s": ModelFacts("s", slots=2, queue=3)}
 
 
 @pytest.mark.parametrize(
@@ -388,7 +388,7 @@ def test_granted_at_once_never_grants_what_decide_would_not() -> None:
     """The run loop's shortcut against decide itself, over every combination."""
     import itertools
 
-    from modelyard.schedule import NodeView, granted_at_once
+    from modelyard.lifecycle import NodeView, granted_at_once
 
     checked = 0
     for state, in_flight, slots, stop, kind, reachable, force, admin in itertools.product(
@@ -401,12 +401,12 @@ def test_granted_at_once_never_grants_what_decide_would_not() -> None:
         (False, True),
         (False, True),
     ):
-        rule = ModelRule("m", swap_group="g", ttl=5, slots=slots, queue=3)
+        rule = ModelFacts("m", swap_group="g", ttl=5, slots=slots, queue=3)
         view = inst("m", state, since=0, in_flight=in_flight, stop_wanted=stop, retry_at=100)
         node = NodeView("local", "x", kind, reachable)
         w = Waiter(1, "m", 10, admin=admin, force=force)
         fast = granted_at_once(rule, view, node, w)
-        plan = decide({"m": rule, "o": ModelRule("o", swap_group="g")}, {"m": view}, [w], T, 10,
+        plan = decide({"m": rule, "o": ModelFacts("o", swap_group="g")}, {"m": view}, [w], T, 10,
                       {"local": node})  # fmt: skip
         if fast:
             assert plan.actions == [Grant(1, "m")], (state, in_flight, slots, stop, kind)
@@ -420,7 +420,7 @@ def test_a_quiet_release_changes_nothing_decide_would_do() -> None:
     import dataclasses
     import itertools
 
-    from modelyard.schedule import quiet_release
+    from modelyard.lifecycle import quiet_release
 
     checked = 0
     for state, after, stop, ttl, pinned, group, used, now in itertools.product(
@@ -433,8 +433,8 @@ def test_a_quiet_release_changes_nothing_decide_would_do() -> None:
         (0.0, 9.0),
         (10.0, 20.0),
     ):
-        rule = ModelRule("m", swap_group=group, pinned=pinned, ttl=ttl, slots=4)
-        models = {"m": rule, "o": ModelRule("o", swap_group=group)}
+        rule = ModelFacts("m", swap_group=group, pinned=pinned, ttl=ttl, slots=4)
+        models = {"m": rule, "o": ModelFacts("o", swap_group=group)}
         before = inst("m", state, since=0, in_flight=after + 1, stop_wanted=stop, last_used=used)
         released = dataclasses.replace(before, in_flight=after, last_used=now)
         if not quiet_release(released):
@@ -447,4 +447,4 @@ def test_a_quiet_release_changes_nothing_decide_would_do() -> None:
     # and it is not quiet where the loop has something to do: the last slot of a ttl model
     last = inst("m", State.READY, since=0, in_flight=0, last_used=10)
     assert not quiet_release(last)
-    assert decide({"m": ModelRule("m", ttl=5)}, {"m": last}, [], T, 10).wake_at == 15
+    assert decide({"m": ModelFacts("m", ttl=5)}, {"m": last}, [], T, 10).wake_at == 15

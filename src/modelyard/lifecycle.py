@@ -43,7 +43,7 @@ RESIDENT = frozenset({State.STARTING, State.READY, State.DRAINING, State.STOPPIN
 
 
 @dataclass(frozen=True)
-class ModelRule:
+class ModelFacts:
     """What the scheduler needs to know of one configured model."""
 
     name: str
@@ -161,7 +161,7 @@ class Plan:
 
 
 def decide(
-    models: Mapping[str, ModelRule],
+    models: Mapping[str, ModelFacts],
     instances: Mapping[str, InstanceView],
     waiters: Sequence[Waiter],
     timing: Timing,
@@ -239,12 +239,12 @@ def decide(
     return plan
 
 
-def granted_at_once(rule: ModelRule, v: InstanceView, node: NodeView, w: Waiter) -> bool:
+def granted_at_once(rule: ModelFacts, v: InstanceView, node: NodeView, w: Waiter) -> bool:
     """Whether :func:`decide` would grant ``w`` at once if nothing else waited.
 
     The common case, a ready model with a free slot and an empty line, may then be served
     without a turn of the run loop. Never true where ``decide`` would not grant:
-    ``tests/unit/test_schedule.py`` checks it against ``decide`` over every combination.
+    ``tests/unit/test_lifecycle.py`` checks it against ``decide`` over every combination.
     """
     return (
         not w.admin  # an admin start takes no slot: the loop handles it
@@ -261,7 +261,7 @@ def quiet_release(v: InstanceView) -> bool:
     nothing new to do when nobody waits.
 
     A ready instance still serving others has no idle timer to start and nothing to
-    drain, so the run loop need not take a turn for it. ``tests/unit/test_schedule.py`` checks
+    drain, so the run loop need not take a turn for it. ``tests/unit/test_lifecycle.py`` checks
     that ``decide`` plans the same before and after such a release.
     """
     return v.state is State.READY and not v.stop_wanted and v.in_flight > 0
@@ -270,7 +270,7 @@ def quiet_release(v: InstanceView) -> bool:
 def _refusal(
     w: Waiter,
     v: InstanceView,
-    rule: ModelRule,
+    rule: ModelFacts,
     node: NodeView,
     residents: Mapping[str, Resident],
     inventory: Inventory | None,
@@ -311,7 +311,7 @@ def _served_first(w: Waiter) -> tuple[int, float, int]:
     return (-w.priority, w.since, w.id)
 
 
-def _queue_full(rule: ModelRule, v: InstanceView) -> tuple[int, str]:
+def _queue_full(rule: ModelFacts, v: InstanceView) -> tuple[int, str]:
     if v.state is State.READY:
         return 429, (
             f"{rule.name} is busy: {v.in_flight} running on {rule.slots} slot(s) and its queue "
@@ -320,7 +320,7 @@ def _queue_full(rule: ModelRule, v: InstanceView) -> tuple[int, str]:
     return 503, f"{rule.name} is {v.state.value}, and {rule.queue} request(s) already wait for it"
 
 
-def _resources(rule: ModelRule) -> set[tuple[str, ...]]:
+def _resources(rule: ModelFacts) -> set[tuple[str, ...]]:
     """What a start occupies: one start at a time per swap group and per GPU."""
     keys: set[tuple[str, ...]] = {("model", rule.name)}
     if rule.swap_group:
@@ -331,7 +331,7 @@ def _resources(rule: ModelRule) -> set[tuple[str, ...]]:
 
 
 def _next_starts(
-    models: Mapping[str, ModelRule],
+    models: Mapping[str, ModelFacts],
     by_model: Mapping[str, list[Waiter]],
     instances: Mapping[str, InstanceView],
     residents: Mapping[str, Resident],
@@ -375,7 +375,7 @@ def _next_starts(
 
 
 def _ready(
-    rule: ModelRule,
+    rule: ModelFacts,
     v: InstanceView,
     mine: list[Waiter],
     challenger: Waiter | None,
