@@ -7,6 +7,7 @@ place on it, handed back exactly once.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +88,21 @@ class Lease:
     @property
     def id(self) -> str:
         return self.instance.id
+
+
+def orphaned(instances: Iterable[Instance], now: float) -> list[Lease]:
+    """Places held for over a second by requests whose task has ended (those seen so for
+    the first time are marked now: one handed back by a done callback may lag a moment)."""
+    found = []
+    for inst in instances:
+        for lease in inst.leases:
+            if lease.owner is None or not lease.owner.done():
+                continue
+            if lease.orphaned is None:
+                lease.orphaned = now
+            elif now - lease.orphaned > 1.0:
+                found.append(lease)
+    return found
 
 
 def slots_of(model: Model) -> int | None:

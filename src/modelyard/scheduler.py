@@ -2,13 +2,17 @@
 
 Requests and admin commands become *waiters*; the loop asks the pure
 :func:`modelyard.lifecycle.decide` what to do and does it (grant, refuse, start, drain,
-stop). Starts and stops run as tasks that report back to the loop, so the loop never
-blocks and no lock is needed.
+stop). Starts and stops run as tasks that post what became of them back to the loop, as do
+node callbacks and admin commands (``_post``): the loop applies them in order before it
+decides again, so it is the one writer of instance state and no lock is needed. The one
+exception is a request's own grant and release (``acquire``'s fast path, ``release``),
+which take and give back what ``decide`` would, with no await in between.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections import deque
@@ -17,9 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelyard.config import Config
-from modelyard.engines import StartError
+from modelyard.engines import StartError, Upstream
 from modelyard.events import Hub
-from modelyard.instance import Instance, Lease, Refused, slots_of
+from modelyard.facts import inventory, model_facts
+from modelyard.instance import Instance, Lease, Refused, orphaned
 from modelyard.lifecycle import (
     Action,
     Drain,
@@ -37,7 +42,6 @@ from modelyard.lifecycle import (
     quiet_release,
 )
 from modelyard.nodes import NodeHandle
-from modelyard.placement import Inventory, slow_link
 from modelyard.store import Store
 
 
@@ -67,6 +71,9 @@ class Scheduler:
         self._changed = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._retired: dict[str, ModelFacts] = {}  # removed from the config, still running
+        # Changes of instance state from outside the loop (a start or stop that ended, an
+        # engine's exit, an admin command), applied by the loop in order before it decides.
+        self._inbox: deque[Callable[[], None]] = deque()
         self._rules: dict[str, ModelFacts] | None = None
         self.apply_config(config)
 
@@ -128,6 +135,10 @@ class Scheduler:
     async def _run(self) -> None:
         while True:
             self._wake.clear()
+            if self._inbox:
+                while self._inbox:
+                    self._inbox.popleft()()
+                self._pulse()
             now = time.monotonic()
             plan = decide(
                 self.rules(),
@@ -136,7 +147,7 @@ class Scheduler:
                 self.timing,
                 now,
                 {name: node.view() for name, node in self.nodes.items()},
-                self.inventory(),
+                inventory(self.config, self.nodes),
             )
             for action in plan.actions:
                 self._apply(action, now)
@@ -154,30 +165,8 @@ class Scheduler:
         Worked out once per config and per look at the nodes (``poke``), not per request.
         """
         if self._rules is None:
-            self._rules = self._work_out_rules()
+            self._rules = {**self._retired, **model_facts(self.config, self.nodes)}
         return self._rules
-
-    def _work_out_rules(self) -> dict[str, ModelFacts]:
-        rules = dict(self._retired)
-        for name, m in self.config.models.items():
-            node = self.config.node_of(name)
-            need = self.nodes[node].need(name)
-            blocked = None
-            if need is not None:
-                problem = slow_link(
-                    need, self.nodes[node].gpus(), self.config.placement.slow_link_width
-                )
-                if problem and self.config.placement.moe_on_slow_link == "refuse":
-                    blocked = f"{name} refused: {problem} (placement.moe_on_slow_link: refuse)"
-            rules[name] = ModelFacts(
-                name, m.swap_group, m.pinned, m.ttl, node, need, blocked, slots_of(m), m.queue
-            )
-        return rules
-
-    def inventory(self) -> Inventory:
-        gpus = {(g.node, g.index): g for node in self.nodes.values() for g in node.gpus()}
-        reserve = {name: spec.reserve for name, spec in self.config.nodes.items()}
-        return Inventory(gpus, reserve)
 
     def _kick(self) -> None:
         self._wake.set()
@@ -196,6 +185,24 @@ class Scheduler:
             instance=inst.id if inst.generation else None, node=inst.node or None,
             detail=detail, seconds=seconds,
         )  # fmt: skip
+
+    def _post(self, change: Callable[[], None]) -> None:
+        """Hand ``change`` to the loop, the one writer of instance state (a request's grant
+        and release aside: ``acquire``'s fast path takes what ``decide`` would grant)."""
+        self._inbox.append(change)
+        self._kick()
+
+    async def _applied(self, change: Callable[[], None]) -> None:
+        """Post ``change`` and wait until the loop has applied it."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def apply() -> None:
+            change()
+            if not done.done():
+                done.set_result(None)
+
+        self._post(apply)
+        await done
 
     def _pulse(self) -> None:
         """Wake whoever waits for a state change (admin commands)."""
@@ -238,38 +245,47 @@ class Scheduler:
         timeout = model.start_timeout or self.config.scheduler.start_timeout
         began = time.monotonic()
         try:
-            inst.upstream, inst.pid = await self.nodes[inst.node].start(inst.model, timeout)
+            upstream, pid = await self.nodes[inst.node].start(inst.model, timeout)
         except StartError as exc:
-            inst.failures += 1
-            inst.restarts += 1
-            inst.error = str(exc)
-            inst.state, inst.since, inst.stop_wanted = State.FAILED, time.monotonic(), False
-            gave_up = inst.failures >= self.timing.max_restarts
-            inst.retry_at = None if gave_up else inst.since + self.timing.backoff(inst.failures)
-            self._said(inst, "failed", "\n".join([str(exc), *exc.tail]))
+            self._post(functools.partial(self._failed, inst, exc))
         else:
-            now = time.monotonic()
-            inst.state, inst.since, inst.last_used = State.READY, now, now
-            inst.failures, inst.retry_at, inst.restart, inst.error = 0, None, False, None
-            self._said(inst, "ready", f"pid {inst.pid}", now - began)
-        self._pulse()
-        self._kick()
+            self._post(functools.partial(self._ready, inst, upstream, pid, began))
+
+    def _ready(self, inst: Instance, upstream: Upstream, pid: int | None, began: float) -> None:
+        now = time.monotonic()
+        inst.upstream, inst.pid = upstream, pid
+        inst.state, inst.since, inst.last_used = State.READY, now, now
+        inst.failures, inst.retry_at, inst.restart, inst.error = 0, None, False, None
+        self._said(inst, "ready", f"pid {inst.pid}", now - began)
+
+    def _failed(self, inst: Instance, exc: StartError) -> None:
+        inst.failures += 1
+        inst.restarts += 1
+        inst.error = str(exc)
+        inst.state, inst.since, inst.stop_wanted = State.FAILED, time.monotonic(), False
+        gave_up = inst.failures >= self.timing.max_restarts
+        inst.retry_at = None if gave_up else inst.since + self.timing.backoff(inst.failures)
+        self._said(inst, "failed", "\n".join([str(exc), *exc.tail]))
 
     async def _stopping(self, inst: Instance, reason: str) -> None:
         try:
             await self.nodes[inst.node].stop(inst.model, reason)
         finally:
-            inst.state, inst.since = State.STOPPED, time.monotonic()
-            inst.upstream, inst.pid, inst.stop_wanted = None, None, False
-            self._said(inst, "stopped", reason)
-            if self._retired.pop(inst.model, None) is not None:
-                del self.instances[inst.model]  # removed from the config: gone for good
-                self._rules = None
-            self._pulse()
-            self._kick()
+            self._post(functools.partial(self._stopped, inst, reason))
+
+    def _stopped(self, inst: Instance, reason: str) -> None:
+        inst.state, inst.since = State.STOPPED, time.monotonic()
+        inst.upstream, inst.pid, inst.stop_wanted = None, None, False
+        self._said(inst, "stopped", reason)
+        if self._retired.pop(inst.model, None) is not None:
+            del self.instances[inst.model]  # removed from the config: gone for good
+            self._rules = None
 
     def on_exit(self, model: str, why: str) -> None:
         """An engine ended that nobody stopped: a crash. It comes back after the backoff."""
+        self._post(functools.partial(self._crashed, model, why))
+
+    def _crashed(self, model: str, why: str) -> None:
         inst = self.instances.get(model)
         if inst is None or inst.state not in (State.READY, State.DRAINING):
             return
@@ -281,11 +297,12 @@ class Scheduler:
         gave_up = inst.failures >= self.timing.max_restarts
         inst.retry_at = None if gave_up else now + self.timing.backoff(inst.failures)
         self._said(inst, "crashed", why)
-        self._pulse()
-        self._kick()
 
     def on_gone(self, model: str, why: str) -> None:
         """An engine was stopped on its node without us (a mode change there, an agent restart)."""
+        self._post(functools.partial(self._gone, model, why))
+
+    def _gone(self, model: str, why: str) -> None:
         inst = self.instances.get(model)
         if inst is None or inst.state not in (State.READY, State.DRAINING):
             return
@@ -297,8 +314,6 @@ class Scheduler:
         )
         inst.reason = why
         self._said(inst, "stopped", why)
-        self._pulse()
-        self._kick()
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -397,22 +412,15 @@ class Scheduler:
         event and handed back. ``drift`` lists instances whose ``in_flight`` differs from
         their leases (it never should; reported, not changed).
         """
-        now = time.monotonic()
         found: list[str] = []
-        drift: dict[str, int] = {}
-        for inst in self.instances.values():
-            for lease in list(inst.leases):
-                if lease.owner is None or not lease.owner.done():
-                    continue
-                if lease.orphaned is None:
-                    lease.orphaned = now
-                elif now - lease.orphaned > 1.0:
-                    found.append(inst.model)
-                    self.leaks[inst.model] = self.leaks.get(inst.model, 0) + 1
-                    self._said(inst, "leak", f"a place of {inst.id} handed back")
-                    self.release(lease)
-            if inst.in_flight != len(inst.leases):
-                drift[inst.model] = inst.in_flight - len(inst.leases)
+        for lease in orphaned(self.instances.values(), time.monotonic()):
+            inst = lease.instance
+            found.append(inst.model)
+            self.leaks[inst.model] = self.leaks.get(inst.model, 0) + 1
+            self._said(inst, "leak", f"a place of {inst.id} handed back")
+            self.release(lease)
+        drift = {i.model: i.in_flight - len(i.leases) for i in self.instances.values()}
+        drift = {model: n for model, n in drift.items() if n}
         return {"leaks_found": found, "leaks_total": sum(self.leaks.values()), "drift": drift}
 
     def _queue_wait(self, model: str, now: float) -> float:
@@ -428,22 +436,26 @@ class Scheduler:
     async def start(self, model: str, timeout: float | None = None) -> Instance:
         """Start ``model`` (swapping if needed) and wait until it is ready."""
         inst = self.instances[model]
-        if inst.state is State.FAILED:
-            inst.failures, inst.retry_at, inst.restart = 0, None, False
-            inst.state = State.STOPPED
+
+        def fresh() -> None:  # a failed model is tried again at once, its count reset
+            if inst.state is State.FAILED:
+                inst.failures, inst.retry_at, inst.restart = 0, None, False
+                inst.state = State.STOPPED
+
+        await self._applied(fresh)
         return (await self.acquire(model, timeout=timeout, admin=True)).instance
 
     async def stop(self, model: str) -> None:
         """Stop ``model`` once its in-flight requests finish (bounded by the drain timeout)."""
         inst = self.instances[model]
-        if inst.state is State.FAILED:
-            inst.state, inst.retry_at, inst.restart = State.STOPPED, None, False
-            self._pulse()
-            return
-        if inst.state is State.STOPPED:
-            return
-        inst.stop_wanted = True
-        self._kick()
+
+        def wanted() -> None:
+            if inst.state is State.FAILED:  # not running: no retry either
+                inst.state, inst.retry_at, inst.restart = State.STOPPED, None, False
+            elif inst.state is not State.STOPPED:
+                inst.stop_wanted = True
+
+        await self._applied(wanted)
         await self._until(lambda: inst.state in (State.STOPPED, State.FAILED))
 
     async def _until(self, done: Callable[[], bool]) -> None:
@@ -466,15 +478,6 @@ class Scheduler:
             if inst.state is State.FAILED and (inst.retry_at is None or inst.retry_at > now):
                 out[name] = f"failed: {inst.error}"
         return out
-
-    def progress(self, inst: Instance) -> float | None:
-        """Share of the expected load time that has passed, from this model's last loads."""
-        if inst.state is not State.STARTING:
-            return None
-        typical = self.store.typical_load_seconds(inst.model)
-        if not typical:
-            return None
-        return round(min((time.monotonic() - inst.since) / typical, 0.99), 2)
 
     async def set_mode(self, node: str, mode: str) -> None:
         """Put ``node`` in ``mode``; if the mode says so, drain and stop its models."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from modelyard import __version__
 from modelyard.config import Config
 from modelyard.instance import Instance, slots_of
+from modelyard.lifecycle import State
 from modelyard.nodes import NodeHandle, RemoteNode
 from modelyard.placement import Gpu, Need
 
@@ -73,13 +74,23 @@ def instance_view(sched: Scheduler, inst: Instance) -> dict[str, Any]:
         "slots": slots_of(sched.config.models[inst.model]),
         "waiting": sched.waiting().get(inst.model, 0),
         "since_s": round(now - inst.since, 1) if inst.generation else None,
-        "progress": sched.progress(inst),
+        "progress": progress(sched, inst),
         "reason": inst.reason or None,
         "error": inst.error,
         "retry_in_s": round(inst.retry_at - now, 1) if inst.retry_at else None,
         "failures": inst.failures,
         "restarts": inst.restarts,
     }
+
+
+def progress(sched: Scheduler, inst: Instance) -> float | None:
+    """Share of the expected load time that has passed, from this model's last loads."""
+    if inst.state is not State.STARTING:
+        return None
+    typical = sched.store.typical_load_seconds(inst.model)
+    if not typical:
+        return None
+    return round(min((time.monotonic() - inst.since) / typical, 0.99), 2)
 
 
 def model_view(sched: Scheduler, name: str) -> dict[str, Any]:
