@@ -249,11 +249,30 @@ def granted_at_once(rule: ModelFacts, v: InstanceView, node: NodeView, w: Waiter
     return (
         not w.admin  # an admin start takes no slot: the loop handles it
         and v.state is State.READY
-        and not v.stop_wanted
-        and node.reachable
-        and (node.kind == "open" or (node.kind == "gated" and w.force))
-        and (rule.slots is None or v.in_flight < rule.slots)
+        and not v.stop_wanted  # decide drains it (``_ready``)
+        and _node_refusal(w, node) is None  # what ``_refusal`` asks of the node first
+        and free_slots(rule, v.in_flight) > 0  # what ``_ready`` grants
     )
+
+
+def free_slots(rule: ModelFacts, in_flight: int, wanted: int = 1) -> int:
+    """Requests ``rule``'s instance takes now beside ``in_flight`` (up to ``wanted``)."""
+    return wanted if rule.slots is None else max(0, rule.slots - in_flight)
+
+
+def _node_refusal(w: Waiter, node: NodeView) -> tuple[int, str] | None:
+    """Why ``node`` takes no request like ``w`` now (its agent, its mode), or None."""
+    if not node.reachable:
+        return 503, f"node {node.name} is unreachable: its agent does not answer"
+    if not w.admin:
+        if node.kind == "drained":
+            return 503, f"node {node.name} is in mode {node.mode!r} (drained): it takes nothing new"
+        if node.kind == "gated" and not w.force:
+            return 503, (
+                f"node {node.name} is in mode {node.mode!r} (gated): it takes only requests "
+                "that force it"
+            )
+    return None
 
 
 def quiet_release(v: InstanceView) -> bool:
@@ -276,16 +295,9 @@ def _refusal(
     inventory: Inventory | None,
     now: float,
 ) -> tuple[int, str] | None:
-    if not node.reachable:
-        return 503, f"node {node.name} is unreachable: its agent does not answer"
-    if not w.admin:
-        if node.kind == "drained":
-            return 503, f"node {node.name} is in mode {node.mode!r} (drained): it takes nothing new"
-        if node.kind == "gated" and not w.force:
-            return 503, (
-                f"node {node.name} is in mode {node.mode!r} (gated): it takes only requests "
-                "that force it"
-            )
+    refused = _node_refusal(w, node)
+    if refused is not None:
+        return refused
     if v.state is State.FAILED and not v.stop_wanted:
         if v.retry_at is None:
             return 503, f"{w.model} failed: {v.error}; gave up after {v.failures} tries"
@@ -390,7 +402,7 @@ def _ready(
     if challenger is not None and not rule.pinned:
         deadline = max(challenger.since, v.since) + timing.max_swap_delay
     if deadline is None or now < deadline:
-        free = len(mine) if rule.slots is None else max(0, rule.slots - v.in_flight)
+        free = free_slots(rule, v.in_flight, len(mine))
         plan.actions.extend(Grant(w.id, rule.name) for w in mine[:free])
     if deadline is not None and challenger is not None:
         idle = v.in_flight == 0 and not mine
