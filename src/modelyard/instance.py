@@ -36,7 +36,6 @@ class Instance:
     model: str
     node: str = ""  # where it was started: it is stopped there, even if the config moved it
     state: State = State.STOPPED
-    in_flight: int = 0
     since: float = 0.0
     last_used: float = 0.0
     failures: int = 0
@@ -55,6 +54,11 @@ class Instance:
     @property
     def id(self) -> str:
         return f"{self.model}#{self.generation}"
+
+    @property
+    def in_flight(self) -> int:
+        """Requests running on it: the places they hold, so the count cannot drift."""
+        return len(self.leases)
 
     def view(self) -> InstanceView:
         return InstanceView(

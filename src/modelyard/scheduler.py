@@ -372,7 +372,6 @@ class Scheduler:
     ) -> Lease:
         lease = Lease(inst, owner, now, held=not admin)
         if not admin:
-            inst.in_flight += 1
             inst.leases.add(lease)
         inst.last_used = now
         return lease
@@ -395,7 +394,6 @@ class Scheduler:
         lease.held = False
         inst = lease.instance
         inst.leases.discard(lease)
-        inst.in_flight -= 1
         inst.last_used = time.monotonic()
         took = self._took.get(inst.model)
         if took is None:
@@ -409,8 +407,7 @@ class Scheduler:
 
         A place whose request's task ended over a second before (one handed back by a done
         callback may lag a moment) is a leak: it is counted in ``leaks``, logged as an
-        event and handed back. ``drift`` lists instances whose ``in_flight`` differs from
-        their leases (it never should; reported, not changed).
+        event and handed back. (``in_flight`` is the leases held: it cannot drift from them.)
         """
         found: list[str] = []
         for lease in orphaned(self.instances.values(), time.monotonic()):
@@ -419,9 +416,7 @@ class Scheduler:
             self.leaks[inst.model] = self.leaks.get(inst.model, 0) + 1
             self._said(inst, "leak", f"a place of {inst.id} handed back")
             self.release(lease)
-        drift = {i.model: i.in_flight - len(i.leases) for i in self.instances.values()}
-        drift = {model: n for model, n in drift.items() if n}
-        return {"leaks_found": found, "leaks_total": sum(self.leaks.values()), "drift": drift}
+        return {"leaks_found": found, "leaks_total": sum(self.leaks.values())}
 
     def _queue_wait(self, model: str, now: float) -> float:
         inst = self.instances[model]

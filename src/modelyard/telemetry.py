@@ -218,11 +218,6 @@ class _Live(Collector):
             "Places found held by finished requests, and handed back (should stay 0).",
             labels=["model"],
         )
-        drift = GaugeMetricFamily(
-            "modelyard_slot_drift",
-            "in_flight minus the places requests hold (should stay 0).",
-            labels=["model"],
-        )
         waiting = sched.waiting()
         for name, inst in sched.instances.items():
             if name not in sched.config.models:
@@ -234,8 +229,7 @@ class _Live(Collector):
             queue.add_metric([name], waiting.get(name, 0))
             restarts.add_metric([name], inst.restarts)
             leaks.add_metric([name], sched.leaks.get(name, 0))
-            drift.add_metric([name], inst.in_flight - len(inst.leases))
-        yield from (state, slots, queue, restarts, leaks, drift)
+        yield from (state, slots, queue, restarts, leaks)
         yield from _node_metrics(self._nodes())
 
 

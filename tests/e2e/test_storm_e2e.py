@@ -88,7 +88,7 @@ def test_every_client_leaving_at_once_never_loses_a_place(serve: Any, tmp_path: 
         whole, going = asyncio.run(_round(gw.url, leave_at, rng))
         sent, cut_short = sent + whole, cut_short + going
         audit = _audit(gw, n)
-        assert audit == {"leaks_found": [], "leaks_total": 0, "drift": {}}, f"round {n}"
+        assert audit == {"leaks_found": [], "leaks_total": 0}, f"round {n}"
     # Each request sent whole leaves exactly one row, however it ended. (A client that
     # leaves in the first moments may not have sent its request at all.)
     assert sent > ROUNDS * CLIENTS * 0.9
