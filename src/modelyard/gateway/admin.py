@@ -28,7 +28,7 @@ async def read_json(request: Request) -> Any:
     gw: Gateway = request.app.state.gateway
     access = gw.config.access
     try:
-        raw = await read_body(request.receive, access.max_body, access.body_timeout)
+        raw = await read_body(request.receive, access.body_timeout)
     except (BodyTooLarge, BodyStalled) as exc:
         status = 413 if isinstance(exc, BodyTooLarge) else 408
         return error_response(status, str(exc), headers=dict(CLOSE))

@@ -1,7 +1,9 @@
 """Reading a request's body within its limits: a size bound and an idle timeout.
 
-Both hold while the body is read, chunked or not: a body over ``access.max_body`` is
-refused as soon as it passes the bound (nothing more is read or kept), and an upload that
+Both hold while the body is read, chunked or not. The size is the access guard's: a
+declared length over ``access.max_body`` is refused before the app, and an undeclared one
+is read through ``LimitedReceive``, which raises BodyTooLarge as soon as it passes the
+bound (nothing more is read or kept). ``read_body`` adds the idle bound: an upload that
 stalls for ``access.body_timeout`` seconds is dropped rather than held open.
 """
 
@@ -34,8 +36,9 @@ class BodyStalled(Exception):
                          "(access.body_timeout)")  # fmt: skip
 
 
-async def read_body(receive: Receive, limit: int, idle: float) -> bytes:
-    """The whole body; raises BodyTooLarge, BodyStalled or ClientDisconnect.
+async def read_body(receive: Receive, idle: float) -> bytes:
+    """The whole body; raises BodyStalled, ClientDisconnect, or BodyTooLarge (from the
+    guard's ``LimitedReceive``).
 
     The idle bound is one timer that cancels this task, re-armed per part of the body
     (asyncio.timeout does the same with more bookkeeping: this runs for every request).
@@ -52,17 +55,12 @@ async def read_body(receive: Receive, limit: int, idle: float) -> bytes:
 
     timer = loop.call_later(idle, stall)
     chunks: list[bytes] = []
-    size = 0
     try:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise ClientDisconnect()
-            body: bytes = message.get("body", b"")
-            size += len(body)
-            if size > limit:
-                raise BodyTooLarge(limit)
-            chunks.append(body)
+            chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
             timer.cancel()

@@ -62,7 +62,7 @@ async def _until_gone(request: Request, path: str) -> Response:
     key = request.scope.get("state", {}).get("api_key")
     try:
         # Read first: the watch below only sees what follows.
-        raw = await read_body(request.receive, access.max_body, access.body_timeout)
+        raw = await read_body(request.receive, access.body_timeout)
     except ClientDisconnect:
         gone = Refusal(499, "the client went away before its request was handled")
         return _refused(gw, path, b"", arrived, key, gone)
