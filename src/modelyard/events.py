@@ -54,7 +54,6 @@ class Subscription:
         self._hub = hub
         self._buffer: deque[Event] = deque(maxlen=size)
         self._ready = asyncio.Event()
-        self.closed = False
 
     def offer(self, event: Event) -> None:
         if len(self._buffer) == self._buffer.maxlen:
@@ -78,7 +77,6 @@ class Subscription:
         return self._buffer.popleft()
 
     def close(self) -> None:
-        self.closed = True
         self._hub.unsubscribe(self)
 
 

@@ -89,10 +89,6 @@ class Lease:
     held: bool = True
     orphaned: float | None = None  # monotonic: when an audit first saw its owner done
 
-    @property
-    def id(self) -> str:
-        return self.instance.id
-
 
 def orphaned(instances: Iterable[Instance], now: float) -> list[Lease]:
     """Places held for over a second by requests whose task has ended (those seen so for

@@ -24,7 +24,7 @@ from modelyard.store import EngineRow, Store
 REAP_GRACE = 2.0  # seconds a leftover engine gets between SIGTERM and SIGKILL
 TAG = "MODELYARD_ENGINE"  # set in each engine's environment: its children carry it too
 
-log = logging.getLogger("modelyard.supervisor")
+log = logging.getLogger("modelyard.reaper")
 
 
 class ProcStat(NamedTuple):

@@ -102,7 +102,7 @@ class Attempt:
                 overhead = None
                 if result.sent is not None and not self.hops:  # a first hop: no fallback time
                     overhead = result.sent - self.began - (granted - asked_at)
-                self.record(name, lease.id, result, granted - self.began, overhead)
+                self.record(name, lease.instance.id, result, granted - self.began, overhead)
 
         return finish
 

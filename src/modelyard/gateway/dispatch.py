@@ -144,7 +144,7 @@ async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Re
                     data,
                     stream=call.stream,
                     asked_model=name,
-                    headers=attempt.headers(name, lease.id),
+                    headers=attempt.headers(name, lease.instance.id),
                     limits=limits_for(gw.config, name, deadline),
                     done=finish,
                 )
