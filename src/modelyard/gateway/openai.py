@@ -65,12 +65,12 @@ async def _until_gone(request: Request, path: str) -> Response:
         raw = await read_body(request.receive, access.body_timeout)
     except ClientDisconnect:
         gone = Refusal(499, "the client went away before its request was handled")
-        return _refused(gw, path, b"", arrived, key, gone)
+        return _refused(gw, path, arrived, key, gone)
     except BodyTooLarge as exc:
-        return _refused(gw, path, b"", arrived, key, Refusal(413, str(exc), headers=CLOSE))
+        return _refused(gw, path, arrived, key, Refusal(413, str(exc), headers=CLOSE))
     except BodyStalled as exc:
         refusal = Refusal(408, str(exc), code="body_timeout", headers=CLOSE)
-        return _refused(gw, path, b"", arrived, key, refusal)
+        return _refused(gw, path, arrived, key, refusal)
     began = time.monotonic()  # the upload is not waiting: the request's time starts here
     me = asyncio.current_task()
     assert me is not None, "an ASGI app runs in a task"
@@ -96,7 +96,7 @@ async def _serve(
     key = request.scope.get("state", {}).get("api_key")
     parsed = _parse(raw, gw)
     if isinstance(parsed, Refusal):
-        return _refused(gw, path, raw, began, key, parsed)
+        return _refused(gw, path, began, key, parsed)
     body, asked = parsed
     head = request.scope.get(HEAD_KEY)  # counted by the connection as it read them
     if head is None:
@@ -116,17 +116,10 @@ async def _serve(
     return await dispatch.run(gw, call, decision, openai_error)
 
 
-def _refused(
-    gw: Gateway, path: str, raw: bytes, began: float, key: Any, refusal: Refusal
-) -> Response:
-    """A request refused before it became a call: logged, then answered."""
-    asked: Any = None
-    try:
-        asked = orjson.loads(raw).get("model") if raw else None
-    except (orjson.JSONDecodeError, AttributeError):
-        pass
-    asked = asked if isinstance(asked, str) else ""
-    rejected(gw, path, asked, began, key.name if key else None, refusal)
+def _refused(gw: Gateway, path: str, began: float, key: Any, refusal: Refusal) -> Response:
+    """A request refused before it named a model it may use (its body unread or not a
+    request): logged with no model asked, then answered."""
+    rejected(gw, path, "", began, key.name if key else None, refusal)
     return openai_error(refusal)
 
 
