@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a pack
 
 from cold import direct as start_direct
 from cold import first_token, streamed_first_token
-from gateway import STUB_CHUNKS, Gateway, start_gateway, write_bench_config
+from gateway import STUB_CHUNKS, GatewayProcess, start_gateway, write_bench_config
 from harness import (
     CHAT,
     PROMPT,
@@ -362,7 +362,11 @@ def environment(binary: str | None, litellm: str) -> list[str]:
 
 
 def stub_targets_with_bare(
-    args: argparse.Namespace, gw: Gateway, running: Running, model: str, litellm_base: str | None
+    args: argparse.Namespace,
+    gw: GatewayProcess,
+    running: Running,
+    model: str,
+    litellm_base: str | None,
 ) -> tuple[list[Target], subprocess.Popen[bytes], int]:
     """direct, bare, modelyard (and litellm) in front of ``model``'s engine; the bare proxy
     (to stop afterwards) and the engine's pid."""
@@ -398,7 +402,7 @@ def stub_spec(args: argparse.Namespace) -> Callable[[Phase], Spec]:
 
 def measure_stub(
     args: argparse.Namespace,
-    gw: Gateway,
+    gw: GatewayProcess,
     running: Running,
     model: str,
     phases: list[Phase],
@@ -415,7 +419,7 @@ def measure_stub(
 
 
 def stub_part(
-    args: argparse.Namespace, gw: Gateway, running: Running, litellm_base: str | None
+    args: argparse.Namespace, gw: GatewayProcess, running: Running, litellm_base: str | None
 ) -> tuple[list[str], dict[str, Any]]:
     phases = [Phase(False, c) for c in args.concurrency] + [Phase(True, c) for c in args.streams]
     targets, results = measure_stub(args, gw, running, "stub", phases, litellm_base)
@@ -443,7 +447,7 @@ def stub_part(
 
 
 def paced_part(
-    args: argparse.Namespace, gw: Gateway, running: Running, litellm_base: str | None
+    args: argparse.Namespace, gw: GatewayProcess, running: Running, litellm_base: str | None
 ) -> tuple[list[str], dict[str, Any]]:
     phases = [Phase(True, c) for c in args.streams]
     targets, results = measure_stub(args, gw, running, "paced", phases, litellm_base)
@@ -464,7 +468,7 @@ def paced_part(
 
 
 def llama_part(
-    args: argparse.Namespace, gw: Gateway, litellm_base: str | None
+    args: argparse.Namespace, gw: GatewayProcess, litellm_base: str | None
 ) -> tuple[list[str], dict[str, Any]]:
     gemma = gw.model("gemma")
     upstream = gemma["upstream"].removesuffix("/v1")
@@ -541,7 +545,11 @@ def summarize(results: Results) -> dict[str, Any]:
 
 
 def cold_part(
-    args: argparse.Namespace, gw: Gateway, binary: str, weights: Path, litellm_base: str | None
+    args: argparse.Namespace,
+    gw: GatewayProcess,
+    binary: str,
+    weights: Path,
+    litellm_base: str | None,
 ) -> tuple[list[str], dict[str, Any]]:
     url = gw.base + CHAT
     rows = []

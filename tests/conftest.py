@@ -73,7 +73,7 @@ def alive(pid: int) -> bool:
 
 
 @dataclass
-class Gateway:
+class ServedGateway:
     """A running ``modelyard serve`` process and clients for it."""
 
     proc: subprocess.Popen[bytes]
@@ -146,9 +146,9 @@ def write_config(tmp: Path, models: str, scheduler: str = "") -> Path:
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Any]:
     """Start a gateway on a config; stops it afterwards and checks no engine is left."""
-    started: list[Gateway] = []
+    started: list[ServedGateway] = []
 
-    def start(config: Path) -> Gateway:
+    def start(config: Path) -> ServedGateway:
         import yaml
 
         listen = yaml.safe_load(config.read_text())["listen"]
@@ -158,7 +158,7 @@ def serve(tmp_path: Path) -> Iterator[Any]:
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
         )
-        gw = Gateway(proc, f"http://{listen}", config, log)
+        gw = ServedGateway(proc, f"http://{listen}", config, log)
         started.append(gw)
         wait_healthy(gw.url, proc, lambda: f"gateway: {log.read_text()}")
         return gw
@@ -202,7 +202,7 @@ def stub_model(name: str, *args: str, **extra: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stub_log(gw: Gateway, model: str) -> dict[str, Any]:
+def stub_log(gw: ServedGateway, model: str) -> dict[str, Any]:
     """What the slow upstream serving ``model`` recorded: each request and the peak."""
     upstream = gw.model(model)["upstream"]
     assert upstream, f"{model} is not running"

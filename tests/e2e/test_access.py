@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Gateway, free_port, write_config
+from tests.conftest import ServedGateway, free_port, write_config
 
 USER, ADMIN, LIMITED = "my-user-key", "my-admin-key", "my-limited-key"
 
@@ -32,7 +32,7 @@ MODELS = """\
 
 
 @pytest.fixture
-def guarded(serve, tmp_path: Path) -> Gateway:  # type: ignore[no-untyped-def]
+def guarded(serve, tmp_path: Path) -> ServedGateway:  # type: ignore[no-untyped-def]
     config = write_config(tmp_path, MODELS, ACCESS)
     os.environ["TEST_ADMIN_KEY"] = ADMIN
     try:
@@ -41,12 +41,14 @@ def guarded(serve, tmp_path: Path) -> Gateway:  # type: ignore[no-untyped-def]
         del os.environ["TEST_ADMIN_KEY"]
 
 
-def call(gw: Gateway, method: str, path: str, key: str | None, **kw: object) -> httpx.Response:
+def call(
+    gw: ServedGateway, method: str, path: str, key: str | None, **kw: object
+) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return httpx.request(method, gw.url + path, headers=headers, timeout=30, **kw)  # type: ignore[arg-type]
 
 
-def test_keys_and_scopes(guarded: Gateway) -> None:
+def test_keys_and_scopes(guarded: ServedGateway) -> None:
     assert call(guarded, "GET", "/health", None).status_code == 200
     missing = call(guarded, "GET", "/v1/models", None)
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
@@ -76,7 +78,7 @@ def test_keys_and_scopes(guarded: Gateway) -> None:
     assert ps.returncode == 0 and "remote" in ps.stdout
 
 
-def test_per_key_models_rate_and_body_size(guarded: Gateway) -> None:
+def test_per_key_models_rate_and_body_size(guarded: ServedGateway) -> None:
     body = {"model": "b", "messages": [{"role": "user", "content": "hi"}]}
     refused = call(guarded, "POST", "/v1/chat/completions", LIMITED, json=body)
     assert refused.status_code == 403 and "may use: a" in refused.json()["error"]["message"]

@@ -9,17 +9,17 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Gateway, gemma_model, write_config
+from tests.conftest import ServedGateway, gemma_model, write_config
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def one_slot(serve, gemma: Path, tmp_path: Path) -> Gateway:  # type: ignore[no-untyped-def]
+def one_slot(serve, gemma: Path, tmp_path: Path) -> ServedGateway:  # type: ignore[no-untyped-def]
     return serve(write_config(tmp_path, gemma_model("q", gemma, parallel=1, queue=2)))  # type: ignore[no-any-return]
 
 
-def post(gw: Gateway, max_tokens: int = 8) -> httpx.Response:
+def post(gw: ServedGateway, max_tokens: int = 8) -> httpx.Response:
     body = {
         "model": "q",
         "messages": [{"role": "user", "content": "Say hi."}],
@@ -28,7 +28,7 @@ def post(gw: Gateway, max_tokens: int = 8) -> httpx.Response:
     return httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=300)
 
 
-def test_waiting_for_a_cold_start_is_a_bounded_queue(one_slot: Gateway) -> None:
+def test_waiting_for_a_cold_start_is_a_bounded_queue(one_slot: ServedGateway) -> None:
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda _: post(one_slot), range(6)))
     codes = sorted(a.status_code for a in answers)
@@ -40,7 +40,7 @@ def test_waiting_for_a_cold_start_is_a_bounded_queue(one_slot: Gateway) -> None:
     assert (audit["in_flight"], audit["waiting"], audit["slots"]) == (0, 0, 1)
 
 
-def test_full_queue_answers_429_and_every_slot_comes_back(one_slot: Gateway) -> None:
+def test_full_queue_answers_429_and_every_slot_comes_back(one_slot: ServedGateway) -> None:
     assert post(one_slot).status_code == 200  # loaded
     body = {
         "model": "q",
@@ -67,7 +67,7 @@ def test_full_queue_answers_429_and_every_slot_comes_back(one_slot: Gateway) -> 
     assert (audit["in_flight"], audit["waiting"]) == (0, 0)
 
 
-def engine_busy(gw: Gateway) -> bool:
+def engine_busy(gw: ServedGateway) -> bool:
     """Is any slot of q's llama-server generating? (its own /slots endpoint)"""
     base = str(gw.model("q")["upstream"]).removesuffix("/v1")
     return any(slot["is_processing"] for slot in httpx.get(base + "/slots", timeout=10).json())
@@ -84,7 +84,9 @@ def wait_until(check, timeout: float = 30, show=None) -> None:  # type: ignore[n
         time.sleep(1.0)
 
 
-def test_a_client_that_goes_away_frees_its_slot_and_stops_the_engine(one_slot: Gateway) -> None:
+def test_a_client_that_goes_away_frees_its_slot_and_stops_the_engine(
+    one_slot: ServedGateway,
+) -> None:
     assert post(one_slot).status_code == 200  # loaded
     long = {
         "model": "q",
@@ -125,12 +127,12 @@ def test_a_client_that_goes_away_frees_its_slot_and_stops_the_engine(one_slot: G
     assert one_slot.model("q")["in_flight"] == 0
 
 
-def post_with_timeout(gw: Gateway, timeout: float) -> httpx.Response:
+def post_with_timeout(gw: ServedGateway, timeout: float) -> httpx.Response:
     body = {"model": "q", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     return httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=timeout)
 
 
-def test_a_waiting_stream_is_kept_alive_then_answered(one_slot: Gateway) -> None:
+def test_a_waiting_stream_is_kept_alive_then_answered(one_slot: ServedGateway) -> None:
     """Queued behind a busy slot, a streamed request gets its 200 and comment lines at once,
     then the answer; the SDK reads through the comments."""
     assert post(one_slot).status_code == 200
@@ -167,7 +169,7 @@ def test_a_waiting_stream_is_kept_alive_then_answered(one_slot: Gateway) -> None
     assert chunks and one_slot.model("q")["in_flight"] == 0
 
 
-def test_context_window_warns_then_refuses(one_slot: Gateway) -> None:
+def test_context_window_warns_then_refuses(one_slot: ServedGateway) -> None:
     """q's window is 1024 tokens: over 60% warns in a header, over 75% is a 400."""
 
     def ask(chars: int, max_tokens: int) -> httpx.Response:
@@ -189,7 +191,7 @@ def test_context_window_warns_then_refuses(one_slot: Gateway) -> None:
     assert "1024-token window" in error["message"]
 
 
-def test_shutdown_lets_a_running_stream_finish(one_slot: Gateway) -> None:
+def test_shutdown_lets_a_running_stream_finish(one_slot: ServedGateway) -> None:
     import signal
 
     assert post(one_slot).status_code == 200

@@ -20,14 +20,14 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Gateway, stub_model, write_config
+from tests.conftest import ServedGateway, stub_model, write_config
 
 pytestmark = pytest.mark.e2e
 
 LIMITS = "access:\n  max_headers: 100\n  max_header_bytes: 64KiB\n  header_timeout: 1\n"
 
 
-def address(gw: Gateway) -> tuple[str, int]:
+def address(gw: ServedGateway) -> tuple[str, int]:
     host, port = gw.url.removeprefix("http://").rsplit(":", 1)
     return host, int(port)
 
@@ -45,7 +45,7 @@ def read_all(sock: socket.socket) -> bytes:
         data += chunk
 
 
-def exchange(gw: Gateway, request: bytes) -> bytes:
+def exchange(gw: ServedGateway, request: bytes) -> bytes:
     """Send ``request`` whole on a new connection; what comes back until the gateway closes.
 
     The send must complete: a refusal that closed on a client still sending would reset the
@@ -71,7 +71,7 @@ def split_first(data: bytes) -> tuple[bytes, bytes]:
     return data[: end + length], data[end + length :]
 
 
-def peak_memory(gw: Gateway) -> int:
+def peak_memory(gw: ServedGateway) -> int:
     """The gateway process's peak resident memory so far, in bytes."""
     with open(f"/proc/{gw.proc.pid}/status") as f:
         line = next(line for line in f if line.startswith("VmHWM:"))

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from modelyard.top import Follower
-from tests.conftest import Gateway, stub_model, write_config
+from tests.conftest import ServedGateway, stub_model, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +37,7 @@ def _events(lines: Any, want: int) -> list[dict[str, Any]]:
 
 def test_instance_request_and_config_events_reach_a_subscriber(serve: Any, tmp_path: Path) -> None:
     config = write_config(tmp_path, stub_model("slow", slots=2))
-    gw: Gateway = serve(config)
+    gw: ServedGateway = serve(config)
     url = gw.url + "/admin/events?kinds=instance,request,config"
     with httpx.stream("GET", url, timeout=30) as stream:
         lines = stream.iter_lines()
@@ -82,7 +82,7 @@ def test_instance_request_and_config_events_reach_a_subscriber(serve: Any, tmp_p
 def test_a_subscriber_that_stops_reading_is_bounded_then_dropped(
     serve: Any, tmp_path: Path
 ) -> None:
-    gw: Gateway = serve(write_config(tmp_path, stub_model("slow", slots=16)))
+    gw: ServedGateway = serve(write_config(tmp_path, stub_model("slow", slots=16)))
     assert gw.admin("POST", "/admin/models/slow/start").status_code == 200
     host, port = gw.url.removeprefix("http://").split(":")
     stalled = socket.socket()

@@ -25,7 +25,7 @@ import pytest
 
 from tests.conftest import (
     SLOW_UPSTREAM,
-    Gateway,
+    ServedGateway,
     access_keys,
     free_port,
     stub_log,
@@ -35,11 +35,11 @@ from tests.conftest import (
 )
 
 
-def _records(gw: Gateway, model: str, tag: str) -> list[dict[str, Any]]:
+def _records(gw: ServedGateway, model: str, tag: str) -> list[dict[str, Any]]:
     return [r for r in stub_log(gw, model)["requests"] if r["tag"] == tag]
 
 
-def _until_ended(gw: Gateway, model: str, tag: str, timeout: float = 10) -> dict[str, Any]:
+def _until_ended(gw: ServedGateway, model: str, tag: str, timeout: float = 10) -> dict[str, Any]:
     """The record of the request tagged ``tag`` once it ended (done or aborted)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -59,7 +59,7 @@ def _chat(model: str, stub: dict[str, Any], stream: bool = False) -> dict[str, A
     }
 
 
-def _settled(gw: Gateway, model: str) -> dict[str, Any]:
+def _settled(gw: ServedGateway, model: str) -> dict[str, Any]:
     """The model's slots once every request on it is over (the slot audit)."""
     deadline = time.monotonic() + 10
     while True:

@@ -15,14 +15,14 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Gateway, free_port, gemma_model, write_config
+from tests.conftest import ServedGateway, free_port, gemma_model, write_config
 
 pytestmark = pytest.mark.e2e
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 
 
-def chat(gw: Gateway, model: str, **kw: object) -> tuple[str, dict[str, str]]:
+def chat(gw: ServedGateway, model: str, **kw: object) -> tuple[str, dict[str, str]]:
     raw = gw.client.chat.completions.with_raw_response.create(
         model=model,
         messages=HELLO,
@@ -35,7 +35,7 @@ def chat(gw: Gateway, model: str, **kw: object) -> tuple[str, dict[str, str]]:
 
 
 @pytest.fixture
-def pair(serve, gemma: Path, tmp_path: Path) -> Gateway:  # type: ignore[no-untyped-def]
+def pair(serve, gemma: Path, tmp_path: Path) -> ServedGateway:  # type: ignore[no-untyped-def]
     """gemma-a and gemma-b in one swap group, as in examples/demo.yaml."""
     models = gemma_model("gemma-a", gemma, aliases="[gemma]", swap_group="cpu", ttl="10m")
     models += gemma_model("gemma-b", gemma, swap_group="cpu", ttl="10m")
@@ -44,7 +44,7 @@ def pair(serve, gemma: Path, tmp_path: Path) -> Gateway:  # type: ignore[no-unty
     )
 
 
-def test_chat_streaming_and_not(pair: Gateway) -> None:
+def test_chat_streaming_and_not(pair: ServedGateway) -> None:
     _, headers = chat(pair, "gemma")  # an alias
     assert headers["x-modelyard-model"] == "gemma-a"
     assert headers["x-modelyard-instance"] == "gemma-a#1"
@@ -67,7 +67,7 @@ def test_chat_streaming_and_not(pair: Gateway) -> None:
     assert cards["gemma-b"].model_extra["state"] == "stopped"  # type: ignore[index]
 
 
-def test_swap_a_b_a_never_two_up(pair: Gateway) -> None:
+def test_swap_a_b_a_never_two_up(pair: ServedGateway) -> None:
     peak = 0
     done = threading.Event()
 
@@ -96,7 +96,7 @@ def test_swap_a_b_a_never_two_up(pair: Gateway) -> None:
     assert peak == 1, "two members of one swap group ran at the same time"
 
 
-def test_in_flight_request_finishes_before_eviction(pair: Gateway) -> None:
+def test_in_flight_request_finishes_before_eviction(pair: ServedGateway) -> None:
     chat(pair, "gemma-a")
     stream = pair.client.chat.completions.create(
         model="gemma-a",
@@ -115,7 +115,7 @@ def test_in_flight_request_finishes_before_eviction(pair: Gateway) -> None:
     assert headers["x-modelyard-instance"] == "gemma-b#1"
 
 
-def test_no_swap_header_fails_fast(pair: Gateway) -> None:
+def test_no_swap_header_fails_fast(pair: ServedGateway) -> None:
     chat(pair, "gemma-a")
     with pytest.raises(openai.ConflictError) as info:
         pair.client.chat.completions.create(
@@ -130,7 +130,7 @@ def test_no_swap_header_fails_fast(pair: Gateway) -> None:
     assert model == "gemma-a"
 
 
-def test_concurrent_cold_requests_cause_one_start(pair: Gateway) -> None:
+def test_concurrent_cold_requests_cause_one_start(pair: ServedGateway) -> None:
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda _: chat(pair, "gemma-b"), range(6)))
     assert {h["x-modelyard-instance"] for _, h in results} == {"gemma-b#1"}
@@ -138,7 +138,7 @@ def test_concurrent_cold_requests_cause_one_start(pair: Gateway) -> None:
     assert log.count("] starting: ") == 1
 
 
-def test_crash_is_detected_and_restarted(pair: Gateway) -> None:
+def test_crash_is_detected_and_restarted(pair: ServedGateway) -> None:
     chat(pair, "gemma-a")
     pid = pair.model("gemma-a")["pid"]
     os.kill(pid, signal.SIGKILL)
@@ -156,7 +156,7 @@ def test_crash_is_detected_and_restarted(pair: Gateway) -> None:
     assert headers["x-modelyard-instance"] == "gemma-a#2"
 
 
-def test_admin_api_and_cli(pair: Gateway) -> None:
+def test_admin_api_and_cli(pair: ServedGateway) -> None:
     started = pair.cli("start", "gemma-b", "--json")
     assert started.returncode == 0, started.stderr
     ps = pair.cli("ps")
@@ -175,7 +175,7 @@ def test_admin_api_and_cli(pair: Gateway) -> None:
     assert missing.returncode == 1 and "does not exist" in missing.stderr
 
 
-def test_bad_requests_get_openai_errors(pair: Gateway) -> None:
+def test_bad_requests_get_openai_errors(pair: ServedGateway) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         pair.client.chat.completions.create(model="gpt-5", messages=HELLO)
     assert "gemma-a" in info.value.message and "gemma-b" in info.value.message

@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from tests.conftest import (
-    Gateway,
+    ServedGateway,
     access_keys,
     alive,
     free_port,
@@ -40,7 +40,7 @@ MAX_BODY = 256 * 1024
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, gemma: Path) -> Iterator[Gateway]:
+def gw(tmp_path_factory: pytest.TempPathFactory, gemma: Path) -> Iterator[ServedGateway]:
     tmp = tmp_path_factory.mktemp("hostile")
     config = tmp / "modelyard.yaml"
     config.write_text(
@@ -64,7 +64,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, gemma: Path) -> Iterator[Gatewa
     )
     import yaml
 
-    gateway = Gateway(
+    gateway = ServedGateway(
         proc, f"http://{yaml.safe_load(config.read_text())['listen']}", config, log, key=KEY
     )
     wait_healthy(gateway.url, proc, lambda: log.read_text())
@@ -76,7 +76,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, gemma: Path) -> Iterator[Gatewa
     assert not [pid for pid in engines if alive(pid)]
 
 
-def _sdk(gw: Gateway, retries: int = 0) -> openai.OpenAI:
+def _sdk(gw: ServedGateway, retries: int = 0) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.url + "/v1", api_key=KEY, max_retries=retries)
 
 
@@ -97,7 +97,7 @@ def _rss_kib(pid: int) -> int:
         return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:"))
 
 
-def test_a_decision_keeps_only_the_headers_routing_reads(gw: Gateway) -> None:
+def test_a_decision_keeps_only_the_headers_routing_reads(gw: ServedGateway) -> None:
     headers = {
         **AUTH,
         "x-tier": "big",
@@ -122,7 +122,7 @@ def test_a_decision_keeps_only_the_headers_routing_reads(gw: Gateway) -> None:
     assert "SECRET" not in stored and "jjjj" not in stored and KEY not in stored
 
 
-def test_a_chunked_body_over_max_body_is_refused_as_it_is_read(gw: Gateway) -> None:
+def test_a_chunked_body_over_max_body_is_refused_as_it_is_read(gw: ServedGateway) -> None:
     """Refused at the bound with 413, JSON or not; the gateway's memory does not follow."""
     before = _rss_kib(gw.proc.pid)
     for payload in (
@@ -135,7 +135,7 @@ def test_a_chunked_body_over_max_body_is_refused_as_it_is_read(gw: Gateway) -> N
     assert _rss_kib(gw.proc.pid) - before < 20 * 1024  # not 50 MB read and parsed
 
 
-def _send_chunked(gw: Gateway, piece: bytes, total: int) -> tuple[int, bytes]:
+def _send_chunked(gw: ServedGateway, piece: bytes, total: int) -> tuple[int, bytes]:
     """POST ``piece`` again and again as a chunked body until ``total`` bytes or the
     gateway answers; returns its status and body."""
     host, port = gw.url.removeprefix("http://").split(":")
@@ -166,7 +166,7 @@ def _send_chunked(gw: Gateway, piece: bytes, total: int) -> tuple[int, bytes]:
     return int(head.split()[1]), body
 
 
-def test_a_stalled_upload_is_dropped_with_408_and_not_counted_as_waiting(gw: Gateway) -> None:
+def test_a_stalled_upload_is_dropped_with_408_and_not_counted_as_waiting(gw: ServedGateway) -> None:
     host, port = gw.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
         s.sendall(
@@ -216,7 +216,7 @@ def test_a_stalled_upload_is_dropped_with_408_and_not_counted_as_waiting(gw: Gat
     ],
 )
 def test_an_engines_error_reaches_the_client_in_our_shape(
-    gw: Gateway, engine_status: int, engine_error: Any, status: int, says: str
+    gw: ServedGateway, engine_status: int, engine_error: Any, status: int, says: str
 ) -> None:
     body = _chat("slow", stub={"fail": engine_status, "error": engine_error})
     r = httpx.post(gw.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=30)
@@ -226,7 +226,7 @@ def test_an_engines_error_reaches_the_client_in_our_shape(
     assert error["code"] is None or isinstance(error["code"], str)
 
 
-def test_a_message_without_a_role_is_the_clients_400_naming_the_field(gw: Gateway) -> None:
+def test_a_message_without_a_role_is_the_clients_400_naming_the_field(gw: ServedGateway) -> None:
     body = {"model": "gemma-a", "messages": [{"content": "hi"}]}
     r = httpx.post(gw.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=30)
     assert r.status_code == 400
@@ -234,7 +234,7 @@ def test_a_message_without_a_role_is_the_clients_400_naming_the_field(gw: Gatewa
     assert gw.model("gemma-a")["state"] == "stopped"  # refused before any engine ran
 
 
-def test_embeddings_on_a_chat_model_are_a_400_at_once_naming_the_key(gw: Gateway) -> None:
+def test_embeddings_on_a_chat_model_are_a_400_at_once_naming_the_key(gw: ServedGateway) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         _sdk(gw, retries=2).embeddings.create(model="gemma-a", input="hello")
     assert refused.value.code == "unsupported_endpoint"
@@ -246,7 +246,7 @@ def test_embeddings_on_a_chat_model_are_a_400_at_once_naming_the_key(gw: Gateway
     assert len(vector) > 100
 
 
-def test_retry_after_is_the_queue_ahead_at_the_measured_pace(gw: Gateway) -> None:
+def test_retry_after_is_the_queue_ahead_at_the_measured_pace(gw: ServedGateway) -> None:
     """A client that waits as long as the 429 says finds the line gone: served at once."""
     sdk = _sdk(gw)
     for _ in range(2):  # the pace: 1.5 s a request
@@ -277,7 +277,7 @@ def test_retry_after_is_the_queue_ahead_at_the_measured_pace(gw: Gateway) -> Non
     queued.join()
 
 
-def test_ready_for_a_model_needs_a_key_once_keys_are_set(gw: Gateway) -> None:
+def test_ready_for_a_model_needs_a_key_once_keys_are_set(gw: ServedGateway) -> None:
     assert httpx.get(gw.url + "/ready", timeout=10).status_code == 200
     assert httpx.get(gw.url + "/health", timeout=10).status_code == 200
     for name in ("slow", "no-such-model"):
@@ -287,24 +287,24 @@ def test_ready_for_a_model_needs_a_key_once_keys_are_set(gw: Gateway) -> None:
 
 
 @pytest.mark.parametrize("lines", ["0", "-1", "2001", "x"])
-def test_logs_lines_out_of_range_is_a_400(gw: Gateway, lines: str) -> None:
+def test_logs_lines_out_of_range_is_a_400(gw: ServedGateway, lines: str) -> None:
     r = gw.admin("GET", f"/admin/models/slow/logs?lines={lines}")
     assert r.status_code == 400 and _error(r)["param"] == "lines"
 
 
-def test_logs_gives_at_most_the_lines_asked(gw: Gateway) -> None:
+def test_logs_gives_at_most_the_lines_asked(gw: ServedGateway) -> None:
     gw.admin("POST", "/admin/models/slow/start")
     r = gw.admin("GET", "/admin/models/slow/logs?lines=2", headers={"accept": "application/json"})
     assert r.status_code == 200 and 1 <= len(r.json()["lines"]) <= 2
 
 
-def test_explain_with_json_nested_10000_deep_is_a_400(gw: Gateway) -> None:
+def test_explain_with_json_nested_10000_deep_is_a_400(gw: ServedGateway) -> None:
     deep = "[" * 10_000 + "]" * 10_000
     r = gw.admin("POST", "/admin/route/explain", content=f'{{"request": {deep}}}')
     assert r.status_code == 400 and "not valid JSON" in _error(r)["message"]
 
 
-def test_the_sdks_models_retrieve_finds_a_model_an_alias_and_a_tier(gw: Gateway) -> None:
+def test_the_sdks_models_retrieve_finds_a_model_an_alias_and_a_tier(gw: ServedGateway) -> None:
     sdk = _sdk(gw)
     assert sdk.models.retrieve("slow").id == "slow"
     with pytest.raises(openai.NotFoundError) as missing:
@@ -312,7 +312,7 @@ def test_the_sdks_models_retrieve_finds_a_model_an_alias_and_a_tier(gw: Gateway)
     assert "known models" in missing.value.message
 
 
-def test_a_stream_that_waited_for_its_model_says_which_one_served_it(gw: Gateway) -> None:
+def test_a_stream_that_waited_for_its_model_says_which_one_served_it(gw: ServedGateway) -> None:
     gw.admin("POST", "/admin/models/gemma-a/stop")
     body = _chat("gemma-a", stream=True, max_tokens=4)
     with httpx.stream(

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Gateway, alive, free_port, wait_healthy
+from tests.conftest import ServedGateway, alive, free_port, wait_healthy
 
 pytestmark = pytest.mark.e2e
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -91,7 +91,9 @@ class Agents:
 
 
 @pytest.fixture
-def cluster(serve, gemma: Path, tmp_path: Path) -> Iterator[tuple[Gateway, Agents, dict[str, int]]]:  # type: ignore[no-untyped-def]
+def cluster(
+    serve, gemma: Path, tmp_path: Path
+) -> Iterator[tuple[ServedGateway, Agents, dict[str, int]]]:  # type: ignore[no-untyped-def]
     ports = {"gamer": free_port(), "lab": free_port()}
     config = two_node_config(tmp_path, gemma, ports)
     agents = Agents(config, tmp_path)
@@ -104,7 +106,7 @@ def cluster(serve, gemma: Path, tmp_path: Path) -> Iterator[tuple[Gateway, Agent
         agents.close()
 
 
-def node(gw: Gateway, name: str) -> dict[str, object]:
+def node(gw: ServedGateway, name: str) -> dict[str, object]:
     nodes = gw.admin("GET", "/admin/nodes").json()["nodes"]
     return next(n for n in nodes if n["name"] == name)
 

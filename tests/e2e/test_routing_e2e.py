@@ -10,7 +10,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Gateway, free_port
+from tests.conftest import ServedGateway, free_port
 from tests.e2e.test_nodes_e2e import Agents, node, two_node_config, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -47,7 +47,7 @@ policy:
 
 
 @pytest.fixture
-def s2(serve, gemma: Path, tmp_path: Path) -> Iterator[tuple[Gateway, Agents]]:  # type: ignore[no-untyped-def]
+def s2(serve, gemma: Path, tmp_path: Path) -> Iterator[tuple[ServedGateway, Agents]]:  # type: ignore[no-untyped-def]
     ports = {"gamer": free_port(), "lab": free_port()}
     config = two_node_config(tmp_path, gemma, ports, POLICY.format(dead=free_port()))
     agents = Agents(config, tmp_path)
@@ -61,14 +61,14 @@ def s2(serve, gemma: Path, tmp_path: Path) -> Iterator[tuple[Gateway, Agents]]: 
         agents.close()
 
 
-def ask(gw: Gateway, text: str, model: str = "auto", **kw: Any) -> tuple[Any, dict[str, str]]:
+def ask(gw: ServedGateway, text: str, model: str = "auto", **kw: Any) -> tuple[Any, dict[str, str]]:
     raw = gw.client.chat.completions.with_raw_response.create(
         model=model, messages=[{"role": "user", "content": text}], max_tokens=4, **kw
     )
     return raw.parse(), dict(raw.headers)
 
 
-def trail(gw: Gateway, headers: dict[str, str]) -> dict[str, Any]:
+def trail(gw: ServedGateway, headers: dict[str, str]) -> dict[str, Any]:
     decision = gw.admin("GET", f"/admin/decisions/{headers['x-modelyard-decision']}").json()
     assert decision["id"] == headers["x-modelyard-decision"]
     return decision  # type: ignore[no-any-return]

@@ -20,7 +20,7 @@ import aiohttp
 import httpx
 import pytest
 
-from tests.conftest import Gateway, stub_log, stub_model, write_config
+from tests.conftest import ServedGateway, stub_log, stub_model, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +28,7 @@ ROUNDS = 50
 CLIENTS = 24
 
 
-def _audit(gw: Gateway, round_no: int) -> dict[str, Any]:
+def _audit(gw: ServedGateway, round_no: int) -> dict[str, Any]:
     """The slot audit once the round's requests are over (bounded wait)."""
     deadline = time.monotonic() + 10
     while True:
@@ -104,7 +104,7 @@ def test_every_client_leaving_at_once_never_loses_a_place(serve: Any, tmp_path: 
     assert 'modelyard_slot_leaks_total{model="slow"} 0.0' in metrics
 
 
-def _requests_logged(gw: Gateway) -> int:
+def _requests_logged(gw: ServedGateway) -> int:
     text = httpx.get(gw.url + "/metrics", timeout=10).text
     total = 0.0
     for line in text.splitlines():

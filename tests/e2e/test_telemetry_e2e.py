@@ -11,13 +11,13 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Gateway, access_keys, stub_model, write_config
+from tests.conftest import ServedGateway, access_keys, stub_model, write_config
 
 MARK = "zebra-quartz-42"  # in every prompt: it must never reach the metrics or the store
 SECRET = "sk-alice-secret-123"
 
 
-def scrape(gw: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(gw: ServedGateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of /metrics, by name and labels."""
     r = gw.admin("GET", "/metrics")
     assert r.status_code == 200, r.text
