@@ -10,7 +10,8 @@ import timeit
 from pathlib import Path
 
 from modelyard.config import load_config
-from modelyard.routing import Cluster, features, route
+from modelyard.openai_body import features
+from modelyard.routing import Cluster, route
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "s2-two-machines.yaml"
 

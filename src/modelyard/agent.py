@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from modelyard.config import Config
-from modelyard.engines import StartError
+from modelyard.errors import Code, StartError
 from modelyard.gateway.errors import error_response
 from modelyard.nodes import LocalNode
 from modelyard.store import Store
@@ -104,7 +104,7 @@ def create_agent_app(config: Config, node: str) -> Starlette:
         try:
             upstream, pid = await agent.node.start(name, timeout)
         except StartError as exc:
-            return error_response(503, str(exc), code="start_failed")
+            return error_response(503, str(exc), code=Code.START_FAILED)
         return JSONResponse(
             {
                 "upstream": {

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from modelyard.config.schema import Config, LlamaCppModel
 from modelyard.placement import Gpu, Need, slow_link, split
 from modelyard.units import format_bytes
+
+if TYPE_CHECKING:  # the config's loader checks placement with this module: no cycle
+    from modelyard.config.schema import Config
 
 KV_BYTES = 2  # f16 cache, llama.cpp's default
 
@@ -79,9 +82,9 @@ def need_for(config: Config, name: str, node_gpus: Sequence[Gpu], facts: GgufFac
         return Need(node, per_gpu, moe, f"{model.memory_share:.0%} of each GPU's memory")
     if model.memory is not None:
         return Need(node, split(model.memory, gpus, model.tensor_split), moe, "declared")
-    if isinstance(model, LlamaCppModel) and facts is not None:
+    if model.gguf is not None and facts is not None:
         overhead = config.placement.overhead
-        est = estimate_gguf(facts, model.context, 0)
+        est = estimate_gguf(facts, model.context_size, 0)
         per_gpu = split(est.total, gpus, model.tensor_split)
         how = est.how.replace("+ overhead 0 B", f"+ {format_bytes(overhead)} per GPU")
         return Need(node, {i: b + overhead for i, b in per_gpu.items()}, moe, how)

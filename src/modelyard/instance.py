@@ -11,22 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelyard.config import LlamaCppModel, Model
-from modelyard.engines import Upstream
+from modelyard.config import Model
+from modelyard.engines.base import Upstream
 from modelyard.lifecycle import InstanceView, State
-
-
-class Refused(Exception):
-    """A request the scheduler will not serve now; ``status`` is the HTTP status to answer."""
-
-    def __init__(
-        self, status: int, reason: str, retry_after: float | None = None, timed_out: bool = False
-    ) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.retry_after = retry_after
-        self.timed_out = timed_out  # the wait ran out, nothing refused it
 
 
 @dataclass
@@ -107,4 +94,4 @@ def orphaned(instances: Iterable[Instance], now: float) -> list[Lease]:
 
 def slots_of(model: Model) -> int | None:
     """Requests a model serves at once: its `slots`, else llama.cpp's `parallel`, else no cap."""
-    return model.slots or (model.parallel if isinstance(model, LlamaCppModel) else None)
+    return model.slots or model.engine_slots

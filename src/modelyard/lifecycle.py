@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from modelyard.errors import Code, status_of
 from modelyard.placement import Inventory, Need, Resident, plan_eviction
 
 
@@ -126,8 +127,13 @@ class Grant:
 class Refuse:
     waiter: int
     model: str
-    status: int  # HTTP status the request gets
+    code: Code  # what the request is told
     reason: str
+    status: int = 0  # its HTTP status; 0: the code's own (errors.ERRORS)
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            object.__setattr__(self, "status", status_of(self.code))
 
 
 @dataclass(frozen=True)
@@ -194,15 +200,16 @@ def decide(
     for w in waiters:
         node = nodes.get(models[w.model].node, NodeView(models[w.model].node))
         refusal = _refusal(w, view(w.model), models[w.model], node, residents, inventory, now)
-        if refusal is None and not w.admin:
+        refuse = None if refusal is None else Refuse(w.id, w.model, *refusal)
+        if refuse is None and not w.admin:
             counted[w.model] = counted.get(w.model, 0) + 1
             v = view(w.model)
             if counted[w.model] > models[w.model].room(v.in_flight):
-                refusal = _queue_full(models[w.model], v)
-        if refusal is None:
+                refuse = _queue_full(w, models[w.model], v)
+        if refuse is None:
             live.append(w)
         else:
-            plan.actions.append(Refuse(w.id, w.model, *refusal))
+            plan.actions.append(refuse)
 
     by_model: dict[str, list[Waiter]] = {}
     for w in sorted(live, key=_served_first):
@@ -260,15 +267,17 @@ def free_slots(rule: ModelFacts, in_flight: int, wanted: int = 1) -> int:
     return wanted if rule.slots is None else max(0, rule.slots - in_flight)
 
 
-def _node_refusal(w: Waiter, node: NodeView) -> tuple[int, str] | None:
+def _node_refusal(w: Waiter, node: NodeView) -> tuple[Code, str] | None:
     """Why ``node`` takes no request like ``w`` now (its agent, its mode), or None."""
+    unavailable = Code.MODEL_UNAVAILABLE
     if not node.reachable:
-        return 503, f"node {node.name} is unreachable: its agent does not answer"
+        return unavailable, f"node {node.name} is unreachable: its agent does not answer"
     if not w.admin:
         if node.kind == "drained":
-            return 503, f"node {node.name} is in mode {node.mode!r} (drained): it takes nothing new"
+            why = f"node {node.name} is in mode {node.mode!r} (drained): it takes nothing new"
+            return unavailable, why
         if node.kind == "gated" and not w.force:
-            return 503, (
+            return unavailable, (
                 f"node {node.name} is in mode {node.mode!r} (gated): it takes only requests "
                 "that force it"
             )
@@ -294,24 +303,25 @@ def _refusal(
     residents: Mapping[str, Resident],
     inventory: Inventory | None,
     now: float,
-) -> tuple[int, str] | None:
+) -> tuple[Code, str] | None:
     refused = _node_refusal(w, node)
     if refused is not None:
         return refused
+    unavailable = Code.MODEL_UNAVAILABLE
     if v.state is State.FAILED and not v.stop_wanted:
         if v.retry_at is None:
-            return 503, f"{w.model} failed: {v.error}; gave up after {v.failures} tries"
+            return unavailable, f"{w.model} failed: {v.error}; gave up after {v.failures} tries"
         if now < v.retry_at:
-            return 503, f"{w.model} failed: {v.error}; next try in {v.retry_at - now:.0f}s"
+            return unavailable, f"{w.model} failed: {v.error}; next try in {v.retry_at - now:.0f}s"
     if v.state in (State.READY, State.STARTING):
         return None
     if rule.blocked:
-        return 409, rule.blocked
+        return Code.SWAP_REFUSED, rule.blocked
     eviction = plan_eviction(w.model, rule.swap_group, residents, rule.need, inventory)
     if not eviction.possible:
-        return (409 if eviction.blocked_by else 503), eviction.explain()
+        return (Code.SWAP_REFUSED if eviction.blocked_by else unavailable), eviction.explain()
     if w.no_swap and eviction.victims:
-        return 409, (
+        return Code.SWAP_REFUSED, (
             f"{w.model} is not loaded and x-modelyard-no-swap is set; "
             f"loading it would stop {', '.join(eviction.victims)}"
         )
@@ -323,13 +333,15 @@ def _served_first(w: Waiter) -> tuple[int, float, int]:
     return (-w.priority, w.since, w.id)
 
 
-def _queue_full(rule: ModelFacts, v: InstanceView) -> tuple[int, str]:
+def _queue_full(w: Waiter, rule: ModelFacts, v: InstanceView) -> Refuse:
     if v.state is State.READY:
-        return 429, (
+        busy = (
             f"{rule.name} is busy: {v.in_flight} running on {rule.slots} slot(s) and its queue "
             f"of {rule.queue} is full"
         )
-    return 503, f"{rule.name} is {v.state.value}, and {rule.queue} request(s) already wait for it"
+        return Refuse(w.id, w.model, Code.MODEL_UNAVAILABLE, busy, status=429)
+    why = f"{rule.name} is {v.state.value}, and {rule.queue} request(s) already wait for it"
+    return Refuse(w.id, w.model, Code.MODEL_UNAVAILABLE, why)
 
 
 def _resources(rule: ModelFacts) -> set[tuple[str, ...]]:

@@ -13,8 +13,10 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from modelyard.config import Config, LlamaCppModel
-from modelyard.engines import StartError, Upstream, engine_for
+from modelyard.config import Config
+from modelyard.engines.base import Upstream
+from modelyard.engines.catalog import engine_for
+from modelyard.errors import AgentError, StartError
 from modelyard.estimate import GgufFacts, need_for
 from modelyard.gguf_file import read_facts
 from modelyard.gpus import inventory
@@ -77,10 +79,7 @@ class LocalNode:
         return need_for(self.config, model, self._gpus, self._facts.get(model))
 
     async def start(self, model: str, timeout: float) -> tuple[Upstream, int | None]:
-        binary = self.config.engines.llama_cpp.binary
-        engine = engine_for(
-            self.config.models[model], str(binary) if binary else None, self.engine_host
-        )
+        engine = engine_for(self.config.models[model], self.engine_host, self.config.engines)
         return await self.supervisor.start(model, engine, timeout)
 
     async def stop(self, model: str, reason: str) -> None:
@@ -111,10 +110,10 @@ class LocalNode:
     def _read_facts(self) -> dict[str, GgufFacts | None]:
         facts: dict[str, GgufFacts | None] = {}
         for model in self.models():
-            spec = self.config.models[model]
-            if isinstance(spec, LlamaCppModel):
+            gguf = self.config.models[model].gguf
+            if gguf is not None:
                 try:
-                    facts[model] = read_facts(spec.weights)  # cached while the file is unchanged
+                    facts[model] = read_facts(gguf)  # cached while the file is unchanged
                 except (OSError, ValueError):
                     facts[model] = None  # a missing file fails at start, with its own message
         return facts
@@ -258,10 +257,3 @@ class RemoteNode:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
-
-
-class AgentError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message

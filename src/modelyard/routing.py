@@ -14,11 +14,11 @@ failed), and the first kept one serves. Every step lands in the Decision's trail
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelyard.config import Condition, Config, LlamaCppModel, Rule, VllmModel
+from modelyard.config import Condition, Config, Rule
 
 AUTO = "auto"
 FORBIDDEN = "forbidden by a rule"
@@ -174,90 +174,15 @@ def header_names(config: Config) -> frozenset[str]:
     )
 
 
-def features(
-    body: Mapping[str, Any],
-    headers: Mapping[str, str],
-    keep: Collection[str] | None = None,
-    endpoint: str = "chat",
-    header_count: int = 0,
-    header_bytes: int = 0,
-) -> Features:
-    """Features of an OpenAI chat, completions or embeddings body, read without changing it.
-
-    ``keep``: the (lower-case) header names to keep, e.g. ``header_names(config)``; None
-    keeps every header. ``header_count`` and ``header_bytes`` summarise them all.
-    """
-    messages = body.get("messages")
-    texts: list[str] = []
-    last_user = ""
-    images = False
-    count = 0
-    if isinstance(messages, list):
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            count += 1
-            text, has_image = _content_text(message.get("content"))
-            images = images or has_image
-            texts.append(text)
-            if message.get("role") == "user":
-                last_user = text
-    elif isinstance(body.get("prompt"), str):
-        last_user = body["prompt"]
-        texts.append(last_user)
-        count = 1
-    chars = sum(len(t) for t in texts)
-    return Features(
-        model=str(body.get("model", "")),
-        headers=(
-            {k.lower(): v for k, v in headers.items()}
-            if keep is None
-            else {k: v for k in keep if (v := headers.get(k)) is not None}
-        ),
-        last_user=last_user,
-        tokens=-(-chars // 3) + 4 * count,
-        tools=bool(body.get("tools") or body.get("functions")),
-        images=images,
-        max_tokens=_int(body.get("max_completion_tokens", body.get("max_tokens"))),
-        endpoint=endpoint,
-        header_count=header_count,
-        header_bytes=header_bytes,
-    )
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def window(config: Config, name: str) -> int | None:
     """The context window one request gets on ``name``, where the config says it."""
-    model = config.models[name]
-    if isinstance(model, LlamaCppModel) and model.context:
-        return model.context // model.parallel  # llama-server divides it among its slots
-    if isinstance(model, VllmModel) and model.max_model_len:
-        return model.max_model_len
-    return None
+    return config.models[name].window
 
 
 def context_use(config: Config, name: str, req: Features) -> float | None:
     """Share of ``name``'s window the request may take, if the window is known."""
     size = window(config, name)
     return req.need / size if size else None
-
-
-def _content_text(content: Any) -> tuple[str, bool]:
-    if isinstance(content, str):
-        return content, False
-    if not isinstance(content, list):
-        return "", False
-    parts, image = [], False
-    for part in content:
-        if isinstance(part, dict):
-            if part.get("type") == "text" and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-            elif part.get("type") in ("image_url", "input_image", "image"):
-                image = True
-    return "\n".join(parts), image
 
 
 def route(config: Config, req: Features, cluster: Cluster) -> Decision:
@@ -331,11 +256,7 @@ def route(config: Config, req: Features, cluster: Cluster) -> Decision:
 
 def _unserved(name: str, config: Config, endpoint: str) -> str:
     model = config.models[name]
-    how = f"add {endpoint} to models.{name}.serves"
-    if isinstance(model, LlamaCppModel) and endpoint == "embeddings":
-        how += " (llama-server then runs with --embeddings, for embeddings alone)"
-    elif isinstance(model, LlamaCppModel):
-        how = f"it runs with --embeddings; models.{name}.serves lists what it serves"
+    how = model.unserved_hint(endpoint)
     return f"{UNSERVED} {endpoint}: it serves {', '.join(sorted(model.endpoints))}; {how}"
 
 
@@ -441,30 +362,3 @@ def _condition(c: Condition, req: Features, cluster: Cluster, config: Config) ->
 
 def _tag(pattern: str, req: Features) -> bool:
     return re.search(pattern, req.last_user) is not None
-
-
-def strip_tags(body: dict[str, Any], patterns: tuple[str, ...]) -> dict[str, Any]:
-    """``body`` with the prompt tags removed from its last user message (a copy)."""
-    messages = body.get("messages")
-    if not patterns or not isinstance(messages, list):
-        return body
-    messages = [dict(m) if isinstance(m, dict) else m for m in messages]
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                for pattern in patterns:
-                    content = re.sub(pattern, "", content)
-                message["content"] = content.strip()
-            elif isinstance(content, list):
-                parts = []
-                for part in content:
-                    if isinstance(part, dict) and isinstance(part.get("text"), str):
-                        text = part["text"]
-                        for pattern in patterns:
-                            text = re.sub(pattern, "", text)
-                        part = {**part, "text": text.strip()}
-                    parts.append(part)
-                message["content"] = parts
-            break
-    return {**body, "messages": messages}

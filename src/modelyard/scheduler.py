@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelyard.config import Config
-from modelyard.engines import StartError, Upstream
+from modelyard.engines.base import Upstream
+from modelyard.errors import Code, Refused, StartError
 from modelyard.events import Hub
 from modelyard.facts import inventory, model_facts
-from modelyard.instance import Instance, Lease, Refused, orphaned
+from modelyard.instance import Instance, Lease, orphaned
 from modelyard.lifecycle import (
     Action,
     Drain,
@@ -220,7 +221,8 @@ class Scheduler:
                 entry.future.set_result(self._lease(inst, entry.owner, entry.admin, now))
             else:
                 retry = inst.retry_at - now if inst.retry_at else self._queue_wait(inst.model, now)
-                entry.future.set_exception(Refused(action.status, action.reason, retry))
+                refused = Refused(action.code, action.reason, retry, status=action.status)
+                entry.future.set_exception(refused)
             return
         inst = self.instances[action.model]
         inst.since, inst.reason = now, action.reason
@@ -354,9 +356,8 @@ class Scheduler:
                 lease = await future
         except TimeoutError:
             self._forget(entry)
-            raise Refused(
-                503, f"{model} was not ready within {timeout:g}s", 5.0, timed_out=True
-            ) from None
+            why = f"{model} was not ready within {timeout:g}s"
+            raise Refused(Code.MODEL_UNAVAILABLE, why, 5.0, timed_out=True) from None
         except asyncio.CancelledError:
             self._forget(entry)
             raise
@@ -364,7 +365,7 @@ class Scheduler:
             # Granted, then its server exited before this request got to run: its place
             # goes back and the request is refused like one that came a moment later.
             self.release(lease)
-            raise Refused(503, f"{model} stopped before the request was sent")
+            raise Refused(Code.MODEL_UNAVAILABLE, f"{model} stopped before the request was sent")
         return lease
 
     def _lease(
@@ -491,5 +492,6 @@ class Scheduler:
                 inst.task.cancel()
         for entry in self._waiters:
             if not entry.future.done():
-                entry.future.set_exception(Refused(503, "the gateway is shutting down"))
+                why = "the gateway is shutting down"
+                entry.future.set_exception(Refused(Code.MODEL_UNAVAILABLE, why))
         await asyncio.gather(*(node.close() for node in self.nodes.values()))

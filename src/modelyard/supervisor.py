@@ -25,11 +25,13 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
-from modelyard.engines import Engine, Launch, Upstream
-from modelyard.engines.base import NOTE, StartError
+from modelyard.engine_calls import SessionHttp
+from modelyard.engines.base import Engine, Launch, Upstream
+from modelyard.errors import NOTE, StartError
 from modelyard.reaper import TAG, boot_id, proc_stat, reap_leftovers
 from modelyard.store import EngineRow, Store
 
@@ -239,7 +241,7 @@ class Supervisor:
         self._owner = (os.getpid(), me.started if me else 0)
         self._boot = boot_id()
         self.processes: dict[str, EngineProcess] = {}
-        self.engines: dict[str, Engine] = {}
+        self.engines: dict[str, Engine[Any]] = {}
         self.logs: dict[str, InstanceLog] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._stopping: set[str] = set()
@@ -252,7 +254,7 @@ class Supervisor:
         return self.logs[model]
 
     async def start(
-        self, model: str, engine: Engine, timeout: float
+        self, model: str, engine: Engine[Any], timeout: float
     ) -> tuple[Upstream, int | None]:
         """Start ``model`` and wait until it is ready; returns where to reach it and its pid."""
         log = self.log(model)
@@ -272,7 +274,7 @@ class Supervisor:
             self.processes[model] = proc
             try:
                 await proc.wait_ready(self._client(), timeout)
-                await engine.after_ready(self._client(), port)
+                await engine.after_ready(SessionHttp(self._client()), port)
             except StartError as exc:
                 await self._end(proc)
                 self.processes.pop(model, None)
@@ -351,7 +353,9 @@ class Supervisor:
             engine = self.engines.pop(model, None)
             if engine is not None:
                 try:
-                    await asyncio.wait_for(engine.before_stop(self._client(), proc.port), 10)
+                    await asyncio.wait_for(
+                        engine.before_stop(SessionHttp(self._client()), proc.port), 10
+                    )
                 except Exception as exc:  # unloading is a courtesy; the process stops anyway
                     self.log(model).note(f"before stop: {exc!r}")
             code = await self._end(proc)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.engines import Upstream
+from modelyard.engines.base import Upstream
 from modelyard.gateway.proxy import ProxyStream, Result, forward, new_client
 from modelyard.gateway.timeouts import Limits
 from tests.conftest import free_port, wait_healthy

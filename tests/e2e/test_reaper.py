@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from modelyard.config import parse_config
-from modelyard.engines import Engine, engine_for
+from modelyard.engines.base import Engine
+from modelyard.engines.catalog import engine_for
 from modelyard.reaper import TAG, boot_id, proc_stat, reap_leftovers, running
 from modelyard.store import EngineRow, Store
 from modelyard.supervisor import Supervisor

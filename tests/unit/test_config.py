@@ -10,15 +10,15 @@ import pytest
 from pydantic import BaseModel
 
 from modelyard.config import (
-    CommandModel,
     Config,
     ConfigError,
-    LlamaCppModel,
-    RemoteModel,
     load_config,
     parse_config,
     split_listen,
 )
+from modelyard.engines.command import CommandModel
+from modelyard.engines.llamacpp import LlamaCppModel
+from modelyard.engines.remote import RemoteModel
 from modelyard.units import parse_duration
 
 EXAMPLES = Path(__file__).parent.parent.parent / "examples"

@@ -14,10 +14,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from modelyard.config import ConfigError, LlamaCppModel, Model, OllamaModel, VllmModel, parse_config
-from modelyard.engines import Launch, StartError, engine_for
-from modelyard.engines.ollama import OllamaEngine, keep_alive_value
-from modelyard.engines.vllm import VllmEngine
+from modelyard.config import ConfigError, Engines, Model, parse_config
+from modelyard.engine_calls import SessionHttp
+from modelyard.engines.base import Launch
+from modelyard.engines.catalog import engine_for
+from modelyard.engines.llamacpp import LlamaCppEngine, LlamaCppModel
+from modelyard.engines.ollama import OllamaEngine, OllamaModel, keep_alive_value
+from modelyard.engines.vllm import VllmEngine, VllmModel
+from modelyard.errors import StartError
 
 
 def model(spec: str, name: str = "m") -> Model:
@@ -275,13 +279,13 @@ async def stub() -> AsyncIterator[OllamaStub]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
+async def session() -> AsyncIterator[SessionHttp]:
     async with aiohttp.ClientSession() as s:
-        yield s
+        yield SessionHttp(s)
 
 
 async def test_ollama_loads_after_ready_and_unloads_before_stop(
-    stub: OllamaStub, session: aiohttp.ClientSession
+    stub: OllamaStub, session: SessionHttp
 ) -> None:
     engine = ollama("engine: ollama\nmodel: mistral:7b\nnum_ctx: 4096")
     await engine.after_ready(session, stub.port)
@@ -293,7 +297,7 @@ async def test_ollama_loads_after_ready_and_unloads_before_stop(
 
 
 async def test_ollama_load_without_num_ctx_sends_no_options(
-    stub: OllamaStub, session: aiohttp.ClientSession
+    stub: OllamaStub, session: SessionHttp
 ) -> None:
     engine = ollama("engine: ollama\nmodel: mistral:7b\nkeep_alive: 24h")
     await engine.after_ready(session, stub.port)
@@ -301,7 +305,7 @@ async def test_ollama_load_without_num_ctx_sends_no_options(
 
 
 async def test_ollama_model_not_pulled_fails_the_start_with_the_fix(
-    stub: OllamaStub, session: aiohttp.ClientSession
+    stub: OllamaStub, session: SessionHttp
 ) -> None:
     stub.status, stub.answer = 404, {"error": "model 'x' not found"}
     engine = ollama("engine: ollama\nmodel: x")
@@ -314,7 +318,7 @@ async def test_ollama_model_not_pulled_fails_the_start_with_the_fix(
 
 
 async def test_ollama_pull_hint_names_the_models_dir(
-    stub: OllamaStub, session: aiohttp.ClientSession
+    stub: OllamaStub, session: SessionHttp
 ) -> None:
     stub.status, stub.answer = 404, {"error": "model 'x' not found"}
     engine = ollama("engine: ollama\nmodel: x\nmodels_dir: /data/ollama")
@@ -323,7 +327,7 @@ async def test_ollama_pull_hint_names_the_models_dir(
 
 
 async def test_ollama_other_errors_fail_the_start_without_a_pull_hint(
-    stub: OllamaStub, session: aiohttp.ClientSession
+    stub: OllamaStub, session: SessionHttp
 ) -> None:
     stub.status, stub.answer = 500, {"error": "out of memory"}
     engine = ollama("engine: ollama\nmodel: x")
@@ -332,7 +336,7 @@ async def test_ollama_other_errors_fail_the_start_without_a_pull_hint(
     assert "out of memory" in str(info.value) and "pull" not in str(info.value)
 
 
-async def test_ollama_unreachable_daemon_fails_the_start(session: aiohttp.ClientSession) -> None:
+async def test_ollama_unreachable_daemon_fails_the_start(session: SessionHttp) -> None:
     with socket.socket() as s:  # a port nothing listens on once closed
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
@@ -340,9 +344,7 @@ async def test_ollama_unreachable_daemon_fails_the_start(session: aiohttp.Client
         await ollama("engine: ollama\nmodel: x").after_ready(session, port)
 
 
-async def test_ollama_failed_unload_raises(
-    stub: OllamaStub, session: aiohttp.ClientSession
-) -> None:
+async def test_ollama_failed_unload_raises(stub: OllamaStub, session: SessionHttp) -> None:
     stub.status, stub.answer = 500, {"error": "busy"}
     with pytest.raises(RuntimeError, match="busy"):
         await ollama("engine: ollama\nmodel: x").before_stop(session, stub.port)
@@ -355,15 +357,14 @@ def test_stub_bodies_are_plain_json() -> None:
 
 
 def _llama(extra: str) -> Launch:
-    from modelyard.engines.llamacpp import LlamaCppEngine
-
     text = (
         "nodes:\n  a:\n    gpus: [{index: 0, memory: 12GiB}, {index: 1, memory: 12GiB}]\n"
         f"models:\n  m:\n    engine: llama.cpp\n    weights: /m.gguf\n{extra}"
     )
     model = parse_config(text, "f.yaml", {}).models["m"]
     assert isinstance(model, LlamaCppModel)
-    return LlamaCppEngine(model, "/bin/true", "10.0.0.5").launch(8123)  # any executable
+    settings = Engines.model_validate({"llama.cpp": {"binary": "/bin/true"}})  # any executable
+    return LlamaCppEngine(model, "10.0.0.5", settings).launch(8123)
 
 
 @pytest.mark.parametrize(

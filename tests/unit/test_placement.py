@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import pytest
 
 from modelyard.config import Config, ConfigError, parse_config
+from modelyard.errors import Code
 from modelyard.estimate import GgufFacts, estimate_gguf, kv_cache_bytes, need_for
 from modelyard.lifecycle import (
     Action,
@@ -951,7 +952,7 @@ DECISIONS = [
             Refuse(
                 1,
                 "big",
-                409,
+                Code.SWAP_REFUSED,
                 "big does not fit on GPU 0 (RTX 3060) on a: needs 10 GiB (declared), "
                 "4 GiB free of 12 GiB; pinned pin stay(s)",
             )
@@ -969,7 +970,7 @@ DECISIONS = [
             Refuse(
                 1,
                 "huge",
-                503,
+                Code.MODEL_UNAVAILABLE,
                 "huge does not fit on GPU 0 (RTX 3060) on a even alone: needs 14 GiB "
                 "(declared), the GPU has 12 GiB",
             )
@@ -983,7 +984,7 @@ DECISIONS = [
         [Waiter(1, "m", 0)],
         {"a": NodeView("a", "gaming", "gated")},
         0,
-        [Refuse(1, "m", 503, GATED)],
+        [Refuse(1, "m", Code.MODEL_UNAVAILABLE, GATED)],
         None,
         id="gated node refuses a plain request",
     ),
@@ -993,7 +994,7 @@ DECISIONS = [
         [Waiter(1, "m", 0)],
         {"a": NodeView("a", "gaming", "gated")},
         0,
-        [Refuse(1, "m", 503, GATED)],
+        [Refuse(1, "m", Code.MODEL_UNAVAILABLE, GATED)],
         None,
         id="gated node refuses even a loaded model",
     ),
@@ -1023,7 +1024,7 @@ DECISIONS = [
         [Waiter(1, "m", 0, force=True)],
         {"a": NodeView("a", "maintenance", "drained")},
         0,
-        [Refuse(1, "m", 503, DRAINED)],
+        [Refuse(1, "m", Code.MODEL_UNAVAILABLE, DRAINED)],
         None,
         id="drained node refuses even force",
     ),
@@ -1043,7 +1044,7 @@ DECISIONS = [
         [Waiter(1, "m", 0, admin=True, force=True)],
         {"a": NodeView("a", "open", "open", reachable=False)},
         0,
-        [Refuse(1, "m", 503, UNREACHABLE)],
+        [Refuse(1, "m", Code.MODEL_UNAVAILABLE, UNREACHABLE)],
         None,
         id="unreachable node refuses even admin",
     ),
@@ -1063,7 +1064,7 @@ DECISIONS = [
         [Waiter(1, "ultra", 0)],
         {},
         0,
-        [Refuse(1, "ultra", 409, MOE_BLOCKED)],
+        [Refuse(1, "ultra", Code.SWAP_REFUSED, MOE_BLOCKED)],
         None,
         id="blocked model refused with 409",
     ),

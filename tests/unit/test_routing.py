@@ -14,15 +14,14 @@ from typing import Any
 import pytest
 
 from modelyard.config import Config, ConfigError, load_config, parse_config
+from modelyard.openai_body import features, strip_tags
 from modelyard.routing import (
     FORBIDDEN,
     MANUAL_ONLY,
     Cluster,
     Decision,
     Step,
-    features,
     route,
-    strip_tags,
 )
 
 DEMO_PATH = Path(__file__).parent.parent.parent / "examples" / "demo-two-nodes.yaml"

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from modelyard.config import load_config
-from modelyard.engines import Upstream
+from modelyard.engines.base import Upstream
+from modelyard.errors import Refused
 from modelyard.gateway.state import Gateway
-from modelyard.instance import Refused
 from modelyard.lifecycle import Grant, State
 
 

@@ -75,7 +75,8 @@ def _explain_offline(
     cfg: Config, body: dict[str, Any], headers: dict[str, str], modes: list[str], down: list[str]
 ) -> dict[str, Any]:
     """Every node healthy and in its default mode, unless --mode or --down say otherwise."""
-    from modelyard.routing import Cluster, features, route
+    from modelyard.openai_body import features
+    from modelyard.routing import Cluster, route
 
     chosen = {name: node.initial_mode for name, node in cfg.nodes.items()}
     for item in modes:

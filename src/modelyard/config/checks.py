@@ -14,9 +14,9 @@ from modelyard.config.schema import (
     ApiKey,
     Config,
     Model,
+    ModelBase,
     ModeSpec,
     Node,
-    RemoteModel,
     Rule,
 )
 
@@ -175,8 +175,9 @@ def _models(raw: Any, broken: list[Where]) -> dict[str, Any]:
             if not isinstance(aliases, list):
                 raise _Unreadable from None
             broken.append(("models", name))
-            models[name] = RemoteModel.model_construct(
-                engine="remote", url="", name=name, aliases=[str(a) for a in aliases]
+            # A stand-in with its name and aliases, for the checks that read only those.
+            models[name] = ModelBase.model_construct(
+                engine="", name=name, aliases=[str(a) for a in aliases]
             )
     return models
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from modelyard.config.checks import cross_check, cross_check_parts
 from modelyard.config.schema import Config
+from modelyard.engines.catalog import KINDS
 from modelyard.estimate import placement_problems
 
 _SCALARS = yaml.SafeLoader("")  # only its scalar constructors are used
@@ -190,7 +191,7 @@ def _dotted(path: tuple[str | int, ...]) -> str:
     return out
 
 
-_ENGINE_TAGS = {"llama.cpp", "command", "remote", "vllm", "ollama"}
+_ENGINES = ", ".join(KINDS)
 
 
 def _issues_from(
@@ -199,7 +200,7 @@ def _issues_from(
     issues = []
     for err in exc.errors():
         loc = tuple(err["loc"])
-        if len(loc) > 2 and loc[0] == "models" and loc[2] in _ENGINE_TAGS:
+        if len(loc) > 2 and loc[0] == "models" and loc[2] in KINDS:
             loc = loc[:2] + loc[3:]  # pydantic puts the engine (the union's tag) in the path
         located = loc
         while located and located not in lines:
@@ -210,9 +211,9 @@ def _issues_from(
         elif err["type"] == "missing":
             message = "required key is missing"
         elif err["type"] == "union_tag_invalid":
-            message = "engine must be one of: llama.cpp, command, remote, vllm, ollama"
+            message = f"engine must be one of: {_ENGINES}"
         elif err["type"] == "union_tag_not_found":
-            message = "`engine:` is missing; one of: llama.cpp, command, remote, vllm, ollama"
+            message = f"`engine:` is missing; one of: {_ENGINES}"
         if (
             err["type"] != "missing"
             and "input" in err

@@ -15,63 +15,42 @@ from pydantic import (
     model_validator,
 )
 
-from modelyard.config.models import (
+# Re-exported: the schema is the one place every key of the file is found from.
+from modelyard.engines.catalog import Model as Model
+from modelyard.engines.llamacpp import LlamaCppSettings
+from modelyard.model_spec import (
     ENDPOINTS as ENDPOINTS,
 )
-from modelyard.config.models import (
+from modelyard.model_spec import (
     LOCAL_NODE as LOCAL_NODE,
 )
-from modelyard.config.models import (
+from modelyard.model_spec import (
     NAME_PATTERN as NAME_PATTERN,
 )
-from modelyard.config.models import (
+from modelyard.model_spec import (
     Arg as Arg,
 )
-from modelyard.config.models import (
+from modelyard.model_spec import (
     Bytes as Bytes,
 )
-from modelyard.config.models import (
-    CommandModel as CommandModel,
-)
-from modelyard.config.models import (
+from modelyard.model_spec import (
     Endpoint as Endpoint,
 )
-from modelyard.config.models import (
-    LlamaCppModel as LlamaCppModel,
-)
-from modelyard.config.models import (
-    Model as Model,
-)
-from modelyard.config.models import (
+from modelyard.model_spec import (
     ModelBase as ModelBase,
 )
-from modelyard.config.models import (
+from modelyard.model_spec import (
     ModelTimeouts as ModelTimeouts,
 )
-from modelyard.config.models import (
-    OllamaModel as OllamaModel,
-)
-from modelyard.config.models import (
-    RemoteModel as RemoteModel,
-)
-
-# Re-exported: the schema is the one place every key of the file is found from.
-from modelyard.config.models import (
+from modelyard.model_spec import (
     Seconds as Seconds,
 )
-from modelyard.config.models import (
+from modelyard.model_spec import (
     Strict as Strict,
 )
-from modelyard.config.models import (
+from modelyard.model_spec import (
     Timeouts as Timeouts,
 )
-from modelyard.config.models import (
-    VllmModel as VllmModel,
-)
-
-
-class LlamaCppSettings(Strict):
-    binary: Path | None = Field(None, description="llama-server to use; else PATH, else package.")
 
 
 class Engines(Strict):
@@ -353,6 +332,16 @@ class Config(Strict):
             if name in model.aliases:
                 return model
         return None
+
+    def names(self) -> list[str]:
+        """Every name a client may ask for a model by: the models', then their aliases."""
+        return [*self.models, *(a for m in self.models.values() for a in m.aliases)]
+
+    def wait_limit(self, model: str) -> float:
+        """How long a request may wait for ``model``: a swap away, then a cold start."""
+        s = self.scheduler
+        start = self.models[model].start_timeout or s.start_timeout
+        return s.max_swap_delay + s.drain_timeout + s.stop_grace + start
 
     def group_of(self, name: str) -> list[str]:
         """The models that may not run beside ``name``: its swap group, itself excluded."""

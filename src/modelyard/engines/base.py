@@ -1,14 +1,26 @@
-"""What every engine adapter provides."""
+"""What every engine provides, and what it may ask of the gateway.
+
+An engine is one module of this package holding three things: its config class (a
+``ModelBase`` with ``engine:`` narrowed to its tag, and the facts only it knows: context
+window, slots, GGUF file), its adapter (an ``Engine`` subclass: how its server is started,
+probed and reached) and ``ENGINE``, the adapter class, by which ``catalog`` finds it.
+
+Engines do no network I/O of their own: the calls they need (load a model into a daemon,
+probe a URL) go through ``Http``, which the gateway implements (``engine_calls``).
+"""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+
+from modelyard.model_spec import ModelBase
 
 if TYPE_CHECKING:
-    import aiohttp
+    from modelyard.config.schema import Engines
 
 
 @dataclass(frozen=True)
@@ -48,17 +60,41 @@ class Upstream:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class Engine:
+class Http(Protocol):
+    """The HTTP calls an engine may ask for. Both raise OSError (``ConnectionError``,
+    ``TimeoutError``) when the server cannot be reached in time."""
+
+    async def post_json(
+        self, url: str, body: Mapping[str, Any], timeout: float | None
+    ) -> tuple[int, str]:
+        """POST ``body`` as JSON; the status and the answer's text. ``timeout`` None:
+        only connecting is bounded."""
+        ...
+
+    async def get(self, url: str, headers: Mapping[str, str], timeout: float) -> int:
+        """GET ``url``; the status."""
+        ...
+
+
+M = TypeVar("M", bound=ModelBase)
+
+
+class Engine(Generic[M]):
     """One kind of model server; each kind subclasses this in its own module.
 
     ``host`` is the address the server listens on and is reached at: 127.0.0.1 on the
-    gateway's own machine, the agent's address on another node.
+    gateway's own machine, the agent's address on another node. ``settings`` is the
+    config's ``engines:`` section (settings that hold for every model of one engine).
     """
 
-    kind = "base"
+    kind: ClassVar[str]  # the tag of ``engine:`` in the config file
+    config: ClassVar[type[ModelBase]]  # its config class, whose ``engine`` is ``kind``
+    probes_url: ClassVar[bool] = False  # serves from a URL that may go down (``down``)
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, model: M, host: str = "127.0.0.1", settings: Engines | None = None) -> None:
+        self.model = model
         self.host = host
+        self.settings = settings
 
     def problem(self) -> str | None:
         """Why the model cannot start now (missing file, missing binary), or None."""
@@ -72,21 +108,12 @@ class Engine:
         """Where to send requests once ready."""
         raise NotImplementedError
 
-    async def after_ready(self, session: aiohttp.ClientSession, port: int) -> None:
+    async def after_ready(self, http: Http, port: int) -> None:
         """Once the health probe passes: e.g. load the model into a daemon (Ollama)."""
 
-    async def before_stop(self, session: aiohttp.ClientSession, port: int) -> None:
+    async def before_stop(self, http: Http, port: int) -> None:
         """Before SIGTERM: e.g. unload the model from a daemon (Ollama)."""
 
-
-NOTE = "[modelyard "  # how modelyard's own lines in an engine log begin
-
-
-class StartError(Exception):
-    """An instance failed to start: ``str()`` says why, ``tail`` has the engine's last lines."""
-
-    def __init__(self, reason: str, tail: list[str] | None = None) -> None:
-        engine_lines = (ln for ln in reversed(tail or []) if ln.strip() and not ln.startswith(NOTE))
-        last = next(engine_lines, None)
-        super().__init__(f"{reason}; last output: {last.strip()}" if last else reason)
-        self.tail = tail or []
+    async def down(self, http: Http) -> str | None:
+        """Why its URL does not serve now, or None; asked only when ``probes_url``."""
+        return None

@@ -5,9 +5,78 @@ from __future__ import annotations
 import os
 import shutil
 from functools import cache
+from pathlib import Path
+from typing import Literal
 
-from modelyard.config import LlamaCppModel
+from pydantic import Field, field_validator
+
 from modelyard.engines.base import Engine, Launch, Upstream, gpu_env
+from modelyard.model_spec import Arg, ModelBase, Strict
+
+
+class LlamaCppSettings(Strict):
+    """``engines.llama.cpp``: what holds for every llama.cpp model."""
+
+    binary: Path | None = Field(None, description="llama-server to use; else PATH, else package.")
+
+
+class LlamaCppModel(ModelBase):
+    """A GGUF file served by ``llama-server``."""
+
+    engine: Literal["llama.cpp"]
+    weights: Path
+    context: int | None = Field(None, ge=128, description="Context window (tokens), --ctx-size.")
+    parallel: int = Field(1, ge=1, le=256, description="Parallel slots, --parallel.")
+    args: list[Arg] = Field(default_factory=list, description="Extra llama-server arguments.")
+    env: dict[str, Arg] = Field(default_factory=dict)
+
+    @field_validator("args")
+    @classmethod
+    def _no_managed_flags(cls, value: list[str]) -> list[str]:
+        managed = {"--port", "--host", "-m", "--model", "--alias", "-a"}
+        for arg in value:
+            if arg.split("=", 1)[0] in managed:
+                raise ValueError(
+                    f"{arg!r} is set by modelyard; use `weights`, `aliases` and `listen` instead"
+                )
+        return value
+
+    @property
+    def embedding_server(self) -> bool:
+        """Run with --embeddings: llama-server then serves embeddings and nothing else."""
+        flagged = any(a in ("--embedding", "--embeddings") for a in self.args)
+        return flagged or (self.serves is not None and "embeddings" in self.serves)
+
+    @property
+    def endpoints(self) -> frozenset[str]:
+        if self.serves:
+            return frozenset(self.serves)
+        return frozenset(("embeddings",) if self.embedding_server else ("chat", "completions"))
+
+    @property
+    def window(self) -> int | None:
+        # llama-server divides its context among its slots.
+        return self.context // self.parallel if self.context else None
+
+    @property
+    def engine_slots(self) -> int | None:
+        return self.parallel
+
+    @property
+    def gguf(self) -> Path | None:
+        return self.weights
+
+    @property
+    def context_size(self) -> int | None:
+        return self.context
+
+    def unserved_hint(self, endpoint: str) -> str:
+        if endpoint == "embeddings":
+            return (
+                f"add {endpoint} to models.{self.name}.serves (llama-server then runs with "
+                "--embeddings, for embeddings alone)"
+            )
+        return f"it runs with --embeddings; models.{self.name}.serves lists what it serves"
 
 
 @cache
@@ -28,15 +97,15 @@ def find_llama_server(configured: str | None = None) -> str | None:
         return None
 
 
-class LlamaCppEngine(Engine):
+class LlamaCppEngine(Engine[LlamaCppModel]):
     kind = "llama.cpp"
+    config = LlamaCppModel
 
-    def __init__(
-        self, model: LlamaCppModel, binary: str | None = None, host: str = "127.0.0.1"
-    ) -> None:
-        super().__init__(host)
-        self.model = model
-        self.binary = binary
+    @property
+    def binary(self) -> str | None:
+        """The configured llama-server (``engines.llama.cpp.binary``), if any."""
+        configured = self.settings.llama_cpp.binary if self.settings is not None else None
+        return str(configured) if configured else None
 
     def problem(self) -> str | None:
         if find_llama_server(self.binary) is None:
@@ -66,3 +135,6 @@ class LlamaCppEngine(Engine):
     def upstream(self, port: int) -> Upstream:
         # --alias makes llama-server answer with our model name: no rewrite on the hot path.
         return Upstream(f"http://{self.host}:{port}/v1", None)
+
+
+ENGINE = LlamaCppEngine

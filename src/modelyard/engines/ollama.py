@@ -7,22 +7,44 @@ before the daemon is stopped the same call with ``keep_alive: 0`` unloads it.
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
-import aiohttp
+from pydantic import Field, field_validator
 
-from modelyard.config import OllamaModel
 from modelyard.engines.base import (
     Engine,
+    Http,
     Launch,
-    StartError,
     Upstream,
     gpu_env,
     missing_program,
 )
+from modelyard.errors import StartError
+from modelyard.model_spec import Arg, ModelBase
 
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+
+
+class OllamaModel(ModelBase):
+    """A model tag served by an ``ollama serve`` daemon of its own."""
+
+    engine: Literal["ollama"]
+    model: str = Field(description="The Ollama tag, e.g. mistral:7b-instruct-q5_K_M.")
+    binary: str = Field("ollama", description="The ollama program: a name on PATH or a path.")
+    keep_alive: Arg = Field("-1", description="Ollama's keep_alive; -1 = until modelyard stops it.")
+    num_ctx: int | None = Field(None, ge=1, description="Context window (tokens), num_ctx.")
+    env: dict[str, Arg] = Field(default_factory=dict)
+    models_dir: Path | None = Field(None, description="OLLAMA_MODELS; default: Ollama's own.")
+
+    @field_validator("env")
+    @classmethod
+    def _no_managed_env(cls, value: dict[str, str]) -> dict[str, str]:
+        if "OLLAMA_HOST" in value:
+            raise ValueError("OLLAMA_HOST is set by modelyard (each instance gets a free port)")
+        return value
 
 
 def keep_alive_value(text: str) -> int | float | str:
@@ -34,12 +56,9 @@ def keep_alive_value(text: str) -> int | float | str:
     return text
 
 
-class OllamaEngine(Engine):
+class OllamaEngine(Engine[OllamaModel]):
     kind = "ollama"
-
-    def __init__(self, model: OllamaModel, host: str = "127.0.0.1") -> None:
-        super().__init__(host)
-        self.model = model
+    config = OllamaModel
 
     def problem(self) -> str | None:
         return missing_program(self.model.binary, "install Ollama, or set `binary`")
@@ -75,14 +94,12 @@ class OllamaEngine(Engine):
     def unload_body(self) -> dict[str, Any]:
         return {"model": self.model.model, "keep_alive": 0}
 
-    async def after_ready(self, session: aiohttp.ClientSession, port: int) -> None:
-
+    async def after_ready(self, http: Http, port: int) -> None:
         # No total limit: loading a large model takes minutes, and Ollama gives up on its
         # own (OLLAMA_LOAD_TIMEOUT) with an error that is more useful than ours.
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
         try:
-            error = await _post(session, self._url(port), self.load_body(), timeout)
-        except aiohttp.ClientError as exc:
+            error = _error(*await http.post_json(self._url(port), self.load_body(), None))
+        except OSError as exc:
             raise StartError(f"ollama could not load {self.model.model!r}: {exc}") from exc
         if error is not None:
             status, text = error
@@ -94,9 +111,8 @@ class OllamaEngine(Engine):
                 reason += f"; run `ollama pull {self.model.model}`{where} on that node"
             raise StartError(reason)
 
-    async def before_stop(self, session: aiohttp.ClientSession, port: int) -> None:
-        timeout = aiohttp.ClientTimeout(total=10)
-        error = await _post(session, self._url(port), self.unload_body(), timeout)
+    async def before_stop(self, http: Http, port: int) -> None:
+        error = _error(*await http.post_json(self._url(port), self.unload_body(), 10))
         if error is not None:
             status, text = error
             raise RuntimeError(
@@ -107,19 +123,17 @@ class OllamaEngine(Engine):
         return f"http://{self.host}:{port}/api/generate"
 
 
-async def _post(
-    session: aiohttp.ClientSession, url: str, body: dict[str, Any], timeout: aiohttp.ClientTimeout
-) -> tuple[int, str] | None:
-    """POST ``body``; None on 200, else the status and Ollama's error text."""
-    async with session.post(url, json=body, timeout=timeout) as resp:
-        if resp.status == 200:
-            await resp.read()
-            return None
-        text = await resp.text()
-        try:
-            data = await resp.json(content_type=None)
-        except ValueError:
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("error"), str):
-            text = data["error"]
-        return resp.status, text.strip() or resp.reason or ""
+def _error(status: int, text: str) -> tuple[int, str] | None:
+    """None for a 200, else the status and Ollama's error text (its JSON ``error``)."""
+    if status == 200:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        text = data["error"]
+    return status, text.strip() or f"HTTP {status}"
+
+
+ENGINE = OllamaEngine

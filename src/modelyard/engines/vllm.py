@@ -2,18 +2,49 @@
 
 from __future__ import annotations
 
-from modelyard.config import VllmModel
+from typing import Literal
+
+from pydantic import Field, field_validator
+
 from modelyard.engines.base import Engine, Launch, Upstream, gpu_env, missing_program
+from modelyard.model_spec import Arg, ModelBase
 
 _TENSOR_PARALLEL = ("--tensor-parallel-size", "-tp")
 
 
-class VllmEngine(Engine):
-    kind = "vllm"
+class VllmModel(ModelBase):
+    """A Hugging Face model (or a local folder) served by ``vllm serve``."""
 
-    def __init__(self, model: VllmModel, host: str = "127.0.0.1") -> None:
-        super().__init__(host)
-        self.model = model
+    engine: Literal["vllm"]
+    model: str = Field(description="Hugging Face id or local path, vllm serve's MODEL.")
+    max_model_len: int | None = Field(None, ge=1, description="Context window, --max-model-len.")
+    args: list[Arg] = Field(default_factory=list, description="Extra vllm serve arguments.")
+    env: dict[str, Arg] = Field(default_factory=dict)
+    binary: str = Field("vllm", description="The vllm program: a name on PATH or a path.")
+
+    @field_validator("args")
+    @classmethod
+    def _no_managed_flags(cls, value: list[str]) -> list[str]:
+        instead = {
+            "--port": "modelyard gives each instance a free port",
+            "--host": "modelyard sets it from the node the model runs on",
+            "--served-model-name": "the model's key under `models:` (and `aliases`) names it",
+            "--gpu-memory-utilization": "use `memory_share` instead",
+        }
+        for arg in value:
+            flag = arg.split("=", 1)[0]
+            if flag in instead:
+                raise ValueError(f"{arg!r} is set by modelyard; {instead[flag]}")
+        return value
+
+    @property
+    def window(self) -> int | None:
+        return self.max_model_len  # vLLM gives each request the whole window
+
+
+class VllmEngine(Engine[VllmModel]):
+    kind = "vllm"
+    config = VllmModel
 
     def problem(self) -> str | None:
         return missing_program(self.model.binary, "pip install vllm, or set `binary`")
@@ -39,3 +70,6 @@ class VllmEngine(Engine):
 
 def _has_flag(args: list[str], names: tuple[str, ...]) -> bool:
     return any(arg.split("=", 1)[0] in names for arg in args)
+
+
+ENGINE = VllmEngine

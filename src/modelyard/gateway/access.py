@@ -17,8 +17,9 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelyard.config import Access, ApiKey
+from modelyard.errors import Code, Refusal
 from modelyard.gateway.body import CLOSE, LimitedReceive
-from modelyard.gateway.errors import error_response
+from modelyard.gateway.errors import error_response, openai_error
 
 OPEN_PATHS = ("/health", "/ready")
 
@@ -63,27 +64,20 @@ class AccessGuard:
         token = given[7:].strip() if given.lower().startswith("bearer ") else ""
         token = token or headers.get("x-api-key", "")
         if not token:
-            return None, error_response(
-                401, "an API key is needed: Authorization: Bearer KEY", code="missing_api_key"
-            )
+            needed = "an API key is needed: Authorization: Bearer KEY"
+            return None, openai_error(Refusal(Code.MISSING_API_KEY, needed))
         key = self.keys.get(hashlib.sha256(token.encode()).hexdigest())
         if key is None:
-            return None, error_response(401, "this API key is not known", code="invalid_api_key")
+            return None, openai_error(Refusal(Code.INVALID_API_KEY, "this API key is not known"))
         need = "admin" if path.startswith(("/admin", "/metrics")) else "user"
         if need not in key.scopes:
-            return key, error_response(
-                403,
-                f"API key {key.name!r} lacks the {need!r} scope needed for {path}",
-                code="insufficient_scope",
-            )
+            lacks = f"API key {key.name!r} lacks the {need!r} scope needed for {path}"
+            return key, openai_error(Refusal(Code.INSUFFICIENT_SCOPE, lacks))
         wait = self._spend(key)
         if wait > 0:
-            return key, error_response(
-                429,
-                f"API key {key.name!r} is over its rate of {key.rate:g} requests/s",
-                code="rate_limited",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
-            )
+            over = f"API key {key.name!r} is over its rate of {key.rate:g} requests/s"
+            retry = {"Retry-After": str(max(1, math.ceil(wait)))}
+            return key, openai_error(Refusal(Code.RATE_LIMITED, over, headers=retry))
         return key, None
 
     def _spend(self, key: ApiKey) -> float:

@@ -11,13 +11,21 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from modelyard.config import ConfigError, load_config
+from modelyard.errors import (
+    AgentError,
+    BodyStalled,
+    BodyTooLarge,
+    Code,
+    Refusal,
+    Refused,
+    ReloadRefused,
+)
 from modelyard.gateway import events_api
-from modelyard.gateway.body import CLOSE, BodyStalled, BodyTooLarge, read_body
-from modelyard.gateway.errors import error_response
-from modelyard.gateway.state import Gateway, ReloadRefused
-from modelyard.instance import Refused
-from modelyard.nodes import AgentError
-from modelyard.routing import features, route
+from modelyard.gateway.body import CLOSE, read_body
+from modelyard.gateway.errors import error_response, openai_error
+from modelyard.gateway.state import Gateway
+from modelyard.openai_body import features
+from modelyard.routing import route
 from modelyard.supervisor import LOG_LINES
 from modelyard.units import parse_duration
 from modelyard.views import model_view, node_view
@@ -57,11 +65,9 @@ def _model(request: Request) -> tuple[Gateway, str] | Response:
     asked = request.path_params["name"]
     model = gw.config.resolve(asked)
     if model is None:
-        return error_response(
-            404,
-            f"model {asked!r} does not exist; known models: {', '.join(gw.known_names())}",
-            code="model_not_found",
-        )
+        known = ", ".join(gw.config.names())
+        missing = f"model {asked!r} does not exist; known models: {known}"
+        return openai_error(Refusal(Code.MODEL_NOT_FOUND, missing))
     return gw, model.name
 
 
@@ -71,9 +77,9 @@ async def start(request: Request) -> Response:
         return found
     gw, name = found
     try:
-        await gw.scheduler.start(name, timeout=gw.wait_timeout(name))
+        await gw.scheduler.start(name, timeout=gw.config.wait_limit(name))
     except Refused as exc:
-        return error_response(exc.status, exc.reason, code="start_failed")
+        return openai_error(Refusal(Code.START_FAILED, exc.reason, status=exc.status))
     return JSONResponse(model_view(gw.scheduler, name))
 
 
@@ -93,9 +99,9 @@ async def restart(request: Request) -> Response:
     gw, name = found
     await gw.scheduler.stop(name)
     try:
-        await gw.scheduler.start(name, timeout=gw.wait_timeout(name))
+        await gw.scheduler.start(name, timeout=gw.config.wait_limit(name))
     except Refused as exc:
-        return error_response(exc.status, exc.reason, code="start_failed")
+        return openai_error(Refusal(Code.START_FAILED, exc.reason, status=exc.status))
     return JSONResponse(model_view(gw.scheduler, name))
 
 
@@ -116,7 +122,7 @@ async def logs(request: Request) -> Response:
     try:
         tail = await gw.nodes[gw.config.node_of(name)].logs(name, lines)
     except AgentError as exc:
-        return error_response(503, exc.message, code="node_unreachable")
+        return openai_error(Refusal(Code.NODE_UNREACHABLE, exc.message))
     if "application/json" in request.headers.get("accept", ""):
         return JSONResponse({"model": name, "lines": tail})
     return PlainTextResponse("\n".join(tail) + ("\n" if tail else ""))
@@ -141,13 +147,13 @@ async def set_mode(request: Request) -> Response:
         return error_response(
             400, f'expected {{"mode": NAME}} with NAME one of: {", ".join(modes)}', param="mode"
         )
-    before = gw.node_views()
+    before = gw.watch.node_views()
     try:
         await gw.scheduler.set_mode(name, wanted)
     except AgentError as exc:
-        return error_response(503, exc.message, code="node_unreachable")
+        return openai_error(Refusal(Code.NODE_UNREACHABLE, exc.message))
     finally:
-        gw.publish_nodes(before)
+        gw.watch.publish_nodes(before)
     return JSONResponse(node_view(gw.nodes[name], gw.config))
 
 
@@ -204,7 +210,7 @@ async def explain(request: Request) -> Response:
     if not isinstance(headers, dict):
         return error_response(400, "`headers` must be an object of names to values")
     req = features(body["request"], {str(k): str(v) for k, v in headers.items()})
-    return JSONResponse(route(gw.config, req, gw.cluster()).as_dict())
+    return JSONResponse(route(gw.config, req, gw.watch.cluster()).as_dict())
 
 
 async def reload(request: Request) -> Response:
@@ -216,15 +222,12 @@ async def reload(request: Request) -> Response:
     try:
         new = load_config(source)
     except ConfigError as exc:
-        return error_response(
-            400,
-            "the new config did not validate; the running one stays:\n" + str(exc),
-            code="invalid_config",
-        )
+        invalid = "the new config did not validate; the running one stays:\n" + str(exc)
+        return openai_error(Refusal(Code.INVALID_CONFIG, invalid))
     try:
         applied = await gw.reload(new)
     except ReloadRefused as exc:
-        return error_response(409, f"{exc}; the running config stays", code="restart_needed")
+        return openai_error(Refusal(Code.RESTART_NEEDED, f"{exc}; the running config stays"))
     return JSONResponse({"reloaded": str(source), **applied})
 
 

@@ -18,12 +18,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from modelyard.config import Config, ConfigError, load_config
+from modelyard.errors import BodyTooLarge, Code, Refusal, ReloadRefused
 from modelyard.gateway import admin, openai
 from modelyard.gateway.access import AccessGuard
-from modelyard.gateway.body import CLOSE, BodyTooLarge
-from modelyard.gateway.errors import error_response
+from modelyard.gateway.body import CLOSE
+from modelyard.gateway.errors import error_response, openai_error
 from modelyard.gateway.lane import OpenAILane
-from modelyard.gateway.state import Gateway, ReloadRefused
+from modelyard.gateway.state import Gateway
 from modelyard.lifecycle import State
 from modelyard.telemetry import CONTENT_TYPE
 
@@ -41,7 +42,7 @@ async def ready(request: Request) -> Response:
         return JSONResponse({"status": "ready"})
     model = gw.config.resolve(asked)
     if model is None:
-        return error_response(404, f"model {asked!r} does not exist", code="model_not_found")
+        return openai_error(Refusal(Code.MODEL_NOT_FOUND, f"model {asked!r} does not exist"))
     state = gw.scheduler.instances[model.name].state
     code = 200 if state is State.READY else 503
     return JSONResponse({"model": model.name, "state": state.value}, status_code=code)

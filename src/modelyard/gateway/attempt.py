@@ -2,18 +2,19 @@
 
 Each candidate tried is a *hop*; the request ends served by one of them or refused. Either
 way it leaves exactly one decision (the trail and the hops), one row in the request log
-and one count in the metrics, all written after the answer.
+and one count in the metrics, all written after the answer, off the request's own path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import os
 import time
 from typing import Any, Protocol
 
-from modelyard.gateway.errors import Refusal
+from modelyard.errors import Code, Refusal, status_of
 from modelyard.gateway.proxy import Result
 from modelyard.gateway.state import Gateway
 from modelyard.instance import Lease
@@ -54,12 +55,17 @@ class Attempt:
         self.arrived = time.time() - (time.monotonic() - began)  # wall clock, for the log
         self.id = _new_id()
         self.hops: list[dict[str, Any]] = []
-        self.last: tuple[int, str, float | None] = (503, "no candidate", None)
+        nobody = (Code.MODEL_UNAVAILABLE, 503, "no candidate", None)
+        self.last: tuple[Code, int, str, float | None] = nobody  # code, status, why, retry
         self.recorded = False
 
-    def turned_down(self, name: str, status: int, reason: str, retry: float | None) -> None:
+    def turned_down(
+        self, name: str, code: Code, reason: str, retry: float | None, status: int | None = None
+    ) -> None:
+        """``name`` did not serve: ``code`` says why, with its own status unless ``status``."""
+        status = status_of(code) if status is None else status
         self.hops.append({"model": name, "status": status, "why": reason})
-        self.last = (status, reason, retry)
+        self.last = (code, status, reason, retry)
 
     def degraded(self) -> str | None:
         """Why the request is not served by the target's first choice, if it is not."""
@@ -118,9 +124,24 @@ class Attempt:
         """Leave the decision, the request row and the metrics of how it ended.
 
         ``model`` is the one that served it, or for a refusal the last one tried (the row
-        keeps it; the decision says nobody served it).
+        keeps it; the decision says nobody served it). Written once the loop is free:
+        an answer that is not streamed goes out first, its record after.
         """
         self.recorded = True
+        asyncio.get_running_loop().call_soon(
+            self._write, model, instance, result, wait, overhead, served, time.monotonic()
+        )
+
+    def _write(
+        self,
+        model: str | None,
+        instance: str | None,
+        result: Result,
+        wait: float | None,
+        overhead: float | None,
+        served: bool,
+        ended: float,
+    ) -> None:
         node = self.gw.config.node_of(model) if model in self.gw.config.models else None
         ttft = None if result.first_byte is None else result.first_byte - self.began
         row = RequestRow(
@@ -139,7 +160,7 @@ class Attempt:
             tokens_out=result.tokens_out,
             wait_s=wait,
             ttft_s=ttft,
-            duration_s=time.monotonic() - self.began,
+            duration_s=ended - self.began,
             error=result.error,
         )
         self.gw.store.request(row)
@@ -170,23 +191,24 @@ class Attempt:
 
     def refusal(self) -> Refusal:
         """No candidate served: why, recorded (the front-end renders it)."""
-        status, reason, retry = self.last
+        code, status, reason, retry = self.last
         turned = [s for s in self.decision.trail if s.kind == "candidate" and not s.ok]
-        code = {409: "swap_refused", 504: "timeout"}.get(status, "model_unavailable")
         if (
             not self.decision.candidates
             and turned
             and all(s.why.startswith((CONTEXT, UNSERVED)) for s in turned)
         ):
             # The request itself is what no candidate takes: the client's to change.
-            status, reason = 400, f"{turned[0].name}: {turned[0].why}"
+            reason = f"{turned[0].name}: {turned[0].why}"
             code = (
-                "context_length_exceeded"
+                Code.CONTEXT_LENGTH_EXCEEDED
                 if turned[0].why.startswith(CONTEXT)
-                else "unsupported_endpoint"
+                else Code.UNSUPPORTED_ENDPOINT
             )
+            status = status_of(code)
         elif not self.decision.candidates:
-            status, reason = 503, "every candidate was turned down"
+            code, reason = Code.MODEL_UNAVAILABLE, "every candidate was turned down"
+            status = status_of(code)
         last = self.hops[-1]["model"] if self.hops else None
         self.record(last, None, Result(status, reason), None, served=False)
         headers = {"x-modelyard-decision": self.id}
@@ -197,7 +219,7 @@ class Attempt:
         # A plain request for one model gets the reason alone; a routed one, the trail too.
         routed = len(self.decision.trail) > 1 or not (self.hops or status == 400)
         message = f"{reason} (decision {self.id}: {self.decision.summary()})" if routed else reason
-        return Refusal(status, message, code=code, headers=headers)
+        return Refusal(code, message, headers=headers, status=status)
 
 
 def rejected(

@@ -14,26 +14,11 @@ import asyncio
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
+from modelyard.errors import BodyStalled, BodyTooLarge
+
 # On an answer sent before its body was read whole: uvicorn then closes the connection
 # instead of reading (and dropping) the rest of the body.
 CLOSE = {"Connection": "close"}
-
-
-class BodyTooLarge(Exception):
-    """The body passed ``limit`` bytes."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the body is over {limit} bytes, the most this gateway takes "
-                         "(access.max_body)")  # fmt: skip
-        self.limit = limit
-
-
-class BodyStalled(Exception):
-    """No part of the body came for ``idle`` seconds."""
-
-    def __init__(self, idle: float) -> None:
-        super().__init__(f"the body stopped arriving: nothing for {idle:g}s "
-                         "(access.body_timeout)")  # fmt: skip
 
 
 async def read_body(receive: Receive, idle: float) -> bytes:

@@ -30,6 +30,8 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelyard.config.schema import Access
+from modelyard.errors import Code, status_of
+from modelyard.gateway.errors import error_body
 
 log = logging.getLogger("modelyard.gateway")
 
@@ -150,12 +152,11 @@ class Connection(HttpToolsProtocol):
             self._too_large(str(exc.__context__))
             return
         detail = f": {exc}" if exc is not None and str(exc) else ""
-        self._refuse(400, "invalid_http", f"the request is not valid HTTP/1.1{detail}")
+        self._refuse(Code.INVALID_HTTP, f"the request is not valid HTTP/1.1{detail}")
 
     def _too_large(self, what: str) -> None:
         self._refuse(
-            431,
-            "headers_too_large",
+            Code.HEADERS_TOO_LARGE,
             f"request headers too large: {what}; the limits are {self.max_headers} headers "
             f"and {self.max_header_bytes} bytes (access.max_headers, access.max_header_bytes)",
         )
@@ -169,17 +170,18 @@ class Connection(HttpToolsProtocol):
             self._head_timer = self.loop.call_later(left, self._head_deadline)
             return
         self._refuse(
-            408,
-            "header_timeout",
+            Code.HEADER_TIMEOUT,
             f"the request's headers did not arrive within {self.header_timeout:g}s "
             "(access.header_timeout)",
         )
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
-        """Answer ``status`` with an OpenAI-shaped error and close, once it can be said."""
+    def _refuse(self, code: Code, message: str) -> None:
+        """Answer ``code`` (its status) with an OpenAI-shaped error and close, once it can be
+        said."""
         if self._refused:
             return
         self._refused = True
+        status = status_of(code)
         log.warning("%s: %d %s: %s", _peer(self.client), status, code, message)
         if self._head_timer is not None:
             self._head_timer.cancel()
@@ -198,16 +200,7 @@ class Connection(HttpToolsProtocol):
             # The body of the request being served is broken: the app sees a disconnect.
             cycle.disconnected = True
             cycle.message_event.set()
-        body = orjson.dumps(
-            {
-                "error": {
-                    "message": message,
-                    "type": "invalid_request_error",
-                    "param": None,
-                    "code": code,
-                }
-            }
-        )
+        body = orjson.dumps(error_body(status, message, code))
         head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode()]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]

@@ -19,17 +19,17 @@ import orjson
 from starlette.responses import Response
 
 from modelyard.config import ApiKey
+from modelyard.errors import Code, Refusal, Refused, UpstreamUnavailable
 from modelyard.gateway.access import may_use
 from modelyard.gateway.attempt import Attempt, rejected
-from modelyard.gateway.errors import Refusal
 from modelyard.gateway.keepalive import stream_or_wait
-from modelyard.gateway.proxy import Result, UpstreamUnavailable, forward
+from modelyard.gateway.proxy import Result, forward
 from modelyard.gateway.state import Gateway
 from modelyard.gateway.timeouts import Deadline, limits_for
-from modelyard.instance import Refused
-from modelyard.routing import AUTO, Decision, features, route, strip_tags
+from modelyard.routing import AUTO, Decision, Features, route
 
 Render = Callable[[Refusal], Response]
+Edit = Callable[[dict[str, Any], Decision], dict[str, Any]]
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -44,7 +44,8 @@ class Call:
     raw: bytes | None  # the body's bytes if it goes upstream as it came
     stream: bool
     headers: Mapping[str, str]  # the client's, read case-insensitively
-    head: tuple[int, int]  # how many headers, and their bytes
+    features: Features  # what routing reads of it, extracted by the front-end
+    edit: Edit  # the front-end's way to apply a Decision's edits to ``body``
     key: ApiKey | None
     began: float  # monotonic: its body was read
     owner: asyncio.Task[Any]  # the request's task: it holds the places it is granted
@@ -59,14 +60,12 @@ def decide(gw: Gateway, call: Call) -> Decision | Refusal:
     named = gw.config.resolve(call.asked)
     if call.key is not None and not may_use(call.key, call.asked, named.name if named else None):
         return Refusal(
-            403,
+            Code.MODEL_NOT_ALLOWED,
             f"API key {call.key.name!r} may not use {call.asked!r}; "
             f"it may use: {', '.join(call.key.models or [])}",
-            code="model_not_allowed",
             param="model",
         )
-    found = features(call.body, call.headers, gw.routing_headers, call.endpoint, *call.head)
-    decision = route(gw.config, found, gw.cluster())
+    decision = route(gw.config, call.features, gw.watch.cluster())
     if decision.target is None:
         return no_target(gw, call.asked)
     return decision
@@ -75,16 +74,14 @@ def decide(gw: Gateway, call: Call) -> Decision | Refusal:
 def no_target(gw: Gateway, asked: str) -> Refusal:
     if asked == AUTO:
         return Refusal(
-            400,
+            Code.NO_ROUTE,
             "`auto` needs a policy rule with `use` that holds for this request; none did",
-            code="no_route",
             param="model",
         )
-    names = [*gw.known_names(), *gw.config.tiers]
+    names = [*gw.config.names(), *gw.config.tiers]
     return Refusal(
-        404,
+        Code.MODEL_NOT_FOUND,
         f"model {asked!r} does not exist; known models and tiers: {', '.join(names)}",
-        code="model_not_found",
         param="model",
     )
 
@@ -97,9 +94,8 @@ def refuse(gw: Gateway, call: Call, refusal: Refusal, render: Render) -> Respons
 
 async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Response:
     """Serve ``call`` by its Decision's candidates in turn; the answer, or the refusal."""
-    body, raw = call.body, call.raw
-    if decision.strip:
-        body, raw = strip_tags(body, decision.strip), None
+    body = call.edit(call.body, decision)
+    raw = call.raw if body is call.body else None
     no_swap = call.headers.get("x-modelyard-no-swap", "").lower() in _TRUE
     attempt = Attempt(gw, decision, call.path, call.stream, call.began, call.key_name)
     deadline = Deadline(call.headers, call.stream, call.began)
@@ -115,9 +111,10 @@ async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Re
     async def hops() -> Response:
         for name in decision.candidates:
             if deadline.passed():
-                attempt.turned_down(name, 504, f"not tried: {deadline.why()} has passed", None)
+                why = f"not tried: {deadline.why()} has passed"
+                attempt.turned_down(name, Code.TIMEOUT, why, None)
                 break  # nobody would read the answer: no hidden retries past it
-            wait, cut = deadline.bound(gw.wait_timeout(name))
+            wait, cut = deadline.bound(gw.config.wait_limit(name))
             asked_at = time.monotonic()
             try:
                 lease = await gw.scheduler.acquire(
@@ -127,9 +124,9 @@ async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Re
             except Refused as exc:
                 if cut and exc.timed_out:
                     why = f"{name} was not ready before {deadline.why()} passed"
-                    attempt.turned_down(name, 504, why, None)
+                    attempt.turned_down(name, Code.TIMEOUT, why, None)
                     break
-                attempt.turned_down(name, exc.status, exc.reason, exc.retry_after)
+                attempt.turned_down(name, exc.code, exc.reason, exc.retry_after, exc.status)
                 continue
             upstream = lease.instance.upstream
             assert upstream is not None, "acquire grants only an instance with a server"
@@ -151,7 +148,7 @@ async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Re
             except UpstreamUnavailable as exc:
                 # The next candidate, or the refusal, decides what the client gets.
                 finish(Result(exc.status, str(exc)), decided=False)
-                attempt.turned_down(name, exc.status, str(exc), None)
+                attempt.turned_down(name, exc.code, str(exc), None, exc.status)
             except BaseException:
                 finish(Result(499, "client went away before the answer started"))
                 raise

@@ -1,18 +1,20 @@
 """Errors in the OpenAI shape, so every SDK shows the message as it is.
 
-An engine's own error answer is put in this shape too (``from_upstream``): its 4xx stays a
-4xx with its message, its 5xx becomes the gateway's 502 naming the model that failed. SDKs
-retry 5xx answers, so a client's mistake must never reach them as one.
+The codes, their statuses and the exceptions are :mod:`modelyard.errors`; this module
+renders them. An engine's own error answer is put in this shape too (``from_upstream``): its
+4xx stays a 4xx with its message and code (a free string), its 5xx becomes the gateway's 502
+naming the model that failed. SDKs retry 5xx answers, so a client's mistake must never reach
+them as one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from starlette.responses import JSONResponse
+
+from modelyard.errors import Code, Refusal, UpstreamFailed, status_of
 
 _TYPES = {
     400: "invalid_request_error",
@@ -31,19 +33,6 @@ _TYPES = {
 }
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """An error for the client in no protocol's shape: each front-end renders it in its own
-    (``openai_error``). ``code`` is a stable machine-readable word, ``param`` the request
-    field at fault."""
-
-    status: int
-    message: str
-    code: str | None = None
-    param: str | None = None
-    headers: Mapping[str, str] | None = None
-
-
 def openai_error(refusal: Refusal) -> JSONResponse:
     """``refusal`` in the OpenAI error shape."""
     headers = dict(refusal.headers) if refusal.headers else None
@@ -60,6 +49,7 @@ def error_type(status: int) -> str:
 def error_body(
     status: int, message: str, code: str | None = None, param: str | None = None
 ) -> dict[str, Any]:
+    """The OpenAI error object; ``code`` a :class:`Code`, or an engine's own as it came."""
     return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
 
 
@@ -67,7 +57,7 @@ def error_response(
     status: int,
     message: str,
     *,
-    code: str | None = None,
+    code: Code | None = None,
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
@@ -77,14 +67,10 @@ def error_response(
     )
 
 
-def sse_error(message: str, code: str = "upstream_error") -> bytes:
+def sse_error(message: str, code: Code = Code.UPSTREAM_ERROR) -> bytes:
     """An error event that ends a stream that already started (no content is repeated)."""
     payload = orjson.dumps({"error": {"message": message, "type": "upstream_error", "code": code}})
     return b"data: " + payload + b"\n\n"
-
-
-class UpstreamFailed(Exception):
-    """An engine answered with a server error: ``str()`` says which model and what it said."""
 
 
 def from_upstream(status: int, body: bytes, model: str) -> tuple[int, bytes]:
@@ -98,7 +84,8 @@ def from_upstream(status: int, body: bytes, model: str) -> tuple[int, bytes]:
     if status >= 500 and status != 501:
         raise UpstreamFailed(f"{model} failed ({status}): {message}")
     if status == 501:
-        status, code = 400, code or "unsupported_endpoint"
+        code = code or Code.UNSUPPORTED_ENDPOINT
+        status = status_of(Code.UNSUPPORTED_ENDPOINT)
         message = f"{model} does not serve this endpoint: {message}"
     return status, orjson.dumps(error_body(status, message, code, param))
 

@@ -17,16 +17,17 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from modelyard.errors import BodyStalled, BodyTooLarge, Code, Refusal
 from modelyard.gateway import dispatch
 from modelyard.gateway.attempt import rejected
-from modelyard.gateway.body import CLOSE, BodyStalled, BodyTooLarge, read_body
+from modelyard.gateway.body import CLOSE, read_body
 from modelyard.gateway.connection import HEAD_KEY
 from modelyard.gateway.dispatch import Call
-from modelyard.gateway.errors import Refusal, openai_error
-from modelyard.gateway.openai_shape import shape_problem
+from modelyard.gateway.errors import openai_error
 from modelyard.gateway.proxy import ProxyStream
 from modelyard.gateway.state import Gateway
 from modelyard.gateway.watch import ClientWatch
+from modelyard.openai_body import apply_edits, features, shape_problem
 from modelyard.views import model_cards
 
 _ENDPOINTS = {
@@ -64,12 +65,12 @@ async def _until_gone(request: Request, path: str) -> Response:
         # Read first: the watch below only sees what follows.
         raw = await read_body(request.receive, access.body_timeout)
     except ClientDisconnect:
-        gone = Refusal(499, "the client went away before its request was handled")
+        gone = Refusal(None, "the client went away before its request was handled", status=499)
         return _refused(gw, path, arrived, key, gone)
     except BodyTooLarge as exc:
-        return _refused(gw, path, arrived, key, Refusal(413, str(exc), headers=CLOSE))
+        return _refused(gw, path, arrived, key, Refusal(None, str(exc), headers=CLOSE, status=413))
     except BodyStalled as exc:
-        refusal = Refusal(408, str(exc), code="body_timeout", headers=CLOSE)
+        refusal = Refusal(Code.BODY_TIMEOUT, str(exc), headers=CLOSE)
         return _refused(gw, path, arrived, key, refusal)
     began = time.monotonic()  # the upload is not waiting: the request's time starts here
     me = asyncio.current_task()
@@ -102,16 +103,18 @@ async def _serve(
     if head is None:
         listed = request.scope["headers"]
         head = (len(listed), sum(len(k) + len(v) + 4 for k, v in listed))
+    endpoint = _ENDPOINTS[path]
+    found = features(body, request.headers, gw.routing_headers, endpoint, *head)
     call = Call(
-        path, _ENDPOINTS[path], asked, body, raw, body.get("stream") is True,
-        request.headers, head, key, began, me,
+        path, endpoint, asked, body, raw, body.get("stream") is True,
+        request.headers, found, apply_edits, key, began, me,
     )  # fmt: skip
     decision = dispatch.decide(gw, call)
     if isinstance(decision, Refusal):
         return dispatch.refuse(gw, call, decision, openai_error)
     problem = shape_problem(path, body)  # after the name: an unknown model is a 404 first
     if problem is not None:
-        refusal = Refusal(400, problem[0], code="invalid_request", param=problem[1])
+        refusal = Refusal(Code.INVALID_REQUEST, problem[0], param=problem[1])
         return dispatch.refuse(gw, call, refusal, openai_error)
     return await dispatch.run(gw, call, decision, openai_error)
 
@@ -128,15 +131,16 @@ def _parse(raw: bytes, gw: Gateway) -> tuple[dict[str, Any], str] | Refusal:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return Refusal(400, f"the request body is not valid JSON: {exc}")
+        return Refusal(None, f"the request body is not valid JSON: {exc}", status=400)
     if not isinstance(body, dict):
-        return Refusal(400, "the request body must be a JSON object")
+        return Refusal(None, "the request body must be a JSON object", status=400)
     asked = body.get("model")
     if not isinstance(asked, str) or not asked:
         return Refusal(
-            400,
-            f"`model` is required, a string naming one of: {', '.join(gw.known_names())}",
+            None,
+            f"`model` is required, a string naming one of: {', '.join(gw.config.names())}",
             param="model",
+            status=400,
         )
     return body, asked
 

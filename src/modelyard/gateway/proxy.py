@@ -19,8 +19,9 @@ import orjson
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from modelyard.engines import Upstream
-from modelyard.gateway.errors import UpstreamFailed, from_upstream, sse_error
+from modelyard.engines.base import Upstream
+from modelyard.errors import Code, UpstreamFailed, UpstreamUnavailable
+from modelyard.gateway.errors import from_upstream, sse_error
 from modelyard.gateway.timeouts import Limits
 from modelyard.gateway.watch import ClientWatch
 
@@ -79,18 +80,6 @@ class Result:
 Done = Callable[[Result], None]
 
 
-class UpstreamUnavailable(Exception):
-    """The upstream failed before the client got a byte: the next candidate may serve.
-
-    ``status`` is what the client gets if no other candidate serves: 502 for a server that
-    does not answer or breaks, 504 for one that is too slow.
-    """
-
-    def __init__(self, message: str, status: int = 502) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 class Renamer:
     """Replaces the upstream's model name by the one the client asked for, in whole lines."""
 
@@ -121,28 +110,38 @@ async def forward(
     headers: dict[str, str],
     limits: Limits,
     done: Done,
+    content_type: str = "application/json",
 ) -> Response:
-    """POST ``body`` to ``upstream`` + ``path``; ``done(result)`` runs when it is over.
+    """POST ``body`` (of ``content_type``) to ``upstream`` + ``path``; ``done(result)`` runs
+    when it is over.
+
+    Three kinds of answer: JSON (and any error, and a stream of events the client did not
+    ask for) is read whole, renamed and counted; a stream of events the client asked for is
+    relayed chunk by chunk, renamed and counted; any other successful answer (audio, a file)
+    is relayed chunk by chunk as it comes, untouched and uncounted.
 
     Raises UpstreamUnavailable, without calling ``done``, when the upstream fails or times
     out before the client got a byte: the caller then tries another candidate. The first
     chunk of a stream is read here, so a server that never starts its answer counts as such.
     """
     url = upstream.base_url + path
-    send_headers = {"Content-Type": "application/json", **upstream.headers}
+    send_headers = {"Content-Type": content_type, **upstream.headers}
     sent = time.monotonic()
     try:
-        resp, first = await _begin(client, url, body, send_headers, stream, limits)
+        resp, first, whole = await _begin(client, url, body, send_headers, stream, limits)
     except aiohttp.ConnectionTimeoutError as exc:
         within = f"{round(limits.connect, 2):g}s (timeouts.connect)"
-        raise UpstreamUnavailable(f"{asked_model}: no connection within {within}", 504) from exc
+        raise UpstreamUnavailable(
+            f"{asked_model}: no connection within {within}", Code.TIMEOUT
+        ) from exc
     except TimeoutError as exc:
         within = f"{round(limits.first_byte, 2):g}s ({limits.first_byte_why})"
-        raise UpstreamUnavailable(f"{asked_model}: no answer within {within}", 504) from exc
+        raise UpstreamUnavailable(
+            f"{asked_model}: no answer within {within}", Code.TIMEOUT
+        ) from exc
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamUnavailable(f"{asked_model}: its server failed to answer: {exc}") from exc
     first_byte = time.monotonic()
-    is_sse = resp.content_type == "text/event-stream"
     out_headers = {
         k: v
         for k, v in resp.headers.items()
@@ -154,7 +153,7 @@ async def forward(
         if upstream.model and upstream.model != asked_model
         else None
     )
-    if not (stream and is_sse):
+    if whole:
         resp.release()
         if renamer is not None:
             first = renamer.feed(first) + renamer.end()
@@ -175,6 +174,8 @@ async def forward(
         return Response(first, status_code=status, headers=out_headers)
 
     result = Result(resp.status, None, sent, first_byte)
+    if resp.content_type != "text/event-stream":
+        return _binary(resp, first, result, out_headers, asked_model, limits, done)
     complete = finished = False
     content = resp.content
 
@@ -203,7 +204,7 @@ async def forward(
             if watch.fired:
                 silent = f"{round(limits.idle, 2):g}s (timeouts.idle)"
                 result.status, result.error = 504, f"{asked_model} sent nothing for {silent}"
-                yield sse_error(f"{result.error}; the answer was cut", "timeout")
+                yield sse_error(f"{result.error}; the answer was cut", Code.TIMEOUT)
             else:
                 result.status = 502
                 result.error = f"{asked_model}: its server failed mid-stream: {exc}"
@@ -223,6 +224,71 @@ async def forward(
         done(result)
 
     return ProxyStream(relay(), closed, status_code=resp.status, headers=out_headers)
+
+
+def _binary(
+    resp: aiohttp.ClientResponse,
+    first: bytes,
+    result: Result,
+    out_headers: dict[str, str],
+    asked_model: str,
+    limits: Limits,
+    done: Done,
+) -> ProxyStream:
+    """A successful answer that is neither JSON nor events (audio, a file), relayed as it
+    comes: never read whole, never renamed, never counted.
+
+    A cut can be told by nothing in the bytes (an error event appended would corrupt the
+    audio), so a stream cut mid-way is not ended: the response is left incomplete, on
+    which the ASGI server closes the connection without the last chunk of a chunked body
+    (uvicorn logs "ASGI callable returned without completing response"). The upstream's
+    Content-Length, when it sent one, goes to the client too (the bytes are passed through
+    unchanged, encoded as they came: auto_decompress is off): a client then sees a body
+    cut short even if its HTTP library is lax about a chunked body's last chunk, and can
+    show progress. The result records the cut's 502 or 504 and why.
+    """
+    length = resp.headers.get("Content-Length")
+    if length is not None:
+        out_headers["content-length"] = length
+    complete = False
+    content = resp.content
+
+    async def relay() -> AsyncIterator[bytes]:
+        nonlocal complete
+        chunk = first
+        watch = _IdleWatch(limits.idle, resp)
+        clock = watch.loop.time
+        try:
+            while chunk:
+                yield chunk
+                watch.since = clock()  # only silence while reading counts, not a slow client
+                chunk = await content.readany()
+                watch.since = None
+                if watch.fired:
+                    raise TimeoutError
+            complete = True
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            if watch.fired:
+                silent = f"{round(limits.idle, 2):g}s (timeouts.idle)"
+                result.status, result.error = 504, f"{asked_model} sent nothing for {silent}"
+            else:
+                result.status = 502
+                result.error = f"{asked_model}: its server failed mid-stream: {exc}"
+            answer.cut = True
+        finally:
+            watch.cancel()
+
+    def closed() -> None:
+        if complete:
+            resp.release()  # the connection goes back to the pool
+        else:
+            resp.close()  # client gone or upstream broken: closing stops the generation
+            if result.error is None:
+                result.status, result.error = 499, "client went away"
+        done(result)
+
+    answer = ProxyStream(relay(), closed, status_code=resp.status, headers=out_headers)
+    return answer
 
 
 class _IdleWatch:
@@ -265,6 +331,7 @@ class ProxyStream(StreamingResponse):
         self._on_close = closed
         self._closed_once = False
         self.watch: ClientWatch | None = None  # the request's, handed over to see it through
+        self.cut = False  # left incomplete on purpose: a binary answer cut mid-way
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Sent here rather than by StreamingResponse, which (ASGI spec < 2.4, as uvicorn
@@ -278,7 +345,8 @@ class ProxyStream(StreamingResponse):
             async for chunk in self.body_iterator:
                 data = chunk if isinstance(chunk, bytes) else str(chunk).encode()
                 await send({"type": "http.response.body", "body": data, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not self.cut:  # a cut one ends without its end: the server drops the connection
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if self.watch is None or not self.watch.swallow():
                 raise  # not the client leaving: the server's own cancel
@@ -306,7 +374,11 @@ class ProxyStream(StreamingResponse):
             async for chunk in self.body_iterator:
                 yield chunk if isinstance(chunk, bytes) else str(chunk).encode()
         finally:
-            self._closed()
+            try:
+                if isinstance(self.body_iterator, AsyncGenerator):
+                    await self.body_iterator.aclose()  # its timer stops, its counts are in
+            finally:
+                self._closed()
 
 
 async def _begin(
@@ -316,9 +388,11 @@ async def _begin(
     headers: dict[str, str],
     stream: bool,
     limits: Limits,
-) -> tuple[aiohttp.ClientResponse, bytes]:
-    """The response and its first bytes (a stream's first chunk, else the whole body).
+) -> tuple[aiohttp.ClientResponse, bytes, bool]:
+    """The response, its first bytes and whether they are the whole body.
 
+    Read whole: an error, JSON, events the client did not ask to stream. Else only the
+    first chunk: of the events it asked to stream, or of an answer of any other type.
     Bounded by ``limits.first_byte``; on any failure or cancel the upstream connection is
     closed, which is what stops the server generating.
     """
@@ -326,9 +400,17 @@ async def _begin(
     try:
         async with asyncio.timeout(limits.first_byte):
             resp = await _post(client, url, body, headers, limits.connect)
-            if stream and resp.content_type == "text/event-stream":
-                return resp, await resp.content.readany()
-            return resp, await resp.read()
+            kind = resp.content_type
+            if stream and kind == "text/event-stream":
+                return resp, await resp.content.readany(), False
+            if (
+                kind == "application/json"
+                or resp.status >= 400
+                or kind == "text/event-stream"
+                or kind.endswith("+json")
+            ):
+                return resp, await resp.read(), True
+            return resp, await resp.content.readany(), False
     except BaseException:
         if resp is not None:
             resp.close()

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from typing import Any
 
-from modelyard.config import Config, RemoteModel
-from modelyard.engines import StartError
-from modelyard.engines.remote import RemoteEngine
+from modelyard.cluster_watch import ClusterWatch
+from modelyard.config import Config
+from modelyard.engine_calls import SessionHttp
+from modelyard.errors import ReloadRefused, StartError
 from modelyard.events import Hub
 from modelyard.gateway.proxy import UpstreamClient, new_client
 from modelyard.nodes import LocalNode, NodeHandle, RemoteNode
-from modelyard.routing import Cluster, header_names
+from modelyard.routing import header_names
 from modelyard.scheduler import Scheduler
 from modelyard.store import Store
 from modelyard.supervisor import Supervisor, describe_exit
 from modelyard.telemetry import NodeReading, Telemetry
 from modelyard.views import status_view
-
-POLL_SECONDS = 2.0  # how often agents are asked for their status and GPUs are sampled
-
-
-class ReloadRefused(Exception):
-    """A new config that cannot be applied to a running gateway."""
 
 
 class Gateway:
@@ -48,9 +41,8 @@ class Gateway:
                 self.nodes[name] = RemoteNode(
                     name, config, self.scheduler.on_exit, self.scheduler.on_gone
                 )
-        self.remote_down: dict[str, str] = {}  # remote model → why its URL is not answering
+        self.watch = ClusterWatch(lambda: self.config, self.nodes, self.scheduler, self.events)
         self.started = time.time()
-        self._poller: asyncio.Task[None] | None = None
         self._rule_names = frozenset(r.name for r in config.policy)
         self.routing_headers = header_names(config)  # all a decision keeps of the headers
         self.telemetry = Telemetry(
@@ -81,57 +73,12 @@ class Gateway:
         self.store.start_flusher(
             keep_requests=keep.keep_requests, keep_decisions=keep.keep_decisions
         )
-        await asyncio.gather(
-            *(node.refresh() for node in self.nodes.values()), self._probe_remotes()
-        )
+        await self.watch.refresh(SessionHttp(self.client.pooled))
         self.scheduler.start_loop()
-        self._poller = asyncio.create_task(self._poll())
-
-    async def _poll(self) -> None:
-        """Agents' status (reachability, mode, GPUs, exits), local GPUs, remote URLs."""
-        while True:
-            await asyncio.sleep(POLL_SECONDS)
-            before = self.node_views()
-            await asyncio.gather(
-                *(node.refresh() for node in self.nodes.values()), self._probe_remotes()
-            )
-            self.publish_nodes(before)
-            self.scheduler.poke()
-            self.scheduler.audit()
-
-    async def _probe_remotes(self) -> None:
-        """Is each `remote` model's URL answering? Routing skips the ones that are not."""
-        remotes = {n: m for n, m in self.config.models.items() if isinstance(m, RemoteModel)}
-        found = await asyncio.gather(
-            *(RemoteEngine(m).down(self.client.pooled) for m in remotes.values())
-        )
-        self.remote_down = {n: why for n, why in zip(remotes, found, strict=True) if why}
-
-    def node_views(self) -> dict[str, tuple[str, bool]]:
-        """Each node's mode and reachability now."""
-        return {n: (v.mode, v.reachable) for n, node in self.nodes.items() for v in [node.view()]}
-
-    def publish_nodes(self, before: dict[str, tuple[str, bool]]) -> None:
-        """A ``node`` event for each node whose mode or reachability is not as ``before``."""
-        for name, (mode, reachable) in self.node_views().items():
-            if before.get(name) != (mode, reachable):
-                self.events.publish("node", node=name, mode=mode, reachable=reachable)
-
-    def cluster(self) -> Cluster:
-        """What routing reads of the cluster now."""
-        views = {name: node.view() for name, node in self.nodes.items()}
-        return Cluster(
-            modes={n: (v.mode, v.kind) for n, v in views.items()},
-            reachable={n: v.reachable for n, v in views.items()},
-            failed=self.scheduler.unavailable(),
-            remote_down=dict(self.remote_down),
-        )
+        self.watch.start()
 
     async def close(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        await self.watch.close()
         await self.scheduler.close()
         await self.client.close()
         await self.store.close()
@@ -162,18 +109,6 @@ class Gateway:
         self.events.publish("config", added=added, changed=changed, removed=removed)
         await self.scheduler.retired(removed + changed, generation)
         return {"added": added, "changed": changed, "removed": removed}
-
-    def known_names(self) -> list[str]:
-        names = list(self.config.models)
-        for model in self.config.models.values():
-            names += model.aliases
-        return names
-
-    def wait_timeout(self, model: str) -> float:
-        """How long a request may wait for its model: a swap away, then a cold start."""
-        s = self.config.scheduler
-        start = self.config.models[model].start_timeout or s.start_timeout
-        return s.max_swap_delay + s.drain_timeout + s.stop_grace + start
 
     def status(self) -> dict[str, Any]:
         return status_view(

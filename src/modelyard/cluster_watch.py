@@ -1,0 +1,94 @@
+"""What the gateway knows of its cluster, kept fresh.
+
+Every ``POLL_SECONDS``: each node refreshes (an agent's reachability, mode, GPUs and
+exits; this machine's GPUs and GGUF facts), each model served from a URL that may go down
+is probed by its engine, a ``node`` event goes out for each node whose mode or
+reachability changed, and the scheduler is poked (placement may have changed) and audits
+its slots. ``cluster()`` is what routing reads of all that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+
+from modelyard.config import Config
+from modelyard.engines.base import Http
+from modelyard.engines.catalog import ENGINES, engine_for
+from modelyard.events import Hub
+from modelyard.nodes import NodeHandle
+from modelyard.routing import Cluster
+from modelyard.scheduler import Scheduler
+
+POLL_SECONDS = 2.0  # how often agents are asked for their status and GPUs are sampled
+
+
+class ClusterWatch:
+    """Polls the nodes and URL-served models; publishes node changes."""
+
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        nodes: Mapping[str, NodeHandle],
+        scheduler: Scheduler,
+        events: Hub,
+    ) -> None:
+        self._config = config  # the gateway's, read anew each round: reloads change it
+        self.nodes = nodes
+        self.scheduler = scheduler
+        self.events = events
+        self.down: dict[str, str] = {}  # model served from a URL → why it does not answer
+        self._http: Http | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self, http: Http) -> None:
+        """One round now, without publishing: the gateway's state before it serves."""
+        self._http = http
+        await asyncio.gather(*(node.refresh() for node in self.nodes.values()), self._probe())
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            before = self.node_views()
+            await asyncio.gather(*(node.refresh() for node in self.nodes.values()), self._probe())
+            self.publish_nodes(before)
+            self.scheduler.poke()
+            self.scheduler.audit()
+
+    async def _probe(self) -> None:
+        """Is each URL-served model's URL answering? Routing skips the ones that are not."""
+        if self._http is None:
+            return
+        probed = [m for m in self._config().models.values() if ENGINES[m.engine].probes_url]
+        found = await asyncio.gather(*(engine_for(m).down(self._http) for m in probed))
+        self.down = {m.name: why for m, why in zip(probed, found, strict=True) if why}
+
+    def node_views(self) -> dict[str, tuple[str, bool]]:
+        """Each node's mode and reachability now."""
+        return {n: (v.mode, v.reachable) for n, node in self.nodes.items() for v in [node.view()]}
+
+    def publish_nodes(self, before: dict[str, tuple[str, bool]]) -> None:
+        """A ``node`` event for each node whose mode or reachability is not as ``before``."""
+        for name, (mode, reachable) in self.node_views().items():
+            if before.get(name) != (mode, reachable):
+                self.events.publish("node", node=name, mode=mode, reachable=reachable)
+
+    def cluster(self) -> Cluster:
+        """What routing reads of the cluster now."""
+        views = {name: node.view() for name, node in self.nodes.items()}
+        return Cluster(
+            modes={n: (v.mode, v.kind) for n, v in views.items()},
+            reachable={n: v.reachable for n, v in views.items()},
+            failed=self.scheduler.unavailable(),
+            remote_down=dict(self.down),
+        )

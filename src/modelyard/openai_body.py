@@ -1,0 +1,160 @@
+"""What an OpenAI request body says, and must hold before it goes to an engine (pure).
+
+``features``: what routing reads of it (the model asked, the text for the token estimate,
+tools, images, the headers a rule names). ``apply_edits``: the changes a Decision makes to
+it (a rule's prompt tags stripped). ``shape_problem``: engines answer a malformed body in
+their own ways, some with a 500 (llama-server, for a message without ``role``) that SDKs
+take for a server fault and retry; the few things every engine needs are checked here and
+refused with a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from modelyard.routing import Decision, Features
+
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
+def shape_problem(path: str, body: dict[str, Any]) -> tuple[str, str] | None:
+    """What is wrong with ``body`` for ``path`` and the field at fault, or None."""
+    if "stream" in body and not isinstance(body["stream"], bool | None):
+        return "`stream` must be true or false", "stream"
+    if path == "/chat/completions":
+        return _messages(body.get("messages"))
+    if path == "/completions":
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str | list) or (isinstance(prompt, list) and not prompt):
+            return "`prompt` is required: a string or a list of strings or tokens", "prompt"
+    if path == "/embeddings":
+        given = body.get("input")
+        if not isinstance(given, str | list) or (isinstance(given, list) and not given):
+            return "`input` is required: a string or a list of strings or tokens", "input"
+    return None
+
+
+def _messages(messages: Any) -> tuple[str, str] | None:
+    if not isinstance(messages, list) or not messages:
+        return "`messages` is required: a list of {role, content} objects", "messages"
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            return f"`{where}` must be an object with `role` and `content`", where
+        role = message.get("role")
+        if not isinstance(role, str):
+            return f"`{where}.role` is required: one of {', '.join(ROLES)}", f"{where}.role"
+        if role not in ROLES:
+            return (
+                f"`{where}.role` is {role[:40]!r}; expected one of {', '.join(ROLES)}",
+                f"{where}.role",
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            problem = f"`{where}.content` must be a string, a list of parts or null"
+            return problem, f"{where}.content"
+    return None
+
+
+def features(
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    keep: Collection[str] | None = None,
+    endpoint: str = "chat",
+    header_count: int = 0,
+    header_bytes: int = 0,
+) -> Features:
+    """Features of an OpenAI chat, completions or embeddings body, read without changing it.
+
+    ``keep``: the (lower-case) header names to keep, e.g. ``header_names(config)``; None
+    keeps every header. ``header_count`` and ``header_bytes`` summarise them all.
+    """
+    messages = body.get("messages")
+    texts: list[str] = []
+    last_user = ""
+    images = False
+    count = 0
+    if isinstance(messages, list):
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            count += 1
+            text, has_image = _content_text(message.get("content"))
+            images = images or has_image
+            texts.append(text)
+            if message.get("role") == "user":
+                last_user = text
+    elif isinstance(body.get("prompt"), str):
+        last_user = body["prompt"]
+        texts.append(last_user)
+        count = 1
+    chars = sum(len(t) for t in texts)
+    return Features(
+        model=str(body.get("model", "")),
+        headers=(
+            {k.lower(): v for k, v in headers.items()}
+            if keep is None
+            else {k: v for k in keep if (v := headers.get(k)) is not None}
+        ),
+        last_user=last_user,
+        tokens=-(-chars // 3) + 4 * count,
+        tools=bool(body.get("tools") or body.get("functions")),
+        images=images,
+        max_tokens=_int(body.get("max_completion_tokens", body.get("max_tokens"))),
+        endpoint=endpoint,
+        header_count=header_count,
+        header_bytes=header_bytes,
+    )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _content_text(content: Any) -> tuple[str, bool]:
+    if isinstance(content, str):
+        return content, False
+    if not isinstance(content, list):
+        return "", False
+    parts, image = [], False
+    for part in content:
+        if isinstance(part, dict):
+            if part.get("type") == "text" and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif part.get("type") in ("image_url", "input_image", "image"):
+                image = True
+    return "\n".join(parts), image
+
+
+def apply_edits(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
+    """``body`` as ``decision`` has it go upstream (itself when there is nothing to change)."""
+    return strip_tags(body, decision.strip) if decision.strip else body
+
+
+def strip_tags(body: dict[str, Any], patterns: tuple[str, ...]) -> dict[str, Any]:
+    """``body`` with the prompt tags removed from its last user message (a copy)."""
+    messages = body.get("messages")
+    if not patterns or not isinstance(messages, list):
+        return body
+    messages = [dict(m) if isinstance(m, dict) else m for m in messages]
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                for pattern in patterns:
+                    content = re.sub(pattern, "", content)
+                message["content"] = content.strip()
+            elif isinstance(content, list):
+                parts = []
+                for part in content:
+                    if isinstance(part, dict) and isinstance(part.get("text"), str):
+                        text = part["text"]
+                        for pattern in patterns:
+                            text = re.sub(pattern, "", text)
+                        part = {**part, "text": text.strip()}
+                    parts.append(part)
+                message["content"] = parts
+            break
+    return {**body, "messages": messages}
