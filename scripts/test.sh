@@ -5,6 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF ${CMAKE_ARGS:-}"
 scripts/setup.sh --test
+# The console's tests drive Debian's chromium (Playwright with executable_path: no browser
+# download). Installed once, as root or through sudo.
+if ! command -v chromium >/dev/null; then
+    as_root=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+    echo "installing Debian's chromium for the console's browser tests"
+    $as_root apt-get update -qq && $as_root apt-get install -y -qq chromium >/dev/null
+fi
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
 .venv/bin/mypy

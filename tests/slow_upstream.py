@@ -39,15 +39,17 @@ from aiohttp import web
 LOG: list[dict[str, Any]] = []
 NOW = {"running": 0, "peak": 0}
 CHILD: list[int] = []  # the pid of the child started with --child
+REPLY: list[str] = []  # --reply: the answer's text, in the pieces the chunks carry
 
 
 def _chunk(i: int) -> bytes:
+    text = REPLY[i] if REPLY else f"t{i} "
     event = {
         "id": "chatcmpl-slow",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": "slow",
-        "choices": [{"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}],
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
     }
     return b"data: " + orjson.dumps(event) + b"\n\n"
 
@@ -77,7 +79,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     LOG.append(record)
     NOW["running"] += 1
     NOW["peak"] = max(NOW["peak"], NOW["running"])
-    chunks = int(spec.get("chunks", 8))
+    chunks = len(REPLY) if REPLY else int(spec.get("chunks", 8))
     try:
         if "fail" in spec:  # an engine's own error answer, in an engine's own shape
             record["outcome"] = "done"
@@ -87,7 +89,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             )  # fmt: skip
         if not record["stream"]:
             await asyncio.sleep(float(spec.get("first_byte", 0)))
-            text = " ".join(f"t{i}" for i in range(chunks))
+            text = "".join(REPLY) if REPLY else " ".join(f"t{i}" for i in range(chunks))
             record["outcome"] = "done"
             answer = web.json_response(
                 {
@@ -143,10 +145,14 @@ async def health(request: web.Request) -> web.Response:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--reply", help="answer with this text, or @FILE's")
     parser.add_argument("--backlog", type=int, default=128, help="the listen queue's length")
     parser.add_argument("--ignore-sigterm", action="store_true", help="SIGTERM does nothing")
     parser.add_argument("--child", action="store_true", help="start a child that ignores it")
     args = parser.parse_args()
+    if args.reply:  # "@PATH": the text of that file
+        text = open(args.reply[1:]).read() if args.reply.startswith("@") else args.reply
+        REPLY.extend(text[i : i + 8] for i in range(0, len(text), 8))
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.child:

@@ -33,6 +33,7 @@ class Code(StrEnum):
     INVALID_API_KEY = "invalid_api_key"
     INSUFFICIENT_SCOPE = "insufficient_scope"
     RATE_LIMITED = "rate_limited"
+    CROSS_SITE_REQUEST = "cross_site_request"
     # The request (gateway/openai.py, gateway/dispatch.py)
     BODY_TIMEOUT = "body_timeout"
     INVALID_REQUEST = "invalid_request"
@@ -51,6 +52,9 @@ class Code(StrEnum):
     NODE_UNREACHABLE = "node_unreachable"
     INVALID_CONFIG = "invalid_config"
     RESTART_NEEDED = "restart_needed"
+    # The console's conversations (conversations.py, gateway/conversations_api.py)
+    CONVERSATION_NOT_FOUND = "conversation_not_found"
+    CONVERSATION_LIMIT = "conversation_limit"
 
 
 # code → (HTTP status, what it means). docs/faults.md ("Error codes") lists the same rows.
@@ -76,6 +80,12 @@ ERRORS: Mapping[Code, tuple[int, str]] = MappingProxyType(
             "the key lacks the scope the path needs: `user`, or `admin` for `/admin`, `/metrics`",
         ),
         Code.RATE_LIMITED: (429, "the key is over its `rate`; `Retry-After` says when to retry"),
+        Code.CROSS_SITE_REQUEST: (
+            403,
+            "a browser's request that changes something (POST, PUT, PATCH, DELETE) is not "
+            "from the gateway's own page: `Origin` differs; a console session's request "
+            "without `Origin` needs `Sec-Fetch-Site: same-origin`",
+        ),
         Code.BODY_TIMEOUT: (
             408,
             "the body stopped arriving for `access.body_timeout`; the connection is closed",
@@ -121,6 +131,15 @@ ERRORS: Mapping[Code, tuple[int, str]] = MappingProxyType(
         Code.RESTART_NEEDED: (
             409,
             "a reloaded config changes what only a restart applies; the running one stays",
+        ),
+        Code.CONVERSATION_NOT_FOUND: (
+            404,
+            "the key has no conversation of that id (another key's is not found either)",
+        ),
+        Code.CONVERSATION_LIMIT: (
+            409,
+            "the key keeps the most conversations allowed, or the conversation the most "
+            "messages; delete some first",
         ),
     }
 )

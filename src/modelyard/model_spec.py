@@ -103,6 +103,11 @@ class ModelBase(Strict):
         description="OpenAI endpoints it serves (chat, completions, embeddings); default: its "
         "engine's (llama.cpp: chat and completions, or embeddings alone with --embeddings).",
     )
+    harmony: bool = Field(
+        False,
+        description="Speaks OpenAI's Harmony (gpt-oss): tags its engine leaves in a chat "
+        "answer are cleaned out, the analysis channel going to `reasoning_content`.",
+    )
 
     engine: str  # each engine's class narrows it to its own tag
 

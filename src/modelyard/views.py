@@ -115,7 +115,15 @@ def model_cards(sched: Scheduler, started: float) -> list[dict[str, Any]]:
     for name in config.models:
         info = model_view(sched, name)
         shown = {k: info[k] for k in ("aliases", "engine", "state", "progress", "error")}
-        cards.append({"id": name, **base, **shown})
+        spec = config.models[name]
+        # What a client needs for a context meter: the window one request gets, and the
+        # shares at which the gateway warns and refuses.
+        window = {
+            "window": spec.window,
+            "context_warn": spec.context_warn,
+            "context_refuse": spec.context_refuse,
+        }
+        cards.append({"id": name, **base, **shown, **window})
     for tier in config.tiers:
         cards.append({"id": tier, **base, "tier": config.tier_models(tier)})
     if config.policy:

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp
 
 from modelyard.config import Config, ConfigError, load_config
 from modelyard.errors import BodyTooLarge, Code, Refusal, ReloadRefused
-from modelyard.gateway import admin, openai
+from modelyard.gateway import admin, conversations_api, events_api, openai, session
 from modelyard.gateway.access import AccessGuard
 from modelyard.gateway.body import CLOSE
 from modelyard.gateway.errors import error_response, openai_error
@@ -117,8 +117,11 @@ def create_app(config: Config) -> ASGIApp:
             Route("/health", health),
             Route("/ready", ready),
             Route("/metrics", metrics),
+            Route("/console/api/models/events", events_api.model_events, methods=["GET"]),
             *openai.routes,
             *admin.routes,
+            *session.routes,
+            *conversations_api.routes,
         ],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, BodyTooLarge: _too_large},
@@ -127,4 +130,4 @@ def create_app(config: Config) -> ASGIApp:
     # The guard first, for every path; then the lane for the OpenAI POSTs, Starlette for
     # the rest.
     lane = {r.path: r.endpoint for r in openai.routes if "POST" in (r.methods or ())}
-    return AccessGuard(OpenAILane(app, lane), access=config.access)
+    return AccessGuard(OpenAILane(app, lane), access=config.access, sessions=gateway.sessions)

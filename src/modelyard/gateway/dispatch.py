@@ -22,6 +22,7 @@ from modelyard.config import ApiKey
 from modelyard.errors import Code, Refusal, Refused, UpstreamUnavailable
 from modelyard.gateway.access import may_use
 from modelyard.gateway.attempt import Attempt, rejected
+from modelyard.gateway.harmony_stream import HarmonyStream
 from modelyard.gateway.keepalive import stream_or_wait
 from modelyard.gateway.proxy import Result, forward
 from modelyard.gateway.state import Gateway
@@ -133,6 +134,8 @@ async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Re
             forwarded = {**body, "model": upstream.model} if upstream.model else body
             data = raw if forwarded is body and raw is not None else orjson.dumps(forwarded)
             finish = attempt.done(name, lease, asked_at)
+            # Harmony's tags out of a chat answer, where the engine leaves them (per hop).
+            harmony = call.endpoint == "chat" and gw.config.models[name].harmony
             try:
                 return await forward(
                     gw.client,
@@ -144,6 +147,7 @@ async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Re
                     headers=attempt.headers(name, lease.instance.id),
                     limits=limits_for(gw.config, name, deadline),
                     done=finish,
+                    rewrite=HarmonyStream() if harmony else None,
                 )
             except UpstreamUnavailable as exc:
                 # The next candidate, or the refusal, decides what the client gets.

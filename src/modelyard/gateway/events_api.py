@@ -42,6 +42,17 @@ async def events(request: Request) -> Response:
     )
 
 
+async def model_events(request: Request) -> Response:
+    """``GET /console/api/models/events``: the ``instance`` events alone, for any key: what
+    a chat needs to show each model's state and a start's progress (``seconds`` expected)."""
+    gw: Gateway = request.app.state.gateway
+    return StreamingResponse(
+        _sse(gw.events.subscribe(["instance"])),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
 async def _sse(sub: Subscription) -> AsyncIterator[bytes]:
     # Starlette runs this beside a task that watches for the client's disconnect and
     # cancels it: the subscription is then closed here, whatever the stream was doing.

@@ -21,6 +21,7 @@ from modelyard.errors import BodyStalled, BodyTooLarge, Code, Refusal
 from modelyard.gateway import dispatch
 from modelyard.gateway.attempt import rejected
 from modelyard.gateway.body import CLOSE, read_body
+from modelyard.gateway.capture import capture, conversation_of
 from modelyard.gateway.connection import HEAD_KEY
 from modelyard.gateway.dispatch import Call
 from modelyard.gateway.errors import openai_error
@@ -78,7 +79,13 @@ async def _until_gone(request: Request, path: str) -> Response:
     watch = ClientWatch(request.receive, me)
     answer: Response | None = None
     try:
-        answer = await _serve(request, gw, path, raw, began, me)
+        serving = _serve(request, gw, path, raw, began, me)
+        # The console's chat, kept in its conversation: requests without the header pay
+        # for this look at the headers alone.
+        kept = conversation_of(request.scope) if path == "/chat/completions" else None
+        if kept is not None:
+            serving = capture(gw, request.scope, kept, raw, began, serving)
+        answer = await serving
         return answer
     except asyncio.CancelledError:
         if watch.swallow():

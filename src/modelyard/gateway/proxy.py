@@ -1,7 +1,8 @@
 """The streaming proxy: forward a body to an instance and pass its bytes straight back.
 
 aiohttp is the client: measured against httpx on this path (bench/proxy_client.py,
-docs/benchmarks.md). Chunks are not parsed or re-encoded; the only change ever made is the
+docs/benchmarks.md). Chunks are not parsed or re-encoded, save by a ``rewrite`` the caller
+passes (a Harmony model's, gateway/harmony_stream.py); else the only change ever made is the
 model name, and only for engines whose upstream name differs from the one asked for.
 """
 
@@ -12,7 +13,7 @@ import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -80,6 +81,26 @@ class Result:
 Done = Callable[[Result], None]
 
 
+class Rewriter(Protocol):
+    """Changes an answer's bytes as they pass: ``feed`` each chunk, then ``end`` once."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+    def end(self) -> bytes: ...
+
+
+class Chain:
+    """One rewriter, then another."""
+
+    def __init__(self, first: Rewriter, then: Rewriter) -> None:
+        self.first, self.then = first, then
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self.then.feed(self.first.feed(chunk))
+
+    def end(self) -> bytes:
+        return self.then.feed(self.first.end()) + self.then.end()
+
+
 class Renamer:
     """Replaces the upstream's model name by the one the client asked for, in whole lines."""
 
@@ -111,6 +132,7 @@ async def forward(
     limits: Limits,
     done: Done,
     content_type: str = "application/json",
+    rewrite: Rewriter | None = None,
 ) -> Response:
     """POST ``body`` (of ``content_type``) to ``upstream`` + ``path``; ``done(result)`` runs
     when it is over.
@@ -118,7 +140,8 @@ async def forward(
     Three kinds of answer: JSON (and any error, and a stream of events the client did not
     ask for) is read whole, renamed and counted; a stream of events the client asked for is
     relayed chunk by chunk, renamed and counted; any other successful answer (audio, a file)
-    is relayed chunk by chunk as it comes, untouched and uncounted.
+    is relayed chunk by chunk as it comes, untouched and uncounted. ``rewrite`` changes the
+    first two kinds' bytes before the renaming does.
 
     Raises UpstreamUnavailable, without calling ``done``, when the upstream fails or times
     out before the client got a byte: the caller then tries another candidate. The first
@@ -148,11 +171,13 @@ async def forward(
         if k.lower() not in _DROP and not k.lower().startswith("access-control-")
     }
     out_headers.update(headers)
-    renamer = (
+    renamer: Rewriter | None = (
         Renamer(upstream.model, asked_model)
         if upstream.model and upstream.model != asked_model
         else None
     )
+    if rewrite is not None:  # before the renaming, which then sees what it wrote
+        renamer = rewrite if renamer is None else Chain(rewrite, renamer)
     if whole:
         resp.release()
         if renamer is not None:

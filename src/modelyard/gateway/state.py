@@ -7,10 +7,12 @@ from typing import Any
 
 from modelyard.cluster_watch import ClusterWatch
 from modelyard.config import Config
+from modelyard.conversations import Conversations
 from modelyard.engine_calls import SessionHttp
 from modelyard.errors import ReloadRefused, StartError
 from modelyard.events import Hub
 from modelyard.gateway.proxy import UpstreamClient, new_client
+from modelyard.gateway.session import SessionStore
 from modelyard.nodes import LocalNode, NodeHandle, RemoteNode
 from modelyard.routing import header_names
 from modelyard.scheduler import Scheduler
@@ -26,6 +28,10 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store = Store(config.state_dir / "modelyard.db")
+        self.sessions = SessionStore(config.state_dir / "sessions.db")  # the console's
+        self.conversations = Conversations(  # the console's chat history, opened in open()
+            config.state_dir / "conversations.db", config.access.max_body
+        )
         self.supervisor = Supervisor(
             config.state_dir / "logs", self._on_exit, config.scheduler.stop_grace, self.store
         )
@@ -69,6 +75,7 @@ class Gateway:
         # ports our engines are about to need.
         await self.supervisor.reap()
         self.client = new_client()
+        await self.conversations.open()
         keep = self.config.telemetry
         self.store.start_flusher(
             keep_requests=keep.keep_requests, keep_decisions=keep.keep_decisions
@@ -82,6 +89,8 @@ class Gateway:
         await self.scheduler.close()
         await self.client.close()
         await self.store.close()
+        await self.conversations.close()
+        self.sessions.close()
 
     async def reload(self, new: Config) -> dict[str, Any]:
         """Apply a validated config: running answers go on; changed and removed models stop
