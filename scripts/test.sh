@@ -12,7 +12,7 @@ if ! command -v chromium >/dev/null; then
     echo "installing Debian's chromium for the console's browser tests"
     $as_root apt-get update -qq && $as_root apt-get install -y -qq chromium >/dev/null
 fi
-.venv/bin/ruff check src tests bench
-.venv/bin/ruff format --check src tests bench
+.venv/bin/ruff check src tests bench scripts
+.venv/bin/ruff format --check src tests bench scripts
 .venv/bin/mypy
 .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -15,10 +15,11 @@ from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from modelyard.config import Config
+from modelyard.engine_log import LOG_LINES, SSE_HEADERS, follow_asked, sse_stream
 from modelyard.errors import Code, StartError
 from modelyard.gateway.errors import error_response
 from modelyard.nodes import LocalNode
@@ -129,7 +130,19 @@ def create_agent_app(config: Config, node: str) -> Starlette:
         name = model_of(request)
         if isinstance(name, Response):
             return name
-        lines = int(request.query_params.get("lines", "200"))
+        follow = follow_asked(request.query_params.get("follow"))
+        try:
+            lines = int(request.query_params.get("lines", "100" if follow else "200"))
+        except ValueError:
+            lines = 0
+        if not 1 <= lines <= LOG_LINES:
+            return error_response(400, f"`lines` must be from 1 to {LOG_LINES}", param="lines")
+        if follow:  # the last lines, then each new one as SSE (engine_log), until the gateway goes
+            stream = agent.node.follow_logs(name, lines)
+            await anext(stream)
+            return StreamingResponse(
+                sse_stream(stream), media_type="text/event-stream", headers=SSE_HEADERS
+            )
         return JSONResponse({"model": name, "lines": await agent.node.logs(name, lines)})
 
     async def mode(request: Request) -> Response:

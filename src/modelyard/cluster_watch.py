@@ -3,8 +3,9 @@
 Every ``POLL_SECONDS``: each node refreshes (an agent's reachability, mode, GPUs and
 exits; this machine's GPUs and GGUF facts), each model served from a URL that may go down
 is probed by its engine, a ``node`` event goes out for each node whose mode or
-reachability changed, and the scheduler is poked (placement may have changed) and audits
-its slots. ``cluster()`` is what routing reads of all that.
+reachability changed, a ``sample`` event with every node's CPU, memory and GPU readings
+(only while someone subscribes to them), and the scheduler is poked (placement may have
+changed) and audits its slots. ``cluster()`` is what routing reads of all that.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from modelyard.config import Config
 from modelyard.engines.base import Http
 from modelyard.engines.catalog import ENGINES, engine_for
 from modelyard.events import Hub
+from modelyard.machine import Machine
 from modelyard.nodes import NodeHandle
 from modelyard.routing import Cluster
 from modelyard.scheduler import Scheduler
@@ -62,6 +65,7 @@ class ClusterWatch:
             before = self.node_views()
             await asyncio.gather(*(node.refresh() for node in self.nodes.values()), self._probe())
             self.publish_nodes(before)
+            self.publish_sample()
             self.scheduler.poke()
             self.scheduler.audit()
 
@@ -83,6 +87,12 @@ class ClusterWatch:
             if before.get(name) != (mode, reachable):
                 self.events.publish("node", node=name, mode=mode, reachable=reachable)
 
+    def publish_sample(self) -> None:
+        """A ``sample`` event: each node's machine and GPU readings of this round; built only
+        when someone listens (the console's Nodes page), and never stored."""
+        if self.events.wants("sample"):
+            self.events.publish("sample", nodes=[sample_of(n) for n in self.nodes.values()])
+
     def cluster(self) -> Cluster:
         """What routing reads of the cluster now."""
         views = {name: node.view() for name, node in self.nodes.items()}
@@ -92,3 +102,15 @@ class ClusterWatch:
             failed=self.scheduler.unavailable(),
             remote_down=dict(self.down),
         )
+
+
+def sample_of(node: NodeHandle) -> dict[str, Any]:
+    """One node's readings for a ``sample`` event (memory in bytes, power in watts)."""
+    machine = node.machine() or Machine()
+    gpus = [
+        {"index": g.index, "memory_used": g.used, "memory_total": g.total,
+         "utilization": g.utilization, "temperature": g.temperature, "power": g.power}
+        for g in node.gpus()
+    ]  # fmt: skip
+    return {"name": node.name, "reachable": node.view().reachable,
+            "machine": machine.as_dict(), "gpus": gpus}  # fmt: skip

@@ -306,9 +306,10 @@ class Conversations:
         return page, f"{page[-1]['updated']!r},{page[-1]['id']}" if more else None
 
     @_threaded
-    def get(self, owner: str, id: str) -> dict[str, Any] | None:
-        """The conversation with its messages, or None if ``owner`` has none of that id."""
-        return self._conversation(owner, id)
+    def get(self, owner: str, id: str, after: int = 0) -> dict[str, Any] | None:
+        """The conversation with its messages (those after seq ``after``), or None if
+        ``owner`` has none of that id."""
+        return self._conversation(owner, id, after=after)
 
     @_threaded
     def update(self, owner: str, id: str, patch: ConversationPatch) -> dict[str, Any] | None:
@@ -449,7 +450,9 @@ class Conversations:
         ).fetchone()
         return dict(zip(_MESSAGE, row, strict=True))
 
-    def _conversation(self, owner: str, id: str, messages: bool = True) -> dict[str, Any] | None:
+    def _conversation(
+        self, owner: str, id: str, messages: bool = True, after: int = 0
+    ) -> dict[str, Any] | None:
         row = self.db.execute(
             f"SELECT {', '.join(_CONVERSATION)}, (SELECT COUNT(*) FROM messages "
             "WHERE conversation = ?) FROM conversations WHERE owner = ? AND id = ?",
@@ -460,8 +463,9 @@ class Conversations:
         found = _conversation_of(row)
         if messages:
             rows = self.db.execute(
-                f"SELECT {', '.join(_MESSAGE)} FROM messages WHERE conversation = ? ORDER BY seq",
-                (id,),
+                f"SELECT {', '.join(_MESSAGE)} FROM messages WHERE conversation = ? AND seq > ? "
+                "ORDER BY seq",
+                (id, after),
             ).fetchall()
             found["messages"] = [dict(zip(_MESSAGE, r, strict=True)) for r in rows]
         return found

@@ -2,7 +2,9 @@
 
 Kinds: ``instance`` (a model's instance starting, ready, draining, stopped, failed,
 crashed, a leak handed back), ``node`` (a node's mode or reachability changed), ``config``
-(a reload applied) and ``request`` (a request finished: its row in the request log).
+(a reload applied), ``request`` (a request finished: its row in the request log) and
+``sample`` (every 2 s, each node's CPU, memory and GPU readings; published only while
+someone subscribes to it, and never stored).
 
 Two ways to listen:
 
@@ -24,7 +26,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-KINDS = ("instance", "node", "config", "request")
+KINDS = ("instance", "node", "config", "request", "sample")
 LOST = "lost"  # not published: what a subscription says when it dropped events
 BUFFER = 1000  # events a subscription keeps unread before it drops the oldest
 

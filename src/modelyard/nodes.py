@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
 
 import aiohttp
 
 from modelyard.config import Config
+from modelyard.engine_log import QUIET, LogItem, follow_lines, parse_sse
 from modelyard.engines.base import Upstream
 from modelyard.engines.catalog import engine_for
 from modelyard.errors import AgentError, StartError
@@ -21,6 +22,7 @@ from modelyard.estimate import GgufFacts, need_for
 from modelyard.gguf_file import read_facts
 from modelyard.gpus import inventory
 from modelyard.lifecycle import NodeView
+from modelyard.machine import Machine, MachineSampler
 from modelyard.placement import Gpu, Need
 from modelyard.store import Store
 from modelyard.supervisor import Supervisor
@@ -33,10 +35,12 @@ class NodeHandle(Protocol):
 
     def view(self) -> NodeView: ...
     def gpus(self) -> list[Gpu]: ...
+    def machine(self) -> Machine | None: ...
     def need(self, model: str) -> Need | None: ...
     async def start(self, model: str, timeout: float) -> tuple[Upstream, int | None]: ...
     async def stop(self, model: str, reason: str) -> None: ...
     async def logs(self, model: str, lines: int) -> list[str]: ...
+    def follow_logs(self, model: str, lines: int) -> AsyncGenerator[LogItem, None]: ...
     async def set_mode(self, mode: str, stop_models: bool) -> None: ...
     async def refresh(self) -> None: ...
     async def close(self) -> None: ...
@@ -63,6 +67,8 @@ class LocalNode:
         self.mode = saved if saved in node.modes else node.initial_mode
         self._gpus: list[Gpu] = inventory(name, node) if isinstance(node.gpus, list) else []
         self._sampled = False
+        self._machine_sampler = MachineSampler()  # this machine's CPU and memory
+        self._machine = self._machine_sampler.sample()  # the CPU share's baseline
         self._facts: dict[str, GgufFacts | None] = {}  # read in refresh(), off the event loop
 
     def models(self) -> list[str]:
@@ -74,6 +80,9 @@ class LocalNode:
 
     def gpus(self) -> list[Gpu]:
         return self._gpus
+
+    def machine(self) -> Machine | None:
+        return self._machine
 
     def need(self, model: str) -> Need | None:
         return need_for(self.config, model, self._gpus, self._facts.get(model))
@@ -87,6 +96,11 @@ class LocalNode:
 
     async def logs(self, model: str, lines: int) -> list[str]:
         return self.supervisor.log(model).tail(lines)
+
+    def follow_logs(self, model: str, lines: int) -> AsyncGenerator[LogItem, None]:
+        """None once following, the last lines, then each new one (``follow_lines``): the
+        model's log outlives its engine, so a restart's lines come to the same follower."""
+        return follow_lines(self.supervisor.log(model), lines)
 
     async def set_mode(self, mode: str, stop_models: bool) -> None:
         modes = self.config.nodes[self.name].modes
@@ -106,6 +120,7 @@ class LocalNode:
             self._gpus = await asyncio.to_thread(inventory, self.name, self.config.nodes[self.name])
             self._sampled = True
         self._facts = await asyncio.to_thread(self._read_facts)
+        self._machine = self._machine_sampler.sample()  # three small /proc reads: inline
 
     def _read_facts(self) -> dict[str, GgufFacts | None]:
         facts: dict[str, GgufFacts | None] = {}
@@ -145,9 +160,11 @@ class RemoteNode:
         self.error: str | None = "not contacted yet"
         self.mode = node.initial_mode
         self._gpus: list[Gpu] = []
+        self._machine: Machine | None = None  # its CPU and memory, as its agent reports
         self._needs: dict[str, Need] = {}
         self._instances: dict[str, dict[str, Any]] = {}
         self.last_seen: float | None = None
+        self.relays = 0  # engine log streams relayed from the agent now (follow_logs)
 
     def view(self) -> NodeView:
         modes = self.config.nodes[self.name].modes
@@ -156,6 +173,9 @@ class RemoteNode:
 
     def gpus(self) -> list[Gpu]:
         return self._gpus
+
+    def machine(self) -> Machine | None:
+        return self._machine
 
     def need(self, model: str) -> Need | None:
         return self._needs.get(model)
@@ -182,6 +202,7 @@ class RemoteNode:
 
     def _lost(self, why: str) -> None:
         self.reachable, self.error = False, why
+        self._machine = None  # no stale readings for a machine that does not answer
 
     async def start(self, model: str, timeout: float) -> tuple[Upstream, int | None]:
         try:
@@ -210,6 +231,32 @@ class RemoteNode:
         body = await self._call("GET", f"/agent/instances/{model}/logs?lines={lines}")
         return list(body["lines"])
 
+    async def follow_logs(self, model: str, lines: int) -> AsyncGenerator[LogItem, None]:
+        """The agent's ``logs?follow=1`` stream, relayed: raises AgentError on the first
+        ``anext`` if it cannot be had; ends when the agent's stream does; closing it (the
+        client left) closes the connection to the agent, which lets go of its follower."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        url = f"{self.url}/agent/instances/{model}/logs?follow=1&lines={lines}"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=QUIET * 3)
+        try:
+            resp = await self._session.get(url, headers=self.headers, timeout=timeout)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AgentError(503, f"node {self.name} is unreachable ({self.url}): {exc}") from exc
+        self.relays += 1
+        try:
+            if resp.status >= 400:
+                body = await resp.json(content_type=None)
+                message = (body or {}).get("error", {}).get("message", str(body))
+                raise AgentError(resp.status, message)
+            async for item in parse_sse(resp.content.iter_any()):
+                yield item
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return  # the agent went, or broke the stream: it ends here (a browser reconnects)
+        finally:
+            self.relays -= 1
+            resp.close()
+
     async def set_mode(self, mode: str, stop_models: bool) -> None:
         await self._call(
             "PUT", "/agent/mode", json={"mode": mode, "stop_models": stop_models}, timeout=120
@@ -224,6 +271,7 @@ class RemoteNode:
             return
         self.reachable, self.error, self.last_seen = True, None, time.time()
         self.mode = status["mode"]
+        self._machine = Machine.from_dict(status.get("machine"))
         self._gpus = [
             Gpu(
                 self.name,

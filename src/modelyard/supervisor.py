@@ -22,7 +22,6 @@ import sqlite3
 import sys
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,13 +29,12 @@ from typing import Any
 import aiohttp
 
 from modelyard.engine_calls import SessionHttp
+from modelyard.engine_log import LOG_LINES as LOG_LINES  # the engine log: ``engine_log``
+from modelyard.engine_log import InstanceLog
 from modelyard.engines.base import Engine, Launch, Upstream
-from modelyard.errors import NOTE, StartError
+from modelyard.errors import StartError
 from modelyard.reaper import TAG, boot_id, proc_stat, reap_leftovers
 from modelyard.store import EngineRow, Store
-
-LOG_LINES = 2000  # kept in memory per instance for `modelyard logs`
-LOG_FILE_BYTES = 5 * 1024 * 1024  # each instance's log file is rotated past this
 
 log = logging.getLogger("modelyard.supervisor")
 
@@ -49,35 +47,6 @@ def describe_exit(code: int | None) -> str:
         except ValueError:
             return f"signal {-code}"
     return f"code {code}"
-
-
-class InstanceLog:
-    """The last lines of an engine's output, in memory and in a rotated file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.lines: deque[str] = deque(maxlen=LOG_LINES)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "ab")
-
-    def write(self, line: bytes) -> None:
-        self.lines.append(line.decode("utf-8", "replace").rstrip("\n"))
-        self._file.write(line)
-        if self._file.tell() > LOG_FILE_BYTES:
-            self._file.close()
-            os.replace(self.path, self.path.with_suffix(".log.1"))
-            self._file = open(self.path, "ab")
-        self._file.flush()
-
-    def note(self, text: str) -> None:
-        """A line from modelyard itself, marked so it stands out from the engine's."""
-        self.write(f"{NOTE}{time.strftime('%H:%M:%S')}] {text}\n".encode())
-
-    def tail(self, n: int = 20) -> list[str]:
-        return list(self.lines)[-n:]
-
-    def close(self) -> None:
-        self._file.close()
 
 
 class EngineProcess:

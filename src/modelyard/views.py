@@ -14,7 +14,8 @@ from modelyard import __version__
 from modelyard.config import Config
 from modelyard.instance import Instance, slots_of
 from modelyard.lifecycle import State
-from modelyard.nodes import NodeHandle, RemoteNode
+from modelyard.machine import Machine
+from modelyard.nodes import LocalNode, NodeHandle, RemoteNode
 from modelyard.placement import Gpu, Need
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def need_view(need: Need) -> dict[str, Any]:
 
 
 def node_view(node: NodeHandle, config: Config) -> dict[str, Any]:
-    """A node: where it is, whether it answers, its mode and its GPUs."""
+    """A node: where it is, whether it answers, its mode, its GPUs and its machine."""
     view = node.view()
     out: dict[str, Any] = {"name": node.name}
     if isinstance(node, RemoteNode):
@@ -58,7 +59,15 @@ def node_view(node: NodeHandle, config: Config) -> dict[str, Any]:
         "kind": view.kind,
         "modes": {m: s.kind for m, s in config.nodes[node.name].modes.items()},
         "gpus": [gpu_view(g) for g in node.gpus()],
+        "machine": machine_view(node),
     }
+
+
+def machine_view(node: NodeHandle) -> dict[str, Any]:
+    """The node's CPU and memory: ``cpu_percent`` (busy since the last sample), ``cpus``,
+    ``load1``, ``memory_total`` and ``memory_available`` (bytes); each None where it is not
+    known (not Linux, an unreachable node, an agent too old to say)."""
+    return (node.machine() or Machine()).as_dict()
 
 
 def instance_view(sched: Scheduler, inst: Instance) -> dict[str, Any]:
@@ -78,9 +87,18 @@ def instance_view(sched: Scheduler, inst: Instance) -> dict[str, Any]:
         "reason": inst.reason or None,
         "error": inst.error,
         "retry_in_s": round(inst.retry_at - now, 1) if inst.retry_at else None,
+        "ttl_left_s": _ttl_left(sched, inst, now),
         "failures": inst.failures,
         "restarts": inst.restarts,
     }
+
+
+def _ttl_left(sched: Scheduler, inst: Instance, now: float) -> float | None:
+    """Seconds until an idle ready instance is stopped for its ``ttl``; None: not counting."""
+    model = sched.config.models[inst.model]
+    if inst.state is not State.READY or inst.in_flight or model.pinned or model.ttl <= 0:
+        return None
+    return round(max(0.0, inst.last_used + model.ttl - now), 1)
 
 
 def progress(sched: Scheduler, inst: Instance) -> float | None:
@@ -96,6 +114,7 @@ def progress(sched: Scheduler, inst: Instance) -> float | None:
 def model_view(sched: Scheduler, name: str) -> dict[str, Any]:
     """A model as configured, with its instance."""
     model = sched.config.models[name]
+    need = sched.nodes[sched.config.node_of(name)].need(name)
     return {
         "name": name,
         "aliases": model.aliases,
@@ -103,6 +122,7 @@ def model_view(sched: Scheduler, name: str) -> dict[str, Any]:
         "swap_group": model.swap_group,
         "pinned": model.pinned,
         "ttl_s": model.ttl,
+        "need": need_view(need) if need is not None else None,  # GPUs and memory it takes
         **instance_view(sched, sched.instances[name]),
     }
 
@@ -122,6 +142,8 @@ def model_cards(sched: Scheduler, started: float) -> list[dict[str, Any]]:
             "window": spec.window,
             "context_warn": spec.context_warn,
             "context_refuse": spec.context_refuse,
+            # Takes OpenAI's reasoning_effort (low, medium, high): the Harmony models do.
+            "reasoning_effort": spec.harmony,
         }
         cards.append({"id": name, **base, **shown, **window})
     for tier in config.tiers:
@@ -150,5 +172,13 @@ def status_view(
         "models": [model_view(sched, n) for n in config.models],
         "slot_audit": sched.audit(),
         "event_subscribers": subscribers,
+        "log_followers": log_followers(nodes),
         "events": events,
     }
+
+
+def log_followers(nodes: dict[str, NodeHandle]) -> int:
+    """Engine log streams followed now: listeners on this machine's logs, relays of agents'."""
+    local = {id(n.supervisor): n.supervisor for n in nodes.values() if isinstance(n, LocalNode)}
+    listening = sum(log.followers for s in local.values() for log in s.logs.values())
+    return listening + sum(n.relays for n in nodes.values() if isinstance(n, RemoteNode))

@@ -221,8 +221,10 @@ def test_a_cold_model_shows_its_loading_progress(page: Page, gw: ServedGateway) 
 
 
 def test_control_starts_and_stops_a_model_and_changes_a_mode(page: Page, gw: ServedGateway) -> None:
+    assert gw.admin("POST", "/admin/models/html/stop").status_code == 200  # others ran it
     page.goto(gw.url + "/#/control/models")
     row = page.get_by_role("row").filter(has=page.get_by_role("rowheader", name="html"))
+    expect(row.get_by_role("cell").nth(0)).to_have_text("stopped")
     before = set(gw.engines())
     row.get_by_role("button", name="Start", exact=True).click()
     expect(row.get_by_role("cell").nth(0)).to_have_text("ready", timeout=30_000)
@@ -247,6 +249,28 @@ def test_control_starts_and_stops_a_model_and_changes_a_mode(page: Page, gw: Ser
     while gw.admin("GET", "/admin/nodes").json()["nodes"][0]["mode"] != "open":
         assert time.monotonic() < deadline, "the mode did not change back"
         time.sleep(0.1)
+
+
+def test_a_config_that_does_not_validate_is_shown_where_it_is_wrong(
+    page: Page, gw: ServedGateway
+) -> None:
+    good = gw.config.read_text(encoding="utf-8")
+    lines = good.splitlines()
+    bad_line = next(i for i, line in enumerate(lines) if "engine: llama.cpp" in line)
+    lines[bad_line] = lines[bad_line].replace("llama.cpp", "llama.ccp")
+    try:
+        page.goto(gw.url + "/#/control/config")
+        expect(page.get_by_role("list", name=re.compile("Config file"))).to_contain_text("gemma-a")
+        gw.config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        page.get_by_role("button", name="Reload config").click()
+        marked = page.locator(".config-text li.bad")
+        expect(marked).to_have_count(1)
+        expect(marked).to_contain_text("engine must be one of")
+        assert marked.evaluate("li => [...li.parentNode.children].indexOf(li)") == bad_line
+        expect(page.locator(".reload-result")).to_contain_text("the running one stays")
+    finally:
+        gw.config.write_text(good, encoding="utf-8")
+    assert gw.admin("GET", "/admin/models").status_code == 200  # the old config still runs
 
 
 def test_a_phone_sized_page_has_every_control(browser: Browser, gw: ServedGateway) -> None:

@@ -39,6 +39,9 @@ def serve(
         )
         raise typer.Exit(2)
     err.print(f"modelyard: {len(cfg.models)} model(s) from {config}, listening on {host}:{port}")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # a wildcard: this machine
+    shown = f"[{shown}]" if ":" in shown else shown
+    err.print(f"console: http://{shown}:{port}/  API: http://{shown}:{port}/v1", highlight=False)
     # On SIGTERM/SIGINT: stop taking requests, let those running finish (bounded by the
     # drain timeout), then stop the engines.
     run_server(

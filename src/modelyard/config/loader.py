@@ -203,6 +203,8 @@ def _issues_from(
         if len(loc) > 2 and loc[0] == "models" and loc[2] in KINDS:
             loc = loc[:2] + loc[3:]  # pydantic puts the engine (the union's tag) in the path
         located = loc
+        if err["type"] == "union_tag_invalid" and (*loc, "engine") in lines:
+            located = (*loc, "engine")  # the line that says the engine, not the model's
         while located and located not in lines:
             located = located[:-1]
         message = err["msg"].removeprefix("Value error, ")

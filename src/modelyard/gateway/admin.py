@@ -7,10 +7,11 @@ from typing import Any
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from modelyard.config import ConfigError, load_config
+from modelyard.engine_log import LOG_LINES, SSE_HEADERS, follow_asked, sse_stream
 from modelyard.errors import (
     AgentError,
     BodyStalled,
@@ -26,7 +27,6 @@ from modelyard.gateway.errors import error_response, openai_error
 from modelyard.gateway.state import Gateway
 from modelyard.openai_body import features
 from modelyard.routing import route
-from modelyard.supervisor import LOG_LINES
 from modelyard.units import parse_duration
 from modelyard.views import model_view, node_view
 
@@ -106,12 +106,15 @@ async def restart(request: Request) -> Response:
 
 
 async def logs(request: Request) -> Response:
+    """The engine log's last ``lines`` lines; with ``?follow=1``, then each new line as it
+    comes, as Server-Sent Events (``engine_log``), through the model's restarts."""
     found = _model(request)
     if isinstance(found, Response):
         return found
     gw, name = found
+    follow = follow_asked(request.query_params.get("follow"))
     try:
-        lines = int(request.query_params.get("lines", "200"))
+        lines = int(request.query_params.get("lines", "100" if follow else "200"))
     except ValueError:
         lines = 0
     if not 1 <= lines <= LOG_LINES:
@@ -119,8 +122,21 @@ async def logs(request: Request) -> Response:
             400, f"`lines` must be a whole number from 1 to {LOG_LINES}, e.g. ?lines=200",
             param="lines",
         )  # fmt: skip
+    node = gw.nodes[gw.config.node_of(name)]
+    if follow:
+        stream = node.follow_logs(name, lines)
+        try:
+            await anext(stream)  # following: the listener is in place, or the agent answered
+        except AgentError as exc:
+            return openai_error(Refusal(Code.NODE_UNREACHABLE, exc.message))
+        except StopAsyncIteration:
+            unreachable = f"the engine log of {name} could not be followed: its node closed it"
+            return openai_error(Refusal(Code.NODE_UNREACHABLE, unreachable))
+        return StreamingResponse(
+            sse_stream(stream), media_type="text/event-stream", headers=SSE_HEADERS
+        )
     try:
-        tail = await gw.nodes[gw.config.node_of(name)].logs(name, lines)
+        tail = await node.logs(name, lines)
     except AgentError as exc:
         return openai_error(Refusal(Code.NODE_UNREACHABLE, exc.message))
     if "application/json" in request.headers.get("accept", ""):
@@ -231,8 +247,23 @@ async def reload(request: Request) -> Response:
     return JSONResponse({"reloaded": str(source), **applied})
 
 
+async def config_text(request: Request) -> Response:
+    """The config file as it is on disk now (``${ENV}`` references unexpanded, so secrets
+    given that way are not shown), for reading before a reload."""
+    gw: Gateway = request.app.state.gateway
+    source = gw.config.source
+    if source is None:
+        return error_response(409, "this gateway was not started from a config file")
+    try:
+        text = source.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return error_response(409, f"cannot read {source}: {exc.strerror or exc}")
+    return JSONResponse({"path": str(source), "text": text})
+
+
 routes = [
     Route("/admin/events", events_api.events, methods=["GET"]),
+    Route("/admin/config", config_text, methods=["GET"]),
     Route("/admin/reload", reload, methods=["POST"]),
     Route("/admin/decisions", decisions, methods=["GET"]),
     Route("/admin/decisions/{id}", decision, methods=["GET"]),

@@ -146,7 +146,14 @@ async def one(request: Request) -> Response:
     if not ID.fullmatch(id):
         return not_found(id)
     if request.method == "GET":
-        found = await store.get(owner, id)
+        # ?after=SEQ: only the messages after it (a client that has the rest).
+        after = request.query_params.get("after", "0")
+        if not (after.isascii() and after.isdigit() and len(after) <= 10):
+            return error_response(
+                400, f"`after` must be a message's seq, a whole number; got {after[:20]!r}",
+                param="after",
+            )  # fmt: skip
+        found = await store.get(owner, id, int(after))
     elif request.method == "PATCH":
         patch = await _body(request, ConversationPatch)
         if isinstance(patch, Response):

@@ -74,7 +74,7 @@ export function follow(path, onEvent, onState = () => {}) {
       // EventSource retries by itself; a refused stream (401/403) closes it for good.
       if (source.readyState === EventSource.CLOSED) setTimeout(open, 3000);
     };
-    for (const kind of ["instance", "node", "config", "request", "lost"]) {
+    for (const kind of ["instance", "node", "config", "request", "sample", "lost"]) {
       source.addEventListener(kind, (e) => onEvent(kind, JSON.parse(e.data || "{}")));
     }
   };

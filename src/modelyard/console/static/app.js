@@ -5,7 +5,6 @@ import { api } from "./api.js";
 import { el, clear } from "./dom.js";
 import { Models } from "./models.js";
 import { Chat } from "./chat.js";
-import { Control } from "./control.js";
 
 const root = document.getElementById("app");
 const nav = document.getElementById("nav");
@@ -69,12 +68,15 @@ function drawNav() {
   if (!me.open) nav.append(el("button", { type: "button", class: "link", onclick: signOut }, `Sign out (${me.key})`));
 }
 
-function route() {
+let Control = null; // control.js, loaded only for an admin who opens it
+
+async function route() {
   const [, section = "chat", arg, extra] = location.hash.split("/");
   const current = (name) => nav.querySelectorAll("a").forEach((a) => a.setAttribute("aria-current", a.hash.startsWith(`#/${name}`) ? "page" : "false"));
   if (section === "control" && me.admin) {
     current("control");
     chat = null;
+    Control ??= (await import("./control.js")).Control;
     control ??= new Control(root);
     control.show(arg, extra);
     return;

@@ -21,6 +21,7 @@ export class Chat {
     this.models = models; // the live model list (models.js)
     this.me = me;
     this.conversation = null; // {id, title, model, system, params, messages}
+    this.views = []; // one per message shown, in order
     this.running = null; // {abort, message} while an answer streams
     this.lastUsage = null;
     this.build();
@@ -75,6 +76,7 @@ export class Chat {
     }
     const ids = this.models.all().map((m) => m.id);
     this.picker.value = ids.includes(chosen) ? chosen : ids[0] ?? "";
+    this.showEffort();
     this.updateMeter();
   }
 
@@ -104,6 +106,7 @@ export class Chat {
     if (this.running) this.stop();
     if (id === null) {
       this.conversation = null;
+      this.views = [];
       clear(this.log);
       this.system.value = "";
       this.temperature.value = "";
@@ -127,11 +130,36 @@ export class Chat {
     this.temperature.value = c.params?.temperature ?? "";
     this.maxTokens.value = c.params?.max_tokens ?? "";
     this.effort.value = c.params?.reasoning_effort ?? "";
-    clear(this.log);
-    for (const m of c.messages) this.renderMessage(m);
+    this.showEffort();
+    this.showAll(c.messages);
     this.updateMeter();
     this.loadList();
-    this.log.lastElementChild?.scrollIntoView({ block: "end" });
+  }
+
+  // A long conversation is drawn newest first, a batch a frame, so the page never freezes:
+  // the end (what one reads first) is there at once, older messages come in above it.
+  showAll(messages) {
+    clear(this.log);
+    this.views = [];
+    const token = (this.drawing = {});
+    const BATCH = 20;
+    const views = [];
+    let end = messages.length;
+    const step = () => {
+      if (this.drawing !== token || end <= 0) return;
+      const start = Math.max(0, end - BATCH);
+      const before = this.log.scrollHeight - this.log.scrollTop;
+      const first = this.log.firstChild;
+      const made = messages.slice(start, end).map((m) => this.renderMessage(m, false));
+      for (const view of made) this.log.insertBefore(view.item, first);
+      views.unshift(...made);
+      this.views = views;
+      if (end === messages.length) this.log.lastElementChild?.scrollIntoView({ block: "end" });
+      else this.log.scrollTop = this.log.scrollHeight - before; // keep the reader's place
+      end = start;
+      if (end > 0) requestAnimationFrame(step);
+    };
+    step();
   }
 
   params() {
@@ -142,7 +170,15 @@ export class Chat {
     return params;
   }
 
+  // The reasoning-effort preset, for the models that take one (and tiers, which may).
+  showEffort() {
+    const model = this.models.byId(this.picker.value);
+    this.effort.hidden = !(model?.reasoning_effort || model?.tier || model?.policy);
+    if (this.effort.hidden) this.effort.value = "";
+  }
+
   async saveSettings() {
+    this.showEffort();
     this.updateMeter();
     if (!this.conversation) return;
     const patch = { model: this.picker.value, system: this.system.value, params: this.params() };
@@ -169,7 +205,7 @@ export class Chat {
   }
 
   // --- messages -----------------------------------------------------------------------
-  renderMessage(m) {
+  renderMessage(m, append = true) {
     const body = el("div", { class: "body" });
     const thinking = el("details", { class: "thinking", hidden: "" }, el("summary", {}, "Thinking"), el("div", { class: "reasoning" }));
     const meta = el("p", { class: "meta" });
@@ -178,7 +214,10 @@ export class Chat {
     item.dataset.seq = m.seq ?? "";
     const view = { item, body, thinking, meta, tools, message: m };
     this.fill(view);
-    this.log.append(item);
+    if (append) {
+      this.log.append(item);
+      this.views.push(view);
+    }
     return view;
   }
 
@@ -235,6 +274,7 @@ export class Chat {
     }
     c.messages = c.messages.slice(0, at);
     while (this.log.children.length > at) this.log.lastElementChild.remove();
+    this.views = this.views.slice(0, at);
   }
 
   // --- sending and streaming ---------------------------------------------------------
@@ -275,6 +315,7 @@ export class Chat {
     this.stopButton.hidden = false;
     const began = performance.now();
     let first = null;
+    let frame = 0;
     // Until the first token: what the model is doing (loading with its progress, or queued).
     const waiting = setInterval(() => { if (first === null) this.waiting(); }, 250);
     try {
@@ -285,7 +326,7 @@ export class Chat {
       answer.degraded = response.headers.get("x-modelyard-degraded");
       const warning = response.headers.get("x-modelyard-context-warning");
       if (warning) this.say(`Context warning: ${warning}`);
-      let frame = 0;
+
       for await (const event of sseEvents(response)) {
         if (event.comment !== undefined) continue; // keep-alive while it waits: shown by the timer
         if (event.data === "[DONE]") break;
@@ -323,6 +364,7 @@ export class Chat {
       }
     } finally {
       clearInterval(waiting);
+      if (frame) cancelAnimationFrame(frame);
       this.running = null;
       this.sendButton.hidden = false;
       this.stopButton.hidden = true;
@@ -366,22 +408,25 @@ export class Chat {
     this.running?.abort.abort();
   }
 
-  // The answer's rows got their seq on the gateway: read them back for edit/regenerate.
+  // The new rows got their seq (and the gateway's own figures) when they were stored: read
+  // just those back, for edit/regenerate and the line under the answer.
   async refreshSeqs() {
-    if (!this.conversation) return;
+    const c = this.conversation;
+    if (!c) return;
+    const known = c.messages.filter((m) => m.seq !== undefined);
+    const after = known.length ? known[known.length - 1].seq : 0;
+    const fresh = c.messages.slice(known.length);
     try {
-      const fresh = await api(`${CONVERSATIONS}/${encodeURIComponent(this.conversation.id)}`);
-      const messages = fresh.messages ?? [];
-      if (messages.length === this.conversation.messages.length) {
-        messages.forEach((m, i) => {
-          const mine = this.conversation.messages[i];
-          mine.seq = m.seq;
-          for (const key of ["tokens_out", "tokens_per_s", "ttft_s", "node", "decision"]) mine[key] ??= m[key];
-        });
-      }
+      const got = await api(`${CONVERSATIONS}/${encodeURIComponent(c.id)}?after=${after}`);
+      (got.messages ?? []).slice(0, fresh.length).forEach((m, i) => {
+        const mine = fresh[i];
+        mine.seq = m.seq;
+        for (const key of ["tokens_out", "tokens_per_s", "ttft_s", "node", "decision", "model"]) mine[key] ??= m[key];
+      });
     } catch {
       /* the list stays as streamed */
     }
+    for (const view of this.views.slice(-fresh.length || this.views.length)) this.fill(view);
     this.loadList();
   }
 

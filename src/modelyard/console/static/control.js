@@ -12,6 +12,13 @@ const SECTIONS = [
   ["explain", "Route explain"],
   ["config", "Config"],
 ];
+// "GPU 0: 3.1 GiB, GPU 1: 3.1 GiB" from a model's need (how it was worked out as a tooltip).
+function need(n) {
+  if (!n) return "—";
+  const parts = Object.entries(n.per_gpu ?? {}).map(([gpu, bytes]) => `GPU ${gpu}: ${bytes ? formatBytes(bytes) : "?"}`);
+  return el("span", { title: n.how ?? "" }, parts.length ? parts.join(", ") : "CPU");
+}
+
 const GPU_HISTORY = 150; // samples kept per GPU: 5 minutes at the gateway's 2 s
 
 export class Control {
@@ -19,7 +26,7 @@ export class Control {
     this.root = root;
     this.section = "models";
     this.gpuHistory = new Map(); // "node/index" → [{at, used, util}]
-    this.unfollow = follow("/admin/events?kinds=instance,node,config", (kind, event) => this.event(kind, event));
+    this.unfollow = follow("/admin/events?kinds=instance,node,config,sample", (kind, event) => this.event(kind, event));
   }
 
   close() {
@@ -27,6 +34,7 @@ export class Control {
   }
 
   event(kind, event) {
+    if (kind === "sample") return this.sample(event); // the Nodes page's readings, in place
     if (kind === "lost" || (kind === "instance" && this.section === "models") || (kind === "node" && this.section === "nodes") || kind === "config") {
       clearTimeout(this.pending);
       this.pending = setTimeout(() => this.show(this.section, this.arg, true), 150); // a burst of events: one redraw
@@ -78,37 +86,123 @@ export class Control {
         el("button", { type: "button", onclick: () => this.act(`restart ${m.name}`, () => api(`/admin/models/${name}/restart`, { method: "POST" })) }, "Restart"),
         el("a", { href: `#/control/models/${name}` }, "Log"));
       const state = m.state === "starting" && m.progress != null ? `loading… ${Math.floor(m.progress * 100)} %` : m.state;
-      const ttl = m.ttl_s ? `${Math.round(m.ttl_s)} s idle` : "never";
+      const ttl = !m.ttl_s || m.pinned ? "never" : m.ttl_left_s != null ? `${Math.round(m.ttl_left_s)} s left` : `${Math.round(m.ttl_s)} s idle`;
       return el("tr", {},
         el("th", { scope: "row" }, m.name),
         el("td", { "data-state": m.state }, state),
         el("td", {}, m.node),
+        el("td", {}, need(m.need)),
         el("td", {}, `${m.in_flight}/${m.slots ?? "∞"}`),
         el("td", {}, String(m.waiting)),
         el("td", {}, ttl),
-        el("td", { class: "error" }, m.error ?? m.reason ?? ""),
+        el("td", { class: "why" }, m.reason ?? ""),
+        el("td", { class: "error" }, m.error ?? ""),
         buttons);
     });
     body.append(el("table", {},
-      el("thead", {}, el("tr", {}, ...["Model", "State", "Node", "In use", "Queued", "TTL", "Last error", ""].map((h) => el("th", { scope: "col" }, h)))),
+      el("thead", {}, el("tr", {}, ...["Model", "State", "Node", "GPUs and memory", "In use", "Queued", "Stops in", "Why", "Last error", ""].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, ...rows)));
-    if (open) await this.log(body, decodeURIComponent(open));
+    this.log(body, open ? decodeURIComponent(open) : null); // no log asked: closes one open
   }
 
-  async log(body, name) {
-    const pre = el("pre", { class: "log", "aria-label": `Engine log of ${name}` });
-    const refresh = async () => {
-      const data = await api(`/admin/models/${encodeURIComponent(name)}/logs?lines=300`);
-      pre.textContent = (data.lines ?? []).join("\n");
-      pre.scrollTop = pre.scrollHeight;
+  // The engine log of `name`, followed live (GET …/logs?follow=1, Server-Sent Events): the
+  // last lines, then each new one, through the model's restarts. The view outlives the
+  // models table's redraws (they move it into the new table's page: no second stream) and
+  // closes its stream when the address leaves it, or when called with no name.
+  log(body, name) {
+    const kept = this.logView;
+    if (kept && kept.name === name) {
+      body.append(kept.box);
+      kept.restore();
+      return;
+    }
+    kept?.close();
+    if (!name) return;
+    const KEEP = 2000; // lines kept on the page
+    const url = `/admin/models/${encodeURIComponent(name)}/logs?follow=1&lines=300`;
+    const here = location.hash;
+    const pre = el("pre", { class: "log", tabindex: "0", "aria-label": `Engine log of ${name}` });
+    const state = el("span", { class: "log-state", role: "status" });
+    const toggle = el("button", { type: "button", onclick: () => (source ? pause("paused") : follow()) }, "Pause");
+    const view = {
+      name,
+      box: el("div", { class: "log-view" }, el("h2", {}, `Engine log: ${name}`), el("p", {}, toggle, " ", state), pre),
+      stick: true, // the reader is at the bottom: new lines scroll into view
+      top: 0,
     };
-    body.append(el("h2", {}, `Engine log: ${name}`), el("button", { type: "button", onclick: refresh }, "Refresh log"), pre);
-    await refresh();
+    let source = null;
+    let pending = [];
+    let timer = null;
+    const flush = () => {
+      timer = null;
+      const lines = document.createDocumentFragment();
+      for (const [text, lost] of pending) lines.append(lost ? el("span", { class: "log-lost" }, `${text}\n`) : `${text}\n`);
+      pending = [];
+      pre.append(lines);
+      while (pre.childNodes.length > KEEP) pre.firstChild.remove();
+      if (view.stick && pre.isConnected) pre.scrollTop = pre.scrollHeight;
+    };
+    const add = (text, lost = false) => {
+      pending.push([text, lost]);
+      if (pending.length > KEEP) pending.splice(0, pending.length - KEEP);
+      timer ??= setTimeout(flush, 50); // a burst of lines: one change of the page
+    };
+    const follow = () => {
+      source = new EventSource(url, { withCredentials: true });
+      toggle.textContent = "Pause";
+      state.textContent = "connecting…";
+      source.onopen = () => {
+        // Each (re)connection begins with the last lines again: show them afresh.
+        pending = [];
+        pre.replaceChildren();
+        state.textContent = "following";
+      };
+      source.onmessage = (e) => add(e.data);
+      source.addEventListener("lost", (e) => add(`[… ${e.data} lines skipped: this page fell behind]`, true));
+      source.onerror = () => {
+        // EventSource reconnects by itself after a stream ends; a refusal closes it for good.
+        if (source?.readyState === EventSource.CLOSED) pause("the log could not be followed: Follow to try again");
+        else state.textContent = "reconnecting…";
+      };
+    };
+    const pause = (why) => {
+      source?.close();
+      source = null;
+      toggle.textContent = "Follow";
+      state.textContent = why;
+    };
+    pre.addEventListener("scroll", () => {
+      if (!pre.isConnected) return; // moved between pages by a redraw: keep what was
+      view.stick = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 8;
+      view.top = pre.scrollTop;
+    });
+    view.restore = () => {
+      pre.scrollTop = view.stick ? pre.scrollHeight : view.top;
+    };
+    const left = () => {
+      if (location.hash !== here) view.close();
+    };
+    view.close = () => {
+      source?.close();
+      source = null;
+      clearTimeout(timer);
+      window.removeEventListener("hashchange", left);
+      if (this.logView === view) this.logView = null;
+    };
+    window.addEventListener("hashchange", left);
+    this.logView = view;
+    body.append(view.box);
+    follow();
   }
 
   // --- nodes and GPUs -----------------------------------------------------------------
+  // Each GPU's and machine's readings of the last 5 minutes are kept in a ring, seeded by
+  // the first /admin/nodes read and fed by `sample` events (every 2 s); a sample updates
+  // the numbers and charts in place (a rebuilt page would take the focus from a button).
   async nodes(body) {
     const data = await api("/admin/nodes");
+    this.machineHistory ??= new Map(); // node → [{at, cpu, cpus, load1, total, available}]
+    this.live = new Map(); // "node" or "node/index" → redraws that part from its ring
     for (const node of data.nodes) {
       const modes = Object.keys(node.modes ?? {}).map((mode) =>
         el("button", {
@@ -120,44 +214,130 @@ export class Control {
         el("h2", {}, node.name, " ", el("span", { class: node.reachable ? "ok" : "bad" }, node.reachable ? "reachable" : `unreachable${node.error ? `: ${node.error}` : ""}`)),
         el("p", {}, `mode: ${node.mode} (${node.kind})`, node.last_seen ? ` · seen ${ago(node.last_seen)}` : ""),
         el("div", { class: "modes", role: "group", "aria-label": `Modes of ${node.name}` }, ...modes),
+        this.machine(node),
         ...(gpus.length ? gpus : [el("p", {}, "no GPU: models run on the CPU")])));
     }
   }
 
-  gpu(node, g) {
-    const key = `${node}/${g.index}`;
-    const history = this.gpuHistory.get(key) ?? [];
-    history.push({ at: Date.now(), used: g.memory_used, util: g.utilization });
-    while (history.length > GPU_HISTORY) history.shift();
-    this.gpuHistory.set(key, history);
-    const share = g.memory_total ? g.memory_used / g.memory_total : 0;
-    const facts = [
-      `${formatBytes(g.memory_used)} of ${formatBytes(g.memory_total)}`,
-      g.utilization != null ? `${g.utilization} % busy` : null,
-      g.temperature != null ? `${g.temperature} °C` : null,
-      g.power != null ? `${g.power} W` : null,
-      g.measured ? "measured" : "declared",
-    ].filter(Boolean);
-    return el("div", { class: "gpu" },
-      el("span", {}, `GPU ${g.index} ${g.name ?? ""}`),
-      el("meter", { min: "0", max: "1", value: String(share), "aria-label": `GPU ${g.index} memory used` }),
-      el("span", {}, facts.join(" · ")),
-      this.spark(history));
+  // A `sample` event: every node's readings now, into the rings; on the Nodes page, the
+  // numbers and charts shown are redrawn where they are.
+  sample(event) {
+    this.machineHistory ??= new Map();
+    for (const node of event.nodes ?? []) {
+      const m = node.machine ?? {};
+      this.remember(this.machineHistory, node.name, { at: Date.now(), cpu: m.cpu_percent, cpus: m.cpus, load1: m.load1, total: m.memory_total, available: m.memory_available });
+      for (const g of node.gpus ?? []) {
+        this.remember(this.gpuHistory, `${node.name}/${g.index}`, { at: Date.now(), used: g.memory_used, total: g.memory_total, util: g.utilization, temp: g.temperature, power: g.power });
+      }
+    }
+    if (this.section !== "nodes" || !this.live) return;
+    for (const [key, redraw] of this.live) {
+      if (this.root.contains(redraw.part)) redraw();
+      else this.live.delete(key); // a page left or rebuilt
+    }
   }
 
-  spark(history) {
-    const canvas = el("canvas", { width: "150", height: "28", class: "spark", "aria-hidden": "true" });
+  // Appends a reading to the ring of `key` (or seeds it: `seed`, only while it is empty);
+  // readings older than 5 minutes go.
+  remember(rings, key, point, seed = false) {
+    const ring = rings.get(key) ?? [];
+    rings.set(key, ring);
+    if (seed && ring.length) return ring;
+    ring.push(point);
+    while (ring.length > GPU_HISTORY || (ring.length && ring[0].at < point.at - 300_000)) ring.shift();
+    return ring;
+  }
+
+  machine(node) {
+    const m = node.machine ?? {};
+    const ring = this.remember(this.machineHistory, node.name, { at: Date.now(), cpu: m.cpu_percent, cpus: m.cpus, load1: m.load1, total: m.memory_total, available: m.memory_available }, true);
+    const cpu = el("span", { class: "cpu" });
+    const ram = el("span", { class: "ram" });
+    const cpuChart = this.spark();
+    const ramChart = this.spark();
+    const part = el("div", { class: "gpu machine", role: "group", "aria-label": `Machine ${node.name}` },
+      el("span", {}, "Machine"), cpu, cpuChart, ram, ramChart);
+    const redraw = () => {
+      const now = ring.at(-1) ?? {};
+      const load = now.load1 != null ? ` · load ${now.load1.toFixed(2)}` : "";
+      const cpus = now.cpus != null ? ` of ${now.cpus} CPUs` : "";
+      cpu.textContent = `CPU ${now.cpu != null ? `${Math.round(now.cpu)} %` : "—"}${cpus}${load}`;
+      ram.textContent = now.total != null && now.available != null
+        ? `RAM ${formatBytes(now.total - now.available)} of ${formatBytes(now.total)} used`
+        : "RAM —";
+      part.dataset.at = String(now.at ?? "");
+      this.spark(ring, (p) => p.cpu, () => 100, cpuChart);
+      this.spark(ring, (p) => (p.total != null && p.available != null ? p.total - p.available : null), (p) => p.total, ramChart);
+    };
+    redraw.part = part;
+    redraw();
+    this.live.set(node.name, redraw);
+    return part;
+  }
+
+  gpu(node, g) {
+    const key = `${node}/${g.index}`;
+    const ring = this.remember(this.gpuHistory, key, { at: Date.now(), used: g.memory_used, total: g.memory_total, util: g.utilization, temp: g.temperature, power: g.power }, true);
+    const meter = el("meter", { min: "0", max: "1", "aria-label": `GPU ${g.index} memory used` });
+    const facts = el("span", { class: "gpu-facts" });
+    const memory = this.spark();
+    const busy = this.spark();
+    const part = el("div", { class: "gpu" },
+      el("span", {}, `GPU ${g.index} ${g.name ?? ""}`), meter, facts,
+      el("span", {}, "memory"), memory, el("span", {}, "busy"), busy);
+    const redraw = () => {
+      const now = ring.at(-1) ?? {};
+      meter.value = now.total ? (now.used ?? 0) / now.total : 0;
+      facts.textContent = [
+        `${formatBytes(now.used)} of ${formatBytes(now.total)}`,
+        now.util != null ? `${now.util} % busy` : null,
+        now.temp != null ? `${now.temp} °C` : null,
+        now.power != null ? `${Math.round(now.power)} W` : null,
+        g.measured ? "measured" : "declared",
+      ].filter(Boolean).join(" · ");
+      part.dataset.at = String(now.at ?? "");
+      this.spark(ring, (p) => p.used, (p) => p.total, memory);
+      this.spark(ring, (p) => p.util, () => 100, busy);
+    };
+    redraw.part = part;
+    redraw();
+    this.live.set(key, redraw);
+    return part;
+  }
+
+  // A small line chart of the last 5 minutes (newest on the right) of `value` of each
+  // reading against `top` (its full scale), drawn into `canvas` (a new one if none); a
+  // missing reading or a gap of over 10 s breaks the line. The numbers are in the text
+  // beside it: the chart is hidden from screen readers.
+  spark(ring = [], value = () => null, top = () => null, canvas = null) {
+    canvas ??= el("canvas", { width: "150", height: "28", class: "spark", "aria-hidden": "true" });
     const ctx = canvas.getContext("2d");
-    if (!ctx || history.length < 2) return canvas;
-    const top = Math.max(...history.map((h) => h.used ?? 0), 1);
-    ctx.strokeStyle = getComputedStyle(document.body).color;
+    if (!ctx) return canvas;
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    const now = Date.now();
+    const style = getComputedStyle(document.body);
+    ctx.strokeStyle = style.color;
+    ctx.globalAlpha = 0.25;
+    ctx.strokeRect(0.5, 0.5, canvas.width - 1, canvas.height - 1);
+    ctx.globalAlpha = 1;
+    ctx.lineWidth = 1.5;
     ctx.beginPath();
-    history.forEach((h, i) => {
-      const x = (i / (GPU_HISTORY - 1)) * canvas.width;
-      const y = canvas.height - ((h.used ?? 0) / top) * (canvas.height - 2) - 1;
-      if (i) ctx.lineTo(x, y);
+    let last = null;
+    for (const p of ring) {
+      const v = value(p);
+      const full = top(p);
+      if (v == null || !full) {
+        last = null;
+        continue;
+      }
+      const x = 2 + (canvas.width - 5) * (1 - (now - p.at) / 300_000); // inside the frame
+      const y = canvas.height - Math.min(Math.max(v / full, 0), 1) * (canvas.height - 4) - 2;
+      if (last != null && p.at - last < 10_000) ctx.lineTo(x, y);
       else ctx.moveTo(x, y);
-    });
+      ctx.rect(x - 0.5, y - 0.5, 1, 1); // a lone reading still shows
+      ctx.moveTo(x, y);
+      last = p.at;
+    }
     ctx.stroke();
     return canvas;
   }
@@ -256,20 +436,39 @@ export class Control {
   // --- config -------------------------------------------------------------------------
   async config(body) {
     const status = await api("/admin/status");
-    const out = el("pre", { class: "reload-result" });
+    const file = await api("/admin/config").catch((error) => ({ path: status.config, text: "", error: error.message }));
+    const out = el("pre", { class: "reload-result", role: "status" });
+    const lines = (file.text ?? "").split("\n");
+    const listing = el("ol", { class: "config-text", "aria-label": `Config file ${file.path ?? ""}` },
+      ...lines.map((line) => el("li", {}, el("code", {}, line || " "))));
+    // Marks the lines a failed reload names ("FILE:LINE: key: what is wrong").
+    const mark = (message) => {
+      for (const li of listing.children) li.classList.remove("bad");
+      for (const found of message.matchAll(/:(\d+): ([^\n]*)/g)) {
+        const li = listing.children[Number(found[1]) - 1];
+        if (!li) continue;
+        li.classList.add("bad");
+        li.title = found[2];
+        li.append(el("span", { class: "why-bad" }, ` ← ${found[2]}`));
+      }
+    };
     const reload = el("button", {
       type: "button",
       onclick: async () => {
         try {
           const applied = await api("/admin/reload", { method: "POST" });
-          out.textContent = `reloaded: ${JSON.stringify(applied, null, 2)}`;
+          out.textContent = `reloaded: added ${applied.added?.join(", ") || "none"}; changed ${applied.changed?.join(", ") || "none"}; removed ${applied.removed?.join(", ") || "none"}`;
+          this.show("config");
         } catch (error) {
-          out.textContent = error.message; // the validation errors, file:line: key: what
+          out.textContent = error.message; // each error with its file, line and key
+          mark(error.message);
         }
       },
     }, "Reload config");
     body.append(
-      el("p", {}, `file: ${status.config ?? "(none)"} · listen ${status.listen} · state in ${status.state_dir} · up ${formatSeconds(status.uptime_s)} · version ${status.version}`),
+      el("p", {}, `listen ${status.listen} · state in ${status.state_dir} · up ${formatSeconds(status.uptime_s)} · version ${status.version}`),
+      el("h2", {}, file.path ?? "(no config file)"),
+      file.error ? el("p", { class: "error" }, file.error) : listing,
       reload, out,
       el("h2", {}, "Slot audit"), el("p", {}, `leaks found now: ${status.slot_audit?.leaks_found?.length ?? 0}, in all: ${status.slot_audit?.leaks_total ?? 0}`),
       el("h2", {}, "Latest events"),

@@ -20,7 +20,8 @@ export class Models {
     return follow("/console/api/models/events", (kind, event) => this.event(kind, event), (state) => {
       const was = this.feed;
       this.feed = state;
-      if (state === "live" && was !== "live") this.load().catch(() => {});
+      // Back after a break (a gateway restart): read the list again; not on the first open.
+      if (state === "live" && was === "reconnecting") this.load().catch(() => {});
       this.emit();
     });
   }
