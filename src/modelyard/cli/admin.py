@@ -157,13 +157,51 @@ def reload(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
 def logs(
     name: str,
     lines: Annotated[int, typer.Option("-n", "--lines")] = 100,
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="Then each new line, until Ctrl-C.")
+    ] = False,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
-    """The last lines an engine printed."""
+    """The last lines an engine printed (with -f, then every new one, across restarts)."""
+    if follow:
+        _follow_logs(name, lines, url)
+        return
     if as_json:
         print(json.dumps(call("GET", url, f"/admin/models/{name}/logs?lines={lines}"), indent=2))
         return
     with httpx.Client(timeout=30) as client:
         resp = send(client, "GET", url, f"/admin/models/{name}/logs?lines={lines}")
         sys.stdout.write(resp.text)
+
+
+def _follow_logs(name: str, lines: int, url: str) -> None:
+    """Prints the Server-Sent Events of ``/admin/models/NAME/logs?follow=1`` as lines."""
+    path = f"/admin/models/{name}/logs?follow=1&lines={lines}"
+    timeout = httpx.Timeout(30, read=None)  # a quiet engine: its keep-alive comes every 15 s
+    try:
+        with httpx.Client(timeout=timeout) as client:
+            key = os.environ.get("MODELYARD_API_KEY")
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            with client.stream("GET", url.rstrip("/") + path, headers=headers) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    send(client, "GET", url, path.replace("follow=1&", ""))  # says why, exits
+                event = None
+                for line in resp.iter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: ") or line == "data:":
+                        text = line[6:]
+                        if event == "lost":
+                            err.print(f"[yellow]({text} lines lost: this reader fell behind)[/]")
+                        else:
+                            sys.stdout.write(text + "\n")
+                            sys.stdout.flush()
+                    elif not line:
+                        event = None
+    except KeyboardInterrupt:
+        return
+    except httpx.HTTPError as exc:
+        err.print(f"the log stream ended: {exc}")
+        raise typer.Exit(2) from None
