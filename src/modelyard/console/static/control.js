@@ -472,6 +472,6 @@ export class Control {
       reload, out,
       el("h2", {}, "Slot audit"), el("p", {}, `leaks found now: ${status.slot_audit?.leaks_found?.length ?? 0}, in all: ${status.slot_audit?.leaks_total ?? 0}`),
       el("h2", {}, "Latest events"),
-      el("ol", { class: "events" }, ...(status.events ?? []).map((e) => el("li", {}, `${e.at ? new Date(e.at * 1000).toLocaleTimeString() : ""} ${e.subject ?? ""} ${e.kind ?? e.event ?? ""} ${e.detail ?? ""}`))));
+      el("ol", { class: "events" }, ...(status.events ?? []).map((e) => el("li", {}, `${e.at ? new Date(e.at * 1000).toLocaleTimeString() : ""} ${e.model ?? ""} ${e.event ?? ""} ${e.detail ?? ""}`))));
   }
 }
