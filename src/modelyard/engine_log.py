@@ -17,7 +17,6 @@ nothing.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections import deque
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelyard.errors import NOTE
+from modelyard.mailbox import Dropped, Mailbox
 
 LOG_LINES = 2000  # kept in memory per instance for `modelyard logs`
 LOG_FILE_BYTES = 5 * 1024 * 1024  # each instance's log file is rotated past this
@@ -46,40 +46,19 @@ class Lost:
 LogItem = str | Lost | None
 
 
-class LogFollower:
-    """The new lines of one ``InstanceLog``, at most ``size`` unread, read with ``next``."""
+class LogFollower(Mailbox[str]):
+    """The new lines of one ``InstanceLog``, at most ``size`` unread, read with ``next``;
+    ``end()`` when the log is closed (the gateway or agent is shutting down)."""
 
     def __init__(self, log: InstanceLog, size: int) -> None:
-        self.lost = 0
-        self.ended = False  # the log was closed (the gateway or agent is shutting down)
+        super().__init__(size)
         self._log = log
-        self._buffer: deque[str] = deque(maxlen=size)
-        self._ready = asyncio.Event()
-
-    def offer(self, line: str) -> None:
-        if len(self._buffer) == self._buffer.maxlen:
-            self.lost += 1  # the oldest goes: never more than the buffer, never a wait
-        self._buffer.append(line)
-        self._ready.set()
-
-    def end(self) -> None:
-        self.ended = True
-        self._ready.set()
 
     async def next(self, timeout: float | None = None) -> LogItem:
         """The next line, a ``Lost`` if lines were dropped since the last read, or None
         after ``timeout`` seconds with nothing new (at once once the log has ended)."""
-        while not self._buffer and not self.lost and not self.ended:
-            self._ready.clear()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._ready.wait()
-            except TimeoutError:
-                return None
-        if self.lost:
-            lost, self.lost = self.lost, 0
-            return Lost(lost)
-        return self._buffer.popleft() if self._buffer else None
+        got = await self.get(timeout)
+        return Lost(got.count) if isinstance(got, Dropped) else got
 
     def close(self) -> None:
         self._log.unfollow(self)
@@ -100,7 +79,7 @@ class InstanceLog:
         text = line.decode("utf-8", "replace").rstrip("\n")
         self.lines.append(text)
         for follower in self._followers:
-            follower.offer(text)
+            follower.put(text)
         self._file.write(line)
         if self._file.tell() > LOG_FILE_BYTES:
             self._file.close()

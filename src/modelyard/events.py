@@ -18,13 +18,13 @@ Two ways to listen:
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
-from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from modelyard.mailbox import Dropped, Mailbox
 
 KINDS = ("instance", "node", "config", "request", "sample")
 LOST = "lost"  # not published: what a subscription says when it dropped events
@@ -47,36 +47,21 @@ class Event:
 Listener = Callable[[Event], None]
 
 
-class Subscription:
+class Subscription(Mailbox[Event]):
     """A bounded buffer of events of ``kinds`` (None: all), read with ``next``."""
 
     def __init__(self, hub: Hub, kinds: Collection[str] | None, size: int) -> None:
+        super().__init__(size)
         self.kinds = frozenset(kinds) if kinds is not None else None
-        self.lost = 0
         self._hub = hub
-        self._buffer: deque[Event] = deque(maxlen=size)
-        self._ready = asyncio.Event()
-
-    def offer(self, event: Event) -> None:
-        if len(self._buffer) == self._buffer.maxlen:
-            self.lost += 1  # the oldest goes: a slow reader never holds more than its buffer
-        self._buffer.append(event)
-        self._ready.set()
 
     async def next(self, timeout: float | None = None) -> Event | None:
         """The next event, a ``lost`` event if some were dropped since the last read, or
         None after ``timeout`` seconds with nothing new."""
-        while not self._buffer and not self.lost:
-            self._ready.clear()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._ready.wait()
-            except TimeoutError:
-                return None
-        if self.lost:
-            lost, self.lost = self.lost, 0
-            return Event(-1, time.time(), LOST, {"lost": lost})
-        return self._buffer.popleft()
+        got = await self.get(timeout)
+        if isinstance(got, Dropped):
+            return Event(-1, time.time(), LOST, {"lost": got.count})
+        return got
 
     def close(self) -> None:
         self._hub.unsubscribe(self)
@@ -98,7 +83,7 @@ class Hub:
                 listener(event)
         for sub in self._subs:
             if sub.kinds is None or kind in sub.kinds:
-                sub.offer(event)
+                sub.put(event)
         return event
 
     def wants(self, kind: str) -> bool:

@@ -12,7 +12,6 @@ progress). The sign-in tests use a second gateway with keys.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import (
     SLOW_UPSTREAM,
@@ -37,12 +36,6 @@ from tests.conftest import (
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Headless on a machine with no network but loopback: nothing of Chromium's own traffic.
-FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 HOSTILE = (
     'Hello <img src=x onerror="window.__xss=1"> and <script>window.__xss=2</script> '
     '<a href="javascript:window.__xss=3">link</a>\n\n```python\nprint("hi")\n```\n'
@@ -73,14 +66,6 @@ def _stop(gw: ServedGateway) -> None:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, gemma: Path) -> Iterator[ServedGateway]:
     tmp = tmp_path_factory.mktemp("console")
     (tmp / "hostile.txt").write_text(HOSTILE, encoding="utf-8")
@@ -101,14 +86,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory, gemma: Path) -> Iterator[Served
     gateway = _start(config)
     yield gateway
     _stop(gateway)
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    opened = context.new_page()
-    yield opened
-    context.close()
 
 
 def _chat(page: Page, gw: ServedGateway, model: str) -> None:

@@ -5,32 +5,15 @@ events, with no polling and without taking the focus from a button."""
 from __future__ import annotations
 
 import re
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from tests.conftest import ServedGateway, free_port, stub_model
 
 pytestmark = pytest.mark.e2e
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-API_JS = Path(__file__).parents[2] / "src/modelyard/console/static/api.js"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture
@@ -43,14 +26,6 @@ def gw(serve, tmp_path: Path) -> ServedGateway:  # type: ignore[no-untyped-def]
         encoding="utf-8",
     )
     return serve(config)  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    opened = context.new_page()
-    yield opened
-    context.close()
 
 
 def test_the_nodes_page_shows_cpu_and_ram_and_updates_them_in_place(

@@ -49,7 +49,7 @@ async def test_a_follower_that_never_reads_holds_only_its_buffer_and_is_told_wha
     slow = log.follow(size=10)
     for i in range(10_000):  # never waits for the reader: the engine's output goes on
         log.write(b"line %d\n" % i)
-    assert len(slow._buffer) == 10
+    assert slow.held == 10
     assert await slow.next(1) == Lost(9_990)
     rest = [await slow.next(1) for _ in range(10)]
     assert rest == [f"line {i}" for i in range(9_990, 10_000)]
@@ -69,7 +69,7 @@ async def test_a_closed_follower_leaves_the_log_and_gets_nothing_more(tmp_path: 
     a.close()  # twice is harmless
     assert log.followers == 1
     _write(log, "x")
-    assert not a._buffer and await b.next(1) == "x"
+    assert not a.held and await b.next(1) == "x"
     b.close()
     assert log.followers == 0
     log.close()
