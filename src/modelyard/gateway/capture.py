@@ -238,7 +238,8 @@ class Recorder:
         if self.first is not None:
             a.ttft_s = round(self.first - self.began, 4)
             spent = (self.latest or self.first) - self.first
-            if a.tokens_out and spent > 0 and a.tokens_per_s is None:
+            # Over less than 50 ms (chunks that came in one burst) a rate says nothing.
+            if a.tokens_out and a.tokens_out > 1 and spent >= 0.05 and a.tokens_per_s is None:
                 a.tokens_per_s = round((a.tokens_out - 1) / spent, 2)
         self.store.queue(self.store.save_answer, self.conversation, a)
 

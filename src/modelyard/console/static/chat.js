@@ -71,7 +71,8 @@ export class Chat {
     const chosen = this.picker.value || this.conversation?.model || "";
     clear(this.picker);
     for (const m of this.models.all()) {
-      const label = m.tier ? `${m.id} (tier)` : m.policy ? `${m.id} (routed by policy)` : `${m.id} — ${this.models.stateText(m)}`;
+      const label = m.tier ? `${m.id} (tier)` : m.policy ? `${m.id} (routed by policy)`
+        : m.persona ? `${m.id} (persona: ${m.persona.use})` : `${m.id} — ${this.models.stateText(m)}`;
       this.picker.append(el("option", { value: m.id }, label));
     }
     const ids = this.models.all().map((m) => m.id);
@@ -354,7 +355,8 @@ export class Chat {
       }
       answer.status = "complete";
       const out = this.lastUsage?.completion_tokens;
-      if (out && first !== null) answer.tokens_per_s = out / Math.max((performance.now() - first) / 1000, 1e-3);
+      const spent = first === null ? 0 : (performance.now() - first) / 1000;
+      if (out > 1 && spent >= 0.05) answer.tokens_per_s = (out - 1) / spent; // not for a burst
     } catch (error) {
       if (abort.signal.aborted) answer.status = "stopped";
       else {
