@@ -14,7 +14,8 @@ answer's headers go out at once, as llama-server's do.
 Every request leaves a record: its tag, whether it was streamed, how many chunks went out,
 and how it ended, ``done`` or ``aborted`` (the client closed the connection: aiohttp
 cancels the handler). ``GET /stub/log`` returns the records and the highest number of
-requests it ever served at once; ``GET /health`` answers ok.
+requests it ever served at once; ``GET /health`` answers ok. With ``--record`` each record
+also holds the body the request came with (its ``stub`` left out) under ``body``.
 
     python tests/slow_upstream.py --port 8089
 
@@ -40,6 +41,7 @@ LOG: list[dict[str, Any]] = []
 NOW = {"running": 0, "peak": 0}
 CHILD: list[int] = []  # the pid of the child started with --child
 REPLY: list[str] = []  # --reply: the answer's text, in the pieces the chunks carry
+RECORD: list[bool] = []  # --record: keep each request's body in its record
 
 
 def _chunk(i: int) -> bytes:
@@ -76,6 +78,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
         "began": time.time(),
         "cookie": request.headers.get("Cookie"),
     }
+    if RECORD:
+        record["body"] = {k: v for k, v in body.items() if k != "stub"}
     LOG.append(record)
     NOW["running"] += 1
     NOW["peak"] = max(NOW["peak"], NOW["running"])
@@ -149,7 +153,10 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=128, help="the listen queue's length")
     parser.add_argument("--ignore-sigterm", action="store_true", help="SIGTERM does nothing")
     parser.add_argument("--child", action="store_true", help="start a child that ignores it")
+    parser.add_argument("--record", action="store_true", help="keep each request's body")
     args = parser.parse_args()
+    if args.record:
+        RECORD.append(True)
     if args.reply:  # "@PATH": the text of that file
         text = open(args.reply[1:]).read() if args.reply.startswith("@") else args.reply
         REPLY.extend(text[i : i + 8] for i in range(0, len(text), 8))

@@ -38,6 +38,7 @@ class Code(StrEnum):
     BODY_TIMEOUT = "body_timeout"
     INVALID_REQUEST = "invalid_request"
     MODEL_NOT_FOUND = "model_not_found"
+    PERSONA_NOT_FOUND = "persona_not_found"
     MODEL_NOT_ALLOWED = "model_not_allowed"
     NO_ROUTE = "no_route"
     CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
@@ -94,6 +95,10 @@ ERRORS: Mapping[Code, tuple[int, str]] = MappingProxyType(
         Code.MODEL_NOT_FOUND: (
             404,
             "no model, alias or tier has the name; the known ones are listed",
+        ),
+        Code.PERSONA_NOT_FOUND: (
+            404,
+            "`/v1/personas/NAME/think` names no persona of the config; the known ones are listed",
         ),
         Code.MODEL_NOT_ALLOWED: (403, "the key's `models` do not include the one asked for"),
         Code.NO_ROUTE: (400, "`auto` was asked for and no policy rule with `use` holds"),

@@ -2,10 +2,10 @@
 
 ``features``: what routing reads of it (the model asked, the text for the token estimate,
 tools, images, the headers a rule names). ``apply_edits``: the changes a Decision makes to
-it (a rule's prompt tags stripped). ``shape_problem``: engines answer a malformed body in
-their own ways, some with a 500 (llama-server, for a message without ``role``) that SDKs
-take for a server fault and retry; the few things every engine needs are checked here and
-refused with a 400 naming the field.
+it (a rule's prompt tags stripped; a persona's system prompt and sampling defaults).
+``shape_problem``: engines answer a malformed body in their own ways, some with a 500
+(llama-server, for a message without ``role``) that SDKs take for a server fault and retry;
+the few things every engine needs are checked here and refused with a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -130,7 +130,45 @@ def _content_text(content: Any) -> tuple[str, bool]:
 
 def apply_edits(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
     """``body`` as ``decision`` has it go upstream (itself when there is nothing to change)."""
-    return strip_tags(body, decision.strip) if decision.strip else body
+    if decision.strip:
+        body = strip_tags(body, decision.strip)
+    if decision.persona is not None:
+        body = apply_persona(body, decision.system, decision.defaults)
+    return body
+
+
+# A default the client set under another name: OpenAI's newer name for max_tokens.
+_SAME_AS = {"max_tokens": ("max_completion_tokens",)}
+
+
+def apply_persona(
+    body: dict[str, Any], system: str | None, defaults: tuple[tuple[str, Any], ...]
+) -> dict[str, Any]:
+    """``body`` with a persona's edits (a copy): its system prompt first, and each sampling
+    default where the body does not set it (a key given, even as null, is the client's).
+
+    A system message the client sent first is kept, after the persona's prompt, in the same
+    message: many chat templates (Gemma's, Mistral's) refuse two system messages or one
+    that is not first, and llama-server answers that with a 500."""
+    out = dict(body)
+    messages = body.get("messages")
+    if system and isinstance(messages, list):
+        first = messages[0] if messages else None
+        if isinstance(first, dict) and first.get("role") == "system":
+            mine = first.get("content")
+            if isinstance(mine, str):
+                merged: Any = f"{system}\n\n{mine}"
+            elif isinstance(mine, list):
+                merged = [{"type": "text", "text": system}, *mine]
+            else:
+                merged = system
+            out["messages"] = [{**first, "content": merged}, *messages[1:]]
+        else:
+            out["messages"] = [{"role": "system", "content": system}, *messages]
+    for key, value in defaults:
+        if key not in body and not any(k in body for k in _SAME_AS.get(key, ())):
+            out[key] = value
+    return out
 
 
 def strip_tags(body: dict[str, Any], patterns: tuple[str, ...]) -> dict[str, Any]:

@@ -9,16 +9,21 @@ name in a ``model`` condition (S2's ``model: big`` force signal). ``forbid`` and
 apply to every request. The target's models, in order, are the candidates; each one is kept or
 turned down with a reason (forbidden, manual-only, node unreachable, drained or gated,
 failed), and the first kept one serves. Every step lands in the Decision's trail.
+
+A chat request that names a persona is routed as if it named the persona's ``use``; the
+Decision carries the persona's edits (its system prompt, its sampling defaults) for the
+front-end to apply, as it carries the prompt tags to strip.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modelyard.config import Condition, Config, Rule
+from modelyard.config.schema import Persona
 
 AUTO = "auto"
 FORBIDDEN = "forbidden by a rule"
@@ -127,6 +132,9 @@ class Decision:
     strip: tuple[str, ...]  # regexes of prompt tags to remove before forwarding
     tokens: int
     trail: tuple[Step, ...]
+    persona: str | None = None  # the persona asked for, whose edits follow
+    system: str | None = None  # its system prompt: first, before the client's
+    defaults: tuple[tuple[str, Any], ...] = ()  # its sampling defaults, where the body has none
 
     @property
     def model(self) -> str | None:
@@ -161,6 +169,7 @@ class Decision:
             "tokens": self.tokens,
             "token_method": TOKEN_METHOD,
             "trail": [s.as_dict() for s in self.trail],
+            "persona": self.persona,
         }
 
 
@@ -185,8 +194,41 @@ def context_use(config: Config, name: str, req: Features) -> float | None:
     return req.need / size if size else None
 
 
+def persona_defaults(persona: Persona) -> tuple[tuple[str, Any], ...]:
+    """The sampling defaults ``persona`` sets, in a fixed order."""
+    return tuple((k, v) for k, v in persona.params.model_dump().items() if v is not None)
+
+
 def route(config: Config, req: Features, cluster: Cluster) -> Decision:
     """The Decision for ``req`` now."""
+    persona = config.personas.get(req.model)
+    if persona is None:
+        return _route(config, req, cluster)
+    name = req.model
+    if req.endpoint != "chat":
+        why = f"a persona serves chat only, not {req.endpoint}; ask for {persona.use}"
+        return Decision(name, req, None, None, (), False, (), req.tokens,
+                        (Step("persona", name, False, why),))  # fmt: skip
+    defaults = persona_defaults(persona)
+    # Routed as if it named ``use``; its max_tokens default counts where the client's is unset.
+    wanted = dict(defaults).get("max_tokens", 0)
+    routed = replace(req, model=persona.use, max_tokens=req.max_tokens or wanted)
+    inner = _route(config, routed, cluster)
+    said = ["system prompt first" if persona.system else "no system prompt"]
+    said += [f"{k}={v} where unset" for k, v in defaults]
+    step = Step("persona", name, True, f"use {persona.use}; " + ", ".join(said))
+    return replace(
+        inner,
+        asked=name,
+        features=replace(req, max_tokens=routed.max_tokens),
+        trail=(step, *inner.trail),
+        persona=name,
+        system=persona.system,
+        defaults=defaults,
+    )
+
+
+def _route(config: Config, req: Features, cluster: Cluster) -> Decision:
     trail: list[Step] = []
     forbidden: set[str] = set()
     forced = False

@@ -128,7 +128,7 @@ def model_view(sched: Scheduler, name: str) -> dict[str, Any]:
 
 
 def model_cards(sched: Scheduler, started: float) -> list[dict[str, Any]]:
-    """/v1/models entries: each model with its true state, then the tiers and ``auto``."""
+    """/v1/models entries: each model with its true state, the tiers, ``auto``, personas."""
     config = sched.config
     base = {"object": "model", "created": int(started), "owned_by": "modelyard"}
     cards = []
@@ -150,6 +150,11 @@ def model_cards(sched: Scheduler, started: float) -> list[dict[str, Any]]:
         cards.append({"id": tier, **base, "tier": config.tier_models(tier)})
     if config.policy:
         cards.append({"id": "auto", **base, "policy": [r.name for r in config.policy]})
+    for name, persona in config.personas.items():
+        # Its system prompt is the operator's, not shown to every client.
+        shown = {"use": persona.use, "description": persona.description}
+        params = persona.params.model_dump(exclude_none=True)
+        cards.append({"id": name, **base, "persona": shown | {"params": params}})
     return cards
 
 

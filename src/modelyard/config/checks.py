@@ -17,12 +17,35 @@ from modelyard.config.schema import (
     ModelBase,
     ModeSpec,
     Node,
+    Persona,
     Rule,
 )
 
 Where = tuple[str | int, ...]
 _MODEL: TypeAdapter[Model] = TypeAdapter(Model)
 _MEMBERS: TypeAdapter[list[str]] = TypeAdapter(list[str])
+AUTO = "auto"  # as routing calls it (routing imports config, not the other way)
+
+
+def _persona_problems(config: Config) -> list[tuple[Where, str]]:
+    """A persona's name is its own (no model, alias, tier or ``auto``); ``use`` exists."""
+    problems: list[tuple[Where, str]] = []
+    for name, persona in config.personas.items():
+        where: Where = ("personas", name)
+        if not re.match(NAME_PATTERN, name):
+            problems.append((where, "a persona name is letters, digits and ._:/@+-"))
+        if name == AUTO:
+            problems.append((where, "`auto` is the policy's name: a persona may not take it"))
+        elif config.resolve(name) is not None:
+            problems.append((where, f"{name!r} is already a model name or alias"))
+        elif name in config.tiers:
+            problems.append((where, f"{name!r} is already a tier"))
+        if persona.use not in config.tiers and config.resolve(persona.use) is None:
+            why = f"{persona.use!r} is neither a model, an alias nor a tier"
+            if persona.use in config.personas:
+                why += " (a persona may not use another persona)"
+            problems.append(((*where, "use"), why))
+    return problems
 
 
 def _policy_problems(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
@@ -89,6 +112,7 @@ def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
             )
         )
     problems += _policy_problems(config)
+    problems += _persona_problems(config)
     names = [k.name for k in config.access.keys]
     for i, key in enumerate(config.access.keys):
         if names.count(key.name) > 1:
@@ -96,6 +120,7 @@ def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
         for j, allowed in enumerate(key.models or []):
             if (
                 allowed not in config.tiers
+                and allowed not in config.personas
                 and allowed != "auto"
                 and config.resolve(allowed) is None
             ):
@@ -149,6 +174,7 @@ def cross_check_parts(data: Mapping[str, Any]) -> list[tuple[Where, str]]:
             tiers=_tiers(data.get("tiers", {}), broken),
             policy=_rules(data.get("policy", []), broken),
             access=Access.model_construct(keys=_keys(data.get("access", {}), broken)),
+            personas=_personas(data.get("personas", {}), broken),
         )
         if "nodes" in data:  # else the default nodes, as Config has them
             config = config.model_copy(update={"nodes": _nodes(data["nodes"], broken)})
@@ -216,6 +242,17 @@ def _tiers(raw: Any, broken: list[Where]) -> dict[str, list[str]]:
             broken.append(("tiers", name))
             tiers[name] = []
     return tiers
+
+
+def _personas(raw: Any, broken: list[Where]) -> dict[str, Persona]:
+    personas: dict[str, Persona] = {}
+    for name, spec in (raw if isinstance(raw, Mapping) else {}).items():
+        try:
+            personas[str(name)] = Persona.model_validate(spec)
+        except ValidationError:
+            broken.append(("personas", name))
+            personas[str(name)] = Persona.model_construct(use="")  # its own error is reported
+    return personas
 
 
 def _rules(raw: Any, broken: list[Where]) -> list[Rule]:

@@ -266,6 +266,24 @@ class TelemetrySpec(Strict):
     )
 
 
+class PersonaParams(Strict):
+    """Sampling defaults a persona sets where the client's request does not."""
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
+
+
+class Persona(Strict):
+    """A name for chat: a model or tier, a system prompt and sampling defaults."""
+
+    use: str = Field(description="The model, alias or tier that serves it.")
+    system: str | None = Field(None, description="Its system prompt, before the client's.")
+    params: PersonaParams = Field(default_factory=PersonaParams)
+    description: str | None = None
+
+
 class Config(Strict):
     """The whole file."""
 
@@ -281,6 +299,7 @@ class Config(Strict):
     telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
     tiers: dict[str, list[str]] = Field(default_factory=dict)
     policy: list[Rule] = Field(default_factory=list)
+    personas: dict[str, Persona] = Field(default_factory=dict)
     source: Path | None = Field(None, exclude=True)
     warnings: list[str] = Field(default_factory=list, exclude=True)  # filled by the loader
 

@@ -83,6 +83,8 @@ class Attempt:
         }
         if self.decision.rule:
             out["x-modelyard-rule"] = self.decision.rule
+        if self.decision.persona:
+            out["x-modelyard-persona"] = self.decision.persona
         use = context_use(self.gw.config, name, self.decision.features)
         if use is not None and use > self.gw.config.models[name].context_warn:
             out["x-modelyard-context-warning"] = (
@@ -214,6 +216,8 @@ class Attempt:
         headers = {"x-modelyard-decision": self.id}
         if self.decision.rule:
             headers["x-modelyard-rule"] = self.decision.rule
+        if self.decision.persona:
+            headers["x-modelyard-persona"] = self.decision.persona
         if retry is not None:
             headers["Retry-After"] = str(max(1, math.ceil(retry)))
         # A plain request for one model gets the reason alone; a routed one, the trail too.

@@ -58,8 +58,21 @@ class Call:
 
 def decide(gw: Gateway, call: Call) -> Decision | Refusal:
     """The call's Decision, or why it is refused before anything runs."""
-    named = gw.config.resolve(call.asked)
-    if call.key is not None and not may_use(call.key, call.asked, named.name if named else None):
+    persona = gw.config.personas.get(call.asked)
+    if persona is not None and call.endpoint != "chat":
+        return Refusal(
+            Code.UNSUPPORTED_ENDPOINT,
+            f"{call.asked!r} is a persona, for chat only: its system prompt has no place in "
+            f"{call.endpoint}; ask for its model {persona.use!r}",
+            param="model",
+        )
+    named = gw.config.resolve(persona.use if persona is not None else call.asked)
+    canonical = named.name if named else None
+    # A persona: the key lists it, or the model or tier it uses.
+    allowed = may_use(call.key, call.asked, canonical) or (
+        persona is not None and may_use(call.key, persona.use, canonical)
+    )
+    if call.key is not None and not allowed:
         return Refusal(
             Code.MODEL_NOT_ALLOWED,
             f"API key {call.key.name!r} may not use {call.asked!r}; "
@@ -160,6 +173,7 @@ async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Re
 
     if not call.stream:
         return await serve()
-    return await stream_or_wait(
-        asyncio.ensure_future(serve()), {"x-modelyard-decision": attempt.id}
-    )
+    early = {"x-modelyard-decision": attempt.id}  # a stream that waits: its headers go first
+    if decision.persona:
+        early["x-modelyard-persona"] = decision.persona
+    return await stream_or_wait(asyncio.ensure_future(serve()), early)

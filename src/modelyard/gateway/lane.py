@@ -6,7 +6,8 @@ request-response wrapper and a wrapper on every ``send`` (each chunk of a stream
 100k of the 565k instructions a bare pass-through spends on a request (valgrind, see
 docs/benchmarks.md). The lane matches these paths itself and does what those layers
 would do for them: a handler's unexpected exception becomes a logged 500. Every other
-path, and any other method on these paths (405), goes to the Starlette app.
+path, and any other method on these paths (405), goes to the Starlette app; so does a path
+with parameters (``/v1/personas/{name}/think``), which only the router can match.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class OpenAILane:
 
     def __init__(self, app: Starlette, endpoints: Mapping[str, Endpoint]) -> None:
         self.app = app
-        self.endpoints = dict(endpoints)
+        # Exact paths only: a pattern's text ("{name}") is no path a request has.
+        self.endpoints = {p: e for p, e in endpoints.items() if "{" not in p}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = None

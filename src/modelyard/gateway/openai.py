@@ -1,4 +1,4 @@
-"""The OpenAI front-end: chat, completions, embeddings and the model list.
+"""The OpenAI front-end: chat, completions, embeddings, a persona's chat and the model list.
 
 It reads a request's body within its limits, checks what every engine needs, makes a
 :class:`~modelyard.gateway.dispatch.Call` of it and renders refusals in the OpenAI error
@@ -50,7 +50,12 @@ async def embeddings(request: Request) -> Response:
     return await _until_gone(request, "/embeddings")
 
 
-async def _until_gone(request: Request, path: str) -> Response:
+async def think(request: Request) -> Response:
+    """``POST /v1/personas/{name}/think``: a chat with ``model`` set to the persona."""
+    return await _until_gone(request, "/chat/completions", request.path_params["name"])
+
+
+async def _until_gone(request: Request, path: str, persona: str | None = None) -> Response:
     """Serve the request until it is answered or the client goes away, whichever is first.
 
     A client that disconnects while queued, while its model loads, while a non-streamed
@@ -79,7 +84,7 @@ async def _until_gone(request: Request, path: str) -> Response:
     watch = ClientWatch(request.receive, me)
     answer: Response | None = None
     try:
-        serving = _serve(request, gw, path, raw, began, me)
+        serving = _serve(request, gw, path, raw, began, me, persona)
         # The console's chat, kept in its conversation: requests without the header pay
         # for this look at the headers alone.
         kept = conversation_of(request.scope) if path == "/chat/completions" else None
@@ -99,13 +104,21 @@ async def _until_gone(request: Request, path: str) -> Response:
 
 
 async def _serve(
-    request: Request, gw: Gateway, path: str, raw: bytes, began: float, me: asyncio.Task[Any]
+    request: Request,
+    gw: Gateway,
+    path: str,
+    raw: bytes,
+    began: float,
+    me: asyncio.Task[Any],
+    persona: str | None = None,
 ) -> Response:
     key = request.scope.get("state", {}).get("api_key")
-    parsed = _parse(raw, gw)
+    parsed = _parse(raw, gw, persona)
     if isinstance(parsed, Refusal):
         return _refused(gw, path, began, key, parsed)
     body, asked = parsed
+    if persona is not None:
+        raw = orjson.dumps(body)  # the body names the persona now
     head = request.scope.get(HEAD_KEY)  # counted by the connection as it read them
     if head is None:
         listed = request.scope["headers"]
@@ -133,14 +146,25 @@ def _refused(gw: Gateway, path: str, began: float, key: Any, refusal: Refusal) -
     return openai_error(refusal)
 
 
-def _parse(raw: bytes, gw: Gateway) -> tuple[dict[str, Any], str] | Refusal:
-    """The body as a dict and the model asked for, or the 400 that says what is wrong."""
+def _parse(
+    raw: bytes, gw: Gateway, persona: str | None = None
+) -> tuple[dict[str, Any], str] | Refusal:
+    """The body as a dict and the model asked for (``persona``, when the path names one),
+    or the refusal that says what is wrong."""
+    if persona is not None and persona not in gw.config.personas:
+        return Refusal(
+            Code.PERSONA_NOT_FOUND,
+            f"persona {persona!r} does not exist; personas: "
+            + (", ".join(gw.config.personas) or "none"),
+        )
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return Refusal(None, f"the request body is not valid JSON: {exc}", status=400)
     if not isinstance(body, dict):
         return Refusal(None, "the request body must be a JSON object", status=400)
+    if persona is not None:
+        body["model"] = persona  # whatever the body said, the path names the persona
     asked = body.get("model")
     if not isinstance(asked, str) or not asked:
         return Refusal(
@@ -173,6 +197,7 @@ routes = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/v1/personas/{name}/think", think, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
 ]
