@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from modelyard.config import Config
-from modelyard.engine_log import LOG_LINES, SSE_HEADERS, follow_asked, sse_stream
+from modelyard.engine_log import LINES_WANTED, SSE_HEADERS, log_query, sse_stream
 from modelyard.errors import Code, StartError
 from modelyard.gateway.errors import error_response
 from modelyard.nodes import LocalNode
@@ -130,13 +130,9 @@ def create_agent_app(config: Config, node: str) -> Starlette:
         name = model_of(request)
         if isinstance(name, Response):
             return name
-        follow = follow_asked(request.query_params.get("follow"))
-        try:
-            lines = int(request.query_params.get("lines", "100" if follow else "200"))
-        except ValueError:
-            lines = 0
-        if not 1 <= lines <= LOG_LINES:
-            return error_response(400, f"`lines` must be from 1 to {LOG_LINES}", param="lines")
+        follow, lines = log_query(request.query_params)
+        if lines is None:
+            return error_response(400, LINES_WANTED, param="lines")
         if follow:  # the last lines, then each new one as SSE (engine_log), until the gateway goes
             stream = agent.node.follow_logs(name, lines)
             await anext(stream)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +143,21 @@ async def follow_lines(log: InstanceLog, lines: int) -> AsyncGenerator[LogItem, 
 def follow_asked(value: str | None) -> bool:
     """Whether ``?follow=`` asks for a live stream (``1``, ``true``, ``yes``, ``on``)."""
     return (value or "").lower() in ("1", "true", "yes", "on")
+
+
+LINES_WANTED = f"`lines` must be a whole number from 1 to {LOG_LINES}, e.g. ?lines=200"
+
+
+def log_query(query: Mapping[str, str]) -> tuple[bool, int | None]:
+    """What a logs request asks (on the gateway and on an agent): whether to follow, and
+    how many of the last lines (default 100 to follow, else 200); None: not 1..LOG_LINES
+    (answer ``LINES_WANTED``)."""
+    follow = follow_asked(query.get("follow"))
+    try:
+        lines = int(query.get("lines", "100" if follow else "200"))
+    except ValueError:
+        return follow, None
+    return follow, lines if 1 <= lines <= LOG_LINES else None
 
 
 def shown(line: str) -> str:

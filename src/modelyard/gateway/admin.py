@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from modelyard.config import ConfigError, load_config
-from modelyard.engine_log import LOG_LINES, SSE_HEADERS, follow_asked, sse_stream
+from modelyard.engine_log import LINES_WANTED, SSE_HEADERS, log_query, sse_stream
 from modelyard.errors import (
     AgentError,
     BodyStalled,
@@ -112,16 +112,9 @@ async def logs(request: Request) -> Response:
     if isinstance(found, Response):
         return found
     gw, name = found
-    follow = follow_asked(request.query_params.get("follow"))
-    try:
-        lines = int(request.query_params.get("lines", "100" if follow else "200"))
-    except ValueError:
-        lines = 0
-    if not 1 <= lines <= LOG_LINES:
-        return error_response(
-            400, f"`lines` must be a whole number from 1 to {LOG_LINES}, e.g. ?lines=200",
-            param="lines",
-        )  # fmt: skip
+    follow, lines = log_query(request.query_params)
+    if lines is None:
+        return error_response(400, LINES_WANTED, param="lines")
     node = gw.nodes[gw.config.node_of(name)]
     if follow:
         stream = node.follow_logs(name, lines)
