@@ -67,8 +67,12 @@ class Timeouts(Strict):
         return self.model_copy(update=own.model_dump(exclude_none=True))
 
 
-Endpoint = Literal["chat", "completions", "embeddings"]
-ENDPOINTS: frozenset[str] = frozenset(("chat", "completions", "embeddings"))
+Endpoint = Literal["chat", "completions", "embeddings", "speech", "transcriptions"]
+ENDPOINTS: frozenset[str] = frozenset(
+    ("chat", "completions", "embeddings", "speech", "transcriptions")
+)
+# What a model serves when neither ``serves`` nor its engine says: the text endpoints.
+TEXT_ENDPOINTS: frozenset[str] = frozenset(("chat", "completions", "embeddings"))
 
 
 class ModelBase(Strict):
@@ -100,7 +104,8 @@ class ModelBase(Strict):
     timeouts: ModelTimeouts = Field(default_factory=ModelTimeouts)
     serves: list[Endpoint] | None = Field(
         None,
-        description="OpenAI endpoints it serves (chat, completions, embeddings); default: its "
+        description="OpenAI endpoints it serves (chat, completions, embeddings, speech, "
+        "transcriptions); default: its "
         "engine's (llama.cpp: chat and completions, or embeddings alone with --embeddings).",
     )
     harmony: bool = Field(
@@ -113,8 +118,8 @@ class ModelBase(Strict):
 
     @property
     def endpoints(self) -> frozenset[str]:
-        """The endpoints it serves: ``serves``, else every one (its engine does not say)."""
-        return frozenset(self.serves) if self.serves else ENDPOINTS
+        """The endpoints it serves: ``serves``, else every text one (its engine does not say)."""
+        return frozenset(self.serves) if self.serves else TEXT_ENDPOINTS
 
     @property
     def window(self) -> int | None:

@@ -33,6 +33,10 @@ def shape_problem(path: str, body: dict[str, Any]) -> tuple[str, str] | None:
         given = body.get("input")
         if not isinstance(given, str | list) or (isinstance(given, list) and not given):
             return "`input` is required: a string or a list of strings or tokens", "input"
+    if path == "/audio/speech":
+        given = body.get("input")
+        if not isinstance(given, str) or not given.strip():
+            return "`input` is required: the text to speak, a non-empty string", "input"
     return None
 
 

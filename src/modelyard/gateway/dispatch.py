@@ -38,8 +38,8 @@ _TRUE = {"1", "true", "yes", "on"}
 class Call:
     """One request in no protocol's terms: what dispatch needs, nothing more."""
 
-    path: str  # where it goes upstream: /chat/completions, /completions, /embeddings
-    endpoint: str  # what routing and ``serves`` call it: chat, completions, embeddings
+    path: str  # where it goes upstream: /chat/completions, /embeddings, /audio/speech, ...
+    endpoint: str  # what routing and ``serves`` call it: chat, embeddings, speech, ...
     asked: str  # the model, alias, tier or ``auto`` the client named
     body: dict[str, Any]  # the body to forward (a front-end translates into it)
     raw: bytes | None  # the body's bytes if it goes upstream as it came
@@ -50,6 +50,7 @@ class Call:
     key: ApiKey | None
     began: float  # monotonic: its body was read
     owner: asyncio.Task[Any]  # the request's task: it holds the places it is granted
+    content_type: str = "application/json"  # of ``raw`` (multipart: an audio upload)
 
     @property
     def key_name(self) -> str | None:
@@ -160,6 +161,7 @@ async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Re
                     headers=attempt.headers(name, lease.instance.id),
                     limits=limits_for(gw.config, name, deadline),
                     done=finish,
+                    content_type=call.content_type,
                     rewrite=HarmonyStream() if harmony else None,
                 )
             except UpstreamUnavailable as exc:

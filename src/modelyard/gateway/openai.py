@@ -1,4 +1,5 @@
-"""The OpenAI front-end: chat, completions, embeddings, a persona's chat and the model list.
+"""The OpenAI front-end: chat, completions, embeddings, a persona's chat, audio (speech,
+transcriptions: :mod:`modelyard.gateway.audio`) and the model list.
 
 It reads a request's body within its limits, checks what every engine needs, makes a
 :class:`~modelyard.gateway.dispatch.Call` of it and renders refusals in the OpenAI error
@@ -18,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from modelyard.errors import BodyStalled, BodyTooLarge, Code, Refusal
-from modelyard.gateway import dispatch
+from modelyard.gateway import audio, dispatch
 from modelyard.gateway.attempt import rejected
 from modelyard.gateway.body import CLOSE, read_body
 from modelyard.gateway.capture import capture, conversation_of
@@ -35,6 +36,7 @@ _ENDPOINTS = {
     "/chat/completions": "chat",
     "/completions": "completions",
     "/embeddings": "embeddings",
+    "/audio/speech": "speech",
 }
 
 
@@ -48,6 +50,16 @@ async def completions(request: Request) -> Response:
 
 async def embeddings(request: Request) -> Response:
     return await _until_gone(request, "/embeddings")
+
+
+async def speech(request: Request) -> Response:
+    """``POST /v1/audio/speech``: JSON in; the audio streams back as the worker writes it."""
+    return await _until_gone(request, "/audio/speech")
+
+
+async def transcriptions(request: Request) -> Response:
+    """``POST /v1/audio/transcriptions``: a multipart upload, forwarded as it came."""
+    return await _until_gone(request, audio.PATH)
 
 
 async def think(request: Request) -> Response:
@@ -84,7 +96,10 @@ async def _until_gone(request: Request, path: str, persona: str | None = None) -
     watch = ClientWatch(request.receive, me)
     answer: Response | None = None
     try:
-        serving = _serve(request, gw, path, raw, began, me, persona)
+        if path == audio.PATH:
+            serving = audio.transcribe(request, gw, path, raw, began, me)
+        else:
+            serving = _serve(request, gw, path, raw, began, me, persona)
         # The console's chat, kept in its conversation: requests without the header pay
         # for this look at the headers alone.
         kept = conversation_of(request.scope) if path == "/chat/completions" else None
@@ -125,8 +140,9 @@ async def _serve(
         head = (len(listed), sum(len(k) + len(v) + 4 for k, v in listed))
     endpoint = _ENDPOINTS[path]
     found = features(body, request.headers, gw.routing_headers, endpoint, *head)
+    stream = body.get("stream") is True and endpoint != "speech"  # audio: never wrapped
     call = Call(
-        path, endpoint, asked, body, raw, body.get("stream") is True,
+        path, endpoint, asked, body, raw, stream,
         request.headers, found, apply_edits, key, began, me,
     )  # fmt: skip
     decision = dispatch.decide(gw, call)
@@ -197,6 +213,8 @@ routes = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/v1/audio/speech", speech, methods=["POST"]),
+    Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
     Route("/v1/personas/{name}/think", think, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
