@@ -317,7 +317,11 @@ def test_priority_serves_interactive_keys_before_batch_ones(serve: Any, tmp_path
                 return asyncio.ensure_future(
                     c.post(
                         "/v1/chat/completions",
-                        json=_chat("slow", {"tag": tag, "first_byte": 0.3}),
+                        # The first holds the one slot long enough for every other request
+                        # to be queued behind it, however slow a shared machine is.
+                        json=_chat(
+                            "slow", {"tag": tag, "first_byte": 2.0 if tag == "busy" else 0.3}
+                        ),
                         headers={"Authorization": f"Bearer {key}", **headers},
                     )
                 )
