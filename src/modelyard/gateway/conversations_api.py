@@ -52,6 +52,15 @@ def _store(request: Request) -> Conversations:
     return gw.conversations
 
 
+def _target(request: Request) -> tuple[Conversations, str, str] | Response:
+    """The store, the asking key's name and the conversation's id, or the 404 of an id
+    that cannot be one."""
+    id = request.path_params["id"]
+    if not ID.fullmatch(id):
+        return not_found(id)
+    return _store(request), _owner(request), id
+
+
 def not_found(id: str) -> Response:
     shown = id if ID.fullmatch(id) else "(not an id)"
     return openai_error(Refusal(Code.CONVERSATION_NOT_FOUND, f"no conversation {shown}"))
@@ -142,17 +151,17 @@ def _cursor(given: str | None) -> tuple[float, str] | None:
 
 async def one(request: Request) -> Response:
     """GET: the conversation with its messages; PATCH: change it; DELETE: delete it."""
-    store, owner, id = _store(request), _owner(request), request.path_params["id"]
-    if not ID.fullmatch(id):
-        return not_found(id)
+    target = _target(request)
+    if isinstance(target, Response):
+        return target
+    store, owner, id = target
     if request.method == "GET":
         # ?after=SEQ: only the messages after it (a client that has the rest).
         after = request.query_params.get("after", "0")
-        if not (after.isascii() and after.isdigit() and len(after) <= 10):
-            return error_response(
-                400, f"`after` must be a message's seq, a whole number; got {after[:20]!r}",
-                param="after",
-            )  # fmt: skip
+        if not _whole(after):
+            return _invalid(
+                f"`after` must be a message's seq, a whole number; got {after[:20]!r}", "after"
+            )
         found = await store.get(owner, id, int(after))
     elif request.method == "PATCH":
         patch = await _body(request, ConversationPatch)
@@ -193,9 +202,10 @@ async def export(request: Request) -> Response:
 
 async def messages(request: Request) -> Response:
     """POST: add a user or system message; DELETE ``?from=SEQ``: delete it and all after."""
-    store, owner, id = _store(request), _owner(request), request.path_params["id"]
-    if not ID.fullmatch(id):
-        return not_found(id)
+    target = _target(request)
+    if isinstance(target, Response):
+        return target
+    store, owner, id = target
     if request.method == "POST":
         new = await _body(request, NewMessage)
         if isinstance(new, Response):
