@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modelyard.config import Access, ApiKey
 from modelyard.errors import Code, Refusal
 from modelyard.gateway.body import CLOSE, LimitedReceive
+from modelyard.gateway.connection import head_value
 from modelyard.gateway.errors import error_response, openai_error
 from modelyard.gateway.session import (
     SECURITY,
@@ -53,7 +54,8 @@ class AccessGuard:
         if scope["type"] != "http" or (scope["path"] in OPEN_PATHS and not scope["query_string"]):
             await self.app(scope, receive, send)  # asking for a model by name needs a key
             return
-        length = _content_length(scope)
+        declared = head_value(scope, b"content-length")
+        length = declared.decode("latin-1") if declared is not None else None
         if length is None:  # chunked, or no body: bounded while it is read
             receive = LimitedReceive(receive, self.max_body)
         elif length.isdigit() and int(length) > self.max_body:
@@ -74,7 +76,8 @@ class AccessGuard:
                     await denied(scope, receive, send)
                     return
                 scope.setdefault("state", {})["api_key"] = key
-        elif scope["method"] in UNSAFE and _from_browser(scope):
+        elif scope["method"] in UNSAFE and head_value(scope, b"origin", b"sec-fetch-site"):
+            # Only browsers send those on their own: an SDK's or curl's request is never one.
             if cross_site(scope, _headers(scope), strict=False):
                 await openai_error(_CROSS_SITE)(scope, receive, send)
                 return
@@ -156,21 +159,5 @@ _CROSS_SITE = Refusal(
 )
 
 
-def _from_browser(scope: Scope) -> bool:
-    """Whether the request has a header only browsers send on their own (a cheap scan)."""
-    for name, _ in scope["headers"]:
-        if name == b"origin" or name == b"sec-fetch-site":
-            return True
-    return False
-
-
 def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-
-
-def _content_length(scope: Scope) -> str | None:
-    """The declared body size, without decoding every header."""
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return str(value.decode("latin-1"))
-    return None

@@ -27,6 +27,7 @@ from starlette.types import Scope
 
 from modelyard.config import ApiKey
 from modelyard.conversations import ID, Answer, Conversations, Rejected
+from modelyard.gateway.connection import head_value
 from modelyard.gateway.conversations_api import not_found
 from modelyard.gateway.errors import openai_error
 from modelyard.gateway.proxy import ProxyStream
@@ -37,10 +38,8 @@ HEADER = b"x-modelyard-conversation"
 
 def conversation_of(scope: Scope) -> str | None:
     """The ``x-modelyard-conversation`` header's value, if the request has one."""
-    for name, value in scope["headers"]:
-        if name == HEADER:
-            return str(value.decode("latin-1"))
-    return None
+    value = head_value(scope, HEADER)
+    return value.decode("latin-1") if value is not None else None
 
 
 def last_user_text(raw: bytes) -> str | None:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import httptools
 import orjson
 import uvicorn
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelyard.config.schema import Access
@@ -238,6 +238,15 @@ class _Linger(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._timer.cancel()
         self._owner.connection_lost(exc)
+
+
+def head_value(scope: Scope, *names: bytes) -> bytes | None:
+    """The value of the first header named one of ``names`` (lower-case bytes, as ASGI
+    gives them), read from the raw list: no dict of every header built for one look."""
+    for name, value in scope["headers"]:
+        if name in names:
+            return bytes(value)
+    return None
 
 
 def _peer(client: tuple[str, int] | None) -> str:
