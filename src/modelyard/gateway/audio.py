@@ -20,7 +20,7 @@ from starlette.responses import Response
 from modelyard.errors import Refusal
 from modelyard.gateway import dispatch
 from modelyard.gateway.attempt import rejected
-from modelyard.gateway.connection import HEAD_KEY
+from modelyard.gateway.connection import head_size
 from modelyard.gateway.dispatch import Call
 from modelyard.gateway.errors import openai_error
 from modelyard.gateway.state import Gateway
@@ -109,10 +109,7 @@ async def transcribe(
         )
         rejected(gw, path, "", began, key.name if key else None, refusal)
         return openai_error(refusal)
-    head = request.scope.get(HEAD_KEY)
-    if head is None:
-        listed = request.scope["headers"]
-        head = (len(listed), sum(len(k) + len(v) + 4 for k, v in listed))
+    head = head_size(request.scope)
     body = {"model": asked}
     found = features(body, request.headers, gw.routing_headers, "transcriptions", *head)
     call = Call(

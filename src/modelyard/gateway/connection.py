@@ -240,6 +240,16 @@ class _Linger(asyncio.Protocol):
         self._owner.connection_lost(exc)
 
 
+def head_size(scope: Scope) -> tuple[int, int]:
+    """How many headers the request has and their bytes: counted by the connection as it
+    read them, else (another server, a test's ASGI call) counted here."""
+    counted: tuple[int, int] | None = scope.get(HEAD_KEY)
+    if counted is not None:
+        return counted
+    listed = scope["headers"]
+    return len(listed), sum(len(k) + len(v) + 4 for k, v in listed)
+
+
 def head_value(scope: Scope, *names: bytes) -> bytes | None:
     """The value of the first header named one of ``names`` (lower-case bytes, as ASGI
     gives them), read from the raw list: no dict of every header built for one look."""

@@ -23,7 +23,7 @@ from modelyard.gateway import audio, dispatch
 from modelyard.gateway.attempt import rejected
 from modelyard.gateway.body import CLOSE, read_body
 from modelyard.gateway.capture import capture, conversation_of
-from modelyard.gateway.connection import HEAD_KEY
+from modelyard.gateway.connection import head_size
 from modelyard.gateway.dispatch import Call
 from modelyard.gateway.errors import openai_error
 from modelyard.gateway.proxy import ProxyStream
@@ -134,10 +134,7 @@ async def _serve(
     body, asked = parsed
     if persona is not None:
         raw = orjson.dumps(body)  # the body names the persona now
-    head = request.scope.get(HEAD_KEY)  # counted by the connection as it read them
-    if head is None:
-        listed = request.scope["headers"]
-        head = (len(listed), sum(len(k) + len(v) + 4 for k, v in listed))
+    head = head_size(request.scope)
     endpoint = _ENDPOINTS[path]
     found = features(body, request.headers, gw.routing_headers, endpoint, *head)
     stream = body.get("stream") is True and endpoint != "speech"  # audio: never wrapped
