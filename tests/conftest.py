@@ -6,6 +6,7 @@ tests speak to it with the official ``openai`` SDK.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -146,6 +147,13 @@ def write_config(tmp: Path, models: str, scheduler: str = "") -> Path:
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Any]:
     """Start a gateway on a config; stops it afterwards and checks no engine is left."""
+    with gateways(tmp_path) as start:
+        yield start
+
+
+@contextlib.contextmanager
+def gateways(tmp_path: Path) -> Iterator[Callable[[Path], ServedGateway]]:
+    """``serve`` for any scope: gateways started in it are stopped when it ends."""
     started: list[ServedGateway] = []
 
     def start(config: Path) -> ServedGateway:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -68,6 +69,7 @@ class ClusterWatch:
             self.publish_sample()
             self.scheduler.poke()
             self.scheduler.audit()
+            self.scheduler.gpu_leases.audit(time.monotonic())
 
     async def _probe(self) -> None:
         """Is each URL-served model's URL answering? Routing skips the ones that are not."""

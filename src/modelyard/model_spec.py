@@ -67,9 +67,9 @@ class Timeouts(Strict):
         return self.model_copy(update=own.model_dump(exclude_none=True))
 
 
-Endpoint = Literal["chat", "completions", "embeddings", "speech", "transcriptions"]
+Endpoint = Literal["chat", "completions", "embeddings", "speech", "transcriptions", "translations"]
 ENDPOINTS: frozenset[str] = frozenset(
-    ("chat", "completions", "embeddings", "speech", "transcriptions")
+    ("chat", "completions", "embeddings", "speech", "transcriptions", "translations")
 )
 # What a model serves when neither ``serves`` nor its engine says: the text endpoints.
 TEXT_ENDPOINTS: frozenset[str] = frozenset(("chat", "completions", "embeddings"))
@@ -83,6 +83,11 @@ class ModelBase(Strict):
     ttl: Seconds = Field(0.0, description="Idle time before the instance is stopped; 0 = never.")
     pinned: bool = Field(False, description="Never stopped to make room for another model.")
     swap_group: str | None = Field(None, description="Members of a group never run together.")
+    serial: str | None = Field(
+        None,
+        description="A GPU lease's name: models with the same one take turns, each request "
+        "of one waiting (in arrival order) while another's generates.",
+    )
     start_timeout: Seconds | None = None
     description: str = ""
     # Where it may run (docs/config.md, "Placement").
@@ -105,7 +110,7 @@ class ModelBase(Strict):
     serves: list[Endpoint] | None = Field(
         None,
         description="OpenAI endpoints it serves (chat, completions, embeddings, speech, "
-        "transcriptions); default: its "
+        "transcriptions, translations); default: its "
         "engine's (llama.cpp: chat and completions, or embeddings alone with --embeddings).",
     )
     harmony: bool = Field(
@@ -140,6 +145,11 @@ class ModelBase(Strict):
     def context_size(self) -> int | None:
         """The context (tokens) its server allocates in all, for the memory estimate."""
         return None
+
+    @property
+    def voices(self) -> tuple[str, ...]:
+        """The voices it speaks with (a text-to-speech model), known without starting it."""
+        return ()
 
     def unserved_hint(self, endpoint: str) -> str:
         """How to make it serve ``endpoint``, for the refusal that says it does not."""

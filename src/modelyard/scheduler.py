@@ -25,6 +25,7 @@ from modelyard.engines.base import Upstream
 from modelyard.errors import Code, Refused, StartError
 from modelyard.events import Hub
 from modelyard.facts import inventory, model_facts
+from modelyard.gpu_lease import GpuLeases
 from modelyard.instance import Instance, Lease, orphaned
 from modelyard.lifecycle import (
     Action,
@@ -76,6 +77,7 @@ class Scheduler:
         # engine's exit, an admin command), applied by the loop in order before it decides.
         self._inbox: deque[Callable[[], None]] = deque()
         self._rules: dict[str, ModelFacts] | None = None
+        self.gpu_leases = GpuLeases()  # taken by requests after their slot (gpu_lease.py)
         self.apply_config(config)
 
     def apply_config(

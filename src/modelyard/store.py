@@ -73,7 +73,9 @@ CREATE TABLE IF NOT EXISTS request_log (
     wait_s REAL,
     ttft_s REAL,
     duration_s REAL NOT NULL,
-    error TEXT
+    error TEXT,
+    audio_s REAL,
+    chars INTEGER
 );
 CREATE INDEX IF NOT EXISTS request_log_at ON request_log(at);
 CREATE TABLE IF NOT EXISTS engines (
@@ -158,8 +160,13 @@ class RequestRow(NamedTuple):
     ttft_s: float | None  # arrival to the first byte of the answer
     duration_s: float
     error: str | None
+    # Speech in place of tokens: the seconds of audio transcribed, the characters spoken.
+    audio_s: float | None = None
+    chars: int | None = None
 
 
+# Columns added since the table was first made: a store written before has them added.
+_ADDED = {"audio_s": "REAL", "chars": "INTEGER"}
 _ROW: tuple[str, ...] = RequestRow._fields  # the table's columns, in this order
 
 
@@ -194,6 +201,10 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(request_log)")}
+        for column, kind in _ADDED.items():
+            if column not in have:
+                self.db.execute(f"ALTER TABLE request_log ADD COLUMN {column} {kind}")
         # Request rows are written from a worker thread, through a connection of their own.
         self._writer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._pending: list[tuple[Any, ...]] = []

@@ -94,10 +94,12 @@ class Telemetry:
         self._models, self._rules = models, rules
         self.requests: dict[tuple[str, str], int] = {}  # (model, outcome)
         self.tokens: dict[tuple[str, str], int] = {}  # (model, direction)
+        self.speech: dict[tuple[str, str], float] = {}  # (model, unit): speech's usage
         self.decisions: dict[str, int] = {}  # rule
         self.ttft: dict[str, _Histogram] = {}  # model
         self.rate: dict[str, _Histogram] = {}  # model
         self.overhead = _Histogram(_OVERHEAD)
+        self.lease_wait: dict[str, _Histogram] = {}  # GPU lease (config names only)
         self.registry = CollectorRegistry()
         self.registry.register(_Counted(self))
         self.registry.register(_Live(scheduler, nodes))
@@ -120,12 +122,22 @@ class Telemetry:
             generating = row.duration_s - row.ttft_s
             if row.tokens_out and row.stream and generating > 0:
                 _histogram(self.rate, model, _RATE).observe(row.tokens_out / generating)
+        if row.audio_s:
+            key = (model, "audio_seconds")
+            self.speech[key] = self.speech.get(key, 0.0) + row.audio_s
+        if row.chars:
+            key = (model, "characters")
+            self.speech[key] = self.speech.get(key, 0.0) + row.chars
         if row.tokens_in:
             key = (model, "in")
             self.tokens[key] = self.tokens.get(key, 0) + row.tokens_in
         if row.tokens_out:
             key = (model, "out")
             self.tokens[key] = self.tokens.get(key, 0) + row.tokens_out
+
+    def observe_lease_wait(self, lease: str, seconds: float) -> None:
+        """A request's wait for its turn on a GPU lease (0 when it was free)."""
+        _histogram(self.lease_wait, lease, _LATENCY).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -156,6 +168,12 @@ class _Counted(Collector):
         )
         for (model, direction), n in sorted(t.tokens.items()):
             tokens.add_metric([model, direction], n)
+        speech = CounterMetricFamily(
+            "modelyard_speech", "Speech's usage: seconds of audio transcribed, characters "
+            "spoken.", labels=["model", "unit"],
+        )  # fmt: skip
+        for (model, unit), amount in sorted(t.speech.items()):
+            speech.add_metric([model, unit], amount)
         decisions = CounterMetricFamily(
             "modelyard_decisions", "Routing decisions by the policy rule that held.",
             labels=["rule"],
@@ -179,13 +197,21 @@ class _Counted(Collector):
             "for a slot or a load excluded).",
         )
         overhead.add_metric([], t.overhead.buckets(), t.overhead.sum)
-        yield from (requests, tokens, decisions, ttft, rate, overhead)
+        lease_wait = _by_model(
+            "modelyard_gpu_lease_wait_seconds",
+            "Time a request waited for its turn on a serial GPU (a GPU lease), after its slot.",
+            t.lease_wait,
+            "lease",
+        )
+        yield from (requests, tokens, speech, decisions, ttft, rate, overhead, lease_wait)
 
 
-def _by_model(name: str, doc: str, histograms: dict[str, _Histogram]) -> HistogramMetricFamily:
-    family = HistogramMetricFamily(name, doc, labels=["model"])
-    for model, h in sorted(histograms.items()):
-        family.add_metric([model], h.buckets(), h.sum)
+def _by_model(
+    name: str, doc: str, histograms: dict[str, _Histogram], label: str = "model"
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=[label])
+    for value, h in sorted(histograms.items()):
+        family.add_metric([value], h.buckets(), h.sum)
     return family
 
 
@@ -230,6 +256,13 @@ class _Live(Collector):
             restarts.add_metric([name], inst.restarts)
             leaks.add_metric([name], sched.leaks.get(name, 0))
         yield from (state, slots, queue, restarts, leaks)
+        lines = GaugeMetricFamily(
+            "modelyard_gpu_lease_waiting", "Requests waiting for their turn on a GPU lease.",
+            labels=["lease"],
+        )  # fmt: skip
+        for lease in sched.gpu_leases.view(0.0):
+            lines.add_metric([lease["lease"]], len(lease["waiting"]))
+        yield lines
         yield from _node_metrics(self._nodes())
 
 

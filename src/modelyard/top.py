@@ -39,7 +39,27 @@ def frame(status: dict[str, Any], requests: list[dict[str, Any]]) -> RenderableT
         f"{format_duration(status.get('uptime_s', 0))} · {time.strftime('%H:%M:%S')}",
         style="bold",
     )
-    return Group(head, _nodes(status["nodes"]), _instances(status["models"]), _recent(requests))
+    parts: list[RenderableType] = [head, _nodes(status["nodes"]), _instances(status["models"])]
+    if status.get("gpu_leases"):  # only while a serial GPU is in use or waited for
+        parts.append(_leases(status["gpu_leases"]))
+    return Group(*parts, _recent(requests))
+
+
+def _leases(leases: list[dict[str, Any]]) -> Table:
+    table = Table(title="GPU leases", title_justify="left", box=None, pad_edge=False)
+    for col in ("LEASE", "HELD BY", "REQUESTS", "FOR", "WAITING", "LONGEST WAIT"):
+        table.add_column(col)
+    for lease in leases:
+        held, waited = lease.get("held_s"), lease.get("longest_wait_s")
+        table.add_row(
+            lease["lease"],
+            lease.get("holder") or "",
+            str(lease.get("holding", 0)),
+            "" if held is None else format_duration(held),
+            ", ".join(lease.get("waiting", [])),
+            "" if waited is None else format_duration(waited),
+        )
+    return table
 
 
 def _nodes(nodes: list[dict[str, Any]]) -> Table:

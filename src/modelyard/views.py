@@ -176,6 +176,7 @@ def status_view(
         "nodes": [node_view(node, config) for node in nodes.values()],
         "models": [model_view(sched, n) for n in config.models],
         "slot_audit": sched.audit(),
+        "gpu_leases": sched.gpu_leases.view(time.monotonic()),
         "event_subscribers": subscribers,
         "log_followers": log_followers(nodes),
         "events": events,

@@ -56,6 +56,40 @@ def with_persona(block: str) -> str:
 
 # --- the config ------------------------------------------------------------------------------
 
+SPEAKING = """\
+models:
+  chat: {engine: command, command: [server, "{port}"]}
+  voice: {engine: speech, tts: hibari}
+  ears: {engine: speech, stt: whisper-tiny.en}
+personas:
+  jarvis: {use: chat, voice: voice, ears: ears}
+  leonardo: {use: chat, voice: {model: voice, voice: heart}}
+"""
+
+
+def test_a_persona_speaks_and_listens_through_speech_models() -> None:
+    cfg = parse(SPEAKING)
+    jarvis, leonardo = cfg.personas["jarvis"], cfg.personas["leonardo"]
+    assert jarvis.voice is not None and jarvis.voice.model == "voice"
+    assert jarvis.voice.voice is None and jarvis.ears == "ears"
+    assert leonardo.voice is not None and leonardo.voice.voice == "heart"
+    assert leonardo.ears is None
+
+
+@pytest.mark.parametrize(
+    ("persona", "key", "says"),
+    [
+        ("{use: chat, voice: {model: voice, voice: alloy}}", "personas.x.voice",
+         "'voice' has no voice 'alloy'; it has: heart"),
+        ("{use: chat, voice: ears}", "personas.x.voice", "set models.ears.tts"),
+        ("{use: chat, ears: voice}", "personas.x.ears", "set models.voice.stt"),
+    ],
+)  # fmt: skip
+def test_a_persona_s_voice_and_ears_are_checked(persona: str, key: str, says: str) -> None:
+    found = errors(SPEAKING + f"  x: {persona}\n")
+    assert any(f": {key}: " in e and says in e for e in found), found
+
+
 
 def test_personas_read() -> None:
     jarvis = CFG.personas["jarvis"]
@@ -80,7 +114,10 @@ def test_personas_read() -> None:
         ("auto: {use: b}", "personas.auto", "`auto` is the policy's name"),
         ("'x y': {use: b}", "personas.x y", "a persona name is letters, digits"),
         ("x: {system: hi}", "personas.x.use", "required key is missing"),
-        ("x: {use: b, voice: alloy}", "personas.x.voice", "unknown key"),  # a later step
+        ("x: {use: b, voice: alloy}", "personas.x.voice", "'alloy' is not a model"),
+        ("x: {use: b, voice: b}", "personas.x.voice", "'b' does not serve speech"),
+        ("x: {use: b, voice: {model: b, tone: low}}", "personas.x.voice.tone", "unknown key"),
+        ("x: {use: b, ears: chat}", "personas.x.ears", "'chat' does not serve transcriptions"),
         ("x: {use: b, params: {temperature: 2.5}}", "personas.x.params.temperature", "2"),
         ("x: {use: b, params: {temperature: -1}}", "personas.x.params.temperature", "0"),
         ("x: {use: b, params: {top_p: 0}}", "personas.x.params.top_p", "greater than 0"),

@@ -1,13 +1,17 @@
-"""The ``speech`` engine: its config, the endpoints it serves, its command line; and the
-gateway's reading of a transcription form's ``model``."""
+"""The ``speech`` engine: its config, the endpoints and voices it serves, its command line; and
+the gateway's reading of a transcription form's ``model``."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+from typing import get_args
+
+import pytest
 
 from modelyard.config import Model
 from modelyard.engines.catalog import KINDS, engine_for
-from modelyard.engines.speech import SpeechEngine, SpeechModel
+from modelyard.engines.speech import _PACKAGES, VOICES, SpeechEngine, SpeechModel
 from modelyard.gateway.audio import form_field
 from tests.unit.test_engines import errors, model
 
@@ -46,11 +50,39 @@ def test_launch_with_one_engine() -> None:
     assert argv[-4:] == ["--stt", "whisper-tiny.en", "--threads", "1"]
 
 
+def test_launch_with_piper() -> None:
+    argv = speech("engine: speech\ntts: piper").launch(9).argv
+    assert argv[-4:] == ["--tts", "piper", "--threads", "1"]
+    assert "--stt" not in argv
+
+
 def test_endpoints_follow_its_engines() -> None:
     assert model("engine: speech\ntts: hibari").endpoints == {"speech"}
-    assert model("engine: speech\nstt: whisper-tiny.en").endpoints == {"transcriptions"}
+    assert model("engine: speech\ntts: piper").endpoints == {"speech"}
+    assert model("engine: speech\nstt: whisper-tiny.en").endpoints == {
+        "transcriptions",
+        "translations",
+    }
     both = model("engine: speech\ntts: hibari\nstt: whisper-tiny.en")
-    assert both.endpoints == {"speech", "transcriptions"}
+    assert both.endpoints == {"speech", "transcriptions", "translations"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "voices"),
+    [
+        ("tts: hibari", ("heart",)),
+        ("tts: piper\nstt: whisper-tiny.en", ("joe",)),
+        ("stt: whisper-tiny.en", ()),
+    ],
+)
+def test_voices_are_known_without_the_worker(spec: str, voices: tuple[str, ...]) -> None:
+    assert model(f"engine: speech\n{spec}").voices == voices
+
+
+def test_every_tts_engine_has_its_voices_and_packages() -> None:
+    tts = set(get_args(get_args(SpeechModel.model_fields["tts"].annotation)[0]))
+    assert tts == {"hibari", "piper"} and set(VOICES) == tts
+    assert tts | {"whisper-tiny.en"} == set(_PACKAGES)
 
 
 def test_text_models_do_not_serve_audio_by_default() -> None:
@@ -63,22 +95,37 @@ def test_text_models_do_not_serve_audio_by_default() -> None:
 
 def test_it_needs_an_engine() -> None:
     (message,) = errors("engine: speech")
-    assert "needs `tts: hibari`" in message and "stt: whisper-tiny.en" in message
+    assert "needs `tts: hibari` or `tts: piper`" in message and "stt: whisper-tiny.en" in message
 
 
 def test_unknown_engines_are_refused() -> None:
-    assert any("tts" in e for e in errors("engine: speech\ntts: piper"))
+    assert any("tts" in e for e in errors("engine: speech\ntts: espeak"))
     assert any("stt" in e for e in errors("engine: speech\nstt: whisper-large"))
 
 
-def test_the_installed_extra_is_no_problem() -> None:
-    assert speech("engine: speech\ntts: hibari\nstt: whisper-tiny.en").problem() is None
+@pytest.mark.parametrize("tts", ["hibari", "piper"])
+def test_the_installed_extra_is_no_problem(tts: str) -> None:
+    assert speech(f"engine: speech\ntts: {tts}\nstt: whisper-tiny.en").problem() is None
+
+
+def test_a_missing_package_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "piper" else real(name)
+    )
+    problem = speech("engine: speech\ntts: piper").problem()
+    assert problem is not None and "missing piper" in problem
+    assert speech("engine: speech\ntts: hibari").problem() is None
 
 
 def test_unserved_hint_says_what_to_set() -> None:
     ears = model("engine: speech\nstt: whisper-tiny.en", name="ears")
-    assert ears.unserved_hint("speech") == "set models.ears.tts (hibari) for speech"
-    assert "speech and" in ears.unserved_hint("chat")
+    assert ears.unserved_hint("speech") == "set models.ears.tts (hibari or piper) for speech"
+    assert "/v1/audio/translations only" in ears.unserved_hint("chat")
+    voice = model("engine: speech\ntts: piper", name="voice")
+    assert voice.unserved_hint("translations") == (
+        "set models.voice.stt (whisper-tiny.en) for translations"
+    )
 
 
 FORM = (

@@ -1,4 +1,5 @@
-"""The speech worker's pure parts: loudness, WAV header, subtitles, errors, word error rate."""
+"""The speech worker's pure parts: loudness, WAV header, subtitles, errors, word error rate,
+speed, the checks of its request bodies; and the 24 kHz of its ``pcm``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from modelyard.speech import formats
 from modelyard.speech.formats import Segment
+from modelyard.speech.params import ApiError, speech_request, temperature, too_large
 
 
 def rms(a: formats.Audio) -> float:
@@ -106,3 +108,86 @@ def test_error_body_is_openais_shape() -> None:
 )
 def test_word_error_rate(ref: str, hyp: str, wer: float) -> None:
     assert formats.word_error_rate(ref, hyp) == pytest.approx(wer)
+
+
+def test_verbose_json_names_its_task() -> None:
+    assert formats.verbose_json(SEGMENTS, "english", 4.0, "translate")["task"] == "translate"
+
+
+@pytest.mark.parametrize(("asked", "spoken"), [(0.25, 0.5), (1.0, 1.0), (1.5, 1.5), (4.0, 2.0)])
+def test_engine_speed_is_clamped(asked: float, spoken: float) -> None:
+    assert formats.engine_speed(asked) == spoken
+
+
+def test_pcm_is_24_khz_whatever_the_engine_rate() -> None:
+    pytest.importorskip("av")
+    from modelyard.speech.audio import Encoder
+
+    encoder = Encoder("pcm", 22050)  # piper's rate
+    tone = np.sin(np.arange(22050, dtype=np.float32) / 5).astype(np.float32)
+    out = encoder.encode(tone) + encoder.encode(np.zeros(0, np.float32))
+    out += encoder.encode(tone[:11025]) + encoder.finish()
+    # 1.5 s at 24 kHz, 16-bit: the resampler's state runs across the chunks, nothing lost.
+    assert len(out) == 2 * 36000
+    same = Encoder("pcm", formats.PCM_RATE)
+    assert same.encode(tone) + same.finish() == formats.to_pcm16(tone)
+
+
+GOOD = {"input": "Hello.", "voice": "joe"}
+
+
+def test_speech_request_defaults() -> None:
+    req = speech_request(GOOD, ("joe",))
+    assert (req.text, req.voice, req.fmt, req.speed, req.sse) == (
+        "Hello.",
+        "joe",
+        "mp3",
+        1.0,
+        False,
+    )
+    sse = speech_request({**GOOD, "voice": {"id": "joe"}, "stream_format": "sse"}, ("joe",))
+    assert sse.voice == "joe" and sse.sse
+
+
+@pytest.mark.parametrize(
+    ("change", "param", "mentions"),
+    [
+        ({"voice": "heart"}, "voice", "this worker has: joe"),
+        ({"voice": None}, "voice", "unknown voice"),
+        ({"input": " "}, "input", "non-empty"),
+        ({"input": "a" * 4097}, "input", "at most 4096"),
+        ({"response_format": "ogg"}, "response_format", "mp3, opus"),
+        ({"speed": True}, "speed", "0.25 to 4.0"),
+        ({"speed": 0.1}, "speed", "0.25 to 4.0"),
+        ({"stream_format": "ws"}, "stream_format", "'sse'"),
+    ],
+)
+def test_speech_request_refusals(change: dict[str, object], param: str, mentions: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        speech_request({**GOOD, **change}, ("joe",))
+    assert (caught.value.status, caught.value.param) == (400, param)
+    assert mentions in caught.value.message
+
+
+def test_speech_request_needs_an_object() -> None:
+    with pytest.raises(ApiError, match="JSON object"):
+        speech_request(["Hello."], ("joe",))
+
+
+@pytest.mark.parametrize(("raw", "value"), [(None, None), ("0", 0.0), ("0.4", 0.4), ("1", 1.0)])
+def test_temperature(raw: str | None, value: float | None) -> None:
+    assert temperature(raw) == value
+
+
+@pytest.mark.parametrize("raw", ["-0.1", "1.5", "warm", "nan"])
+def test_temperature_refusals(raw: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        temperature(raw)
+    assert caught.value.param == "temperature"
+
+
+def test_too_large_is_a_413_naming_the_limit() -> None:
+    e = too_large(50 << 20)
+    assert (e.status, e.param, e.code) == (413, "file", "request_too_large")
+    assert str(50 << 20) in e.message and str(formats.MAX_UPLOAD_BYTES) in e.message
+    assert "too large" in too_large(None).message

@@ -45,6 +45,53 @@ def _persona_problems(config: Config) -> list[tuple[Where, str]]:
             if persona.use in config.personas:
                 why += " (a persona may not use another persona)"
             problems.append(((*where, "use"), why))
+        if persona.voice is not None:
+            problems += _speaker_problems(
+                config, (*where, "voice"), persona.voice.model, persona.voice.voice
+            )
+        if persona.ears is not None:
+            problems += _serves(config, (*where, "ears"), persona.ears, "transcriptions")
+    return problems
+
+
+def _serves(config: Config, where: Where, name: str, endpoint: str) -> list[tuple[Where, str]]:
+    """``name`` is a model (or an alias of one) that serves ``endpoint``."""
+    model = config.resolve(name)
+    if model is None:
+        return [(where, f"{name!r} is not a model; models: {', '.join(config.models)}")]
+    if endpoint not in model.endpoints:
+        return [(where, f"{name!r} does not serve {endpoint}; {model.unserved_hint(endpoint)}")]
+    return []
+
+
+def _speaker_problems(
+    config: Config, where: Where, name: str, voice: str | None
+) -> list[tuple[Where, str]]:
+    """``name`` serves speech and, where its voices are known, has ``voice``."""
+    problems = _serves(config, where, name, "speech")
+    model = config.resolve(name)
+    if not problems and model is not None and voice is not None and model.voices:
+        if voice not in model.voices:
+            problems.append((where, f"{name!r} has no voice {voice!r}; it has: "
+                             + ", ".join(model.voices)))  # fmt: skip
+    return problems
+
+
+def _wyoming_problems(config: Config) -> list[tuple[Where, str]]:
+    spec = config.wyoming
+    if spec is None:
+        return []
+    problems: list[tuple[Where, str]] = []
+    if spec.tts is None and spec.stt is None:
+        problems.append((("wyoming",), "the listener needs `tts`, `stt` or both"))
+    if spec.tts is not None:
+        problems += _speaker_problems(config, ("wyoming", "tts"), spec.tts, spec.voice)
+    elif spec.voice is not None:
+        problems.append((("wyoming", "voice"), "a voice needs `tts`, the model it belongs to"))
+    if spec.stt is not None:
+        problems += _serves(config, ("wyoming", "stt"), spec.stt, "transcriptions")
+    if spec.key is not None and spec.key not in [k.name for k in config.access.keys]:
+        problems.append((("wyoming", "key"), f"no access key is named {spec.key!r}"))
     return problems
 
 
@@ -113,6 +160,7 @@ def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
         )
     problems += _policy_problems(config)
     problems += _persona_problems(config)
+    problems += _wyoming_problems(config)
     names = [k.name for k in config.access.keys]
     for i, key in enumerate(config.access.keys):
         if names.count(key.name) > 1:

@@ -106,6 +106,10 @@ class Node(Strict):
     )
     default_mode: str | None = None
     reserve: Bytes = Field(0, description="Memory kept free on each GPU (a desktop, a game).")
+    serial_gpus: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list,
+        description="GPUs whose models take turns: while one generates, the others wait.",
+    )
     state_dir: Path | None = Field(None, description="The agent's state; default: state_dir/NAME.")
 
     @model_validator(mode="after")
@@ -121,6 +125,12 @@ class Node(Strict):
             indices = [g.index for g in self.gpus]
             if len(set(indices)) != len(indices):
                 raise ValueError("two declared GPUs have the same index")
+            unknown = sorted(set(self.serial_gpus) - set(indices))
+            if unknown:
+                raise ValueError(
+                    f"serial_gpus names GPU {unknown[0]}, which is not declared "
+                    f"(declared: {', '.join(map(str, indices)) or 'none'})"
+                )
         return self
 
     @property
@@ -275,13 +285,46 @@ class PersonaParams(Strict):
     reasoning_effort: Literal["low", "medium", "high"] | None = None
 
 
+class PersonaVoice(Strict):
+    """How a persona speaks: a text-to-speech model and one of its voices."""
+
+    model: str = Field(description="A model that serves speech.")
+    voice: str | None = Field(None, description="One of its voices; default: its first.")
+
+
+def _voice_shorthand(value: Any) -> Any:
+    return {"model": value} if isinstance(value, str) else value
+
+
 class Persona(Strict):
-    """A name for chat: a model or tier, a system prompt and sampling defaults."""
+    """A name for chat: a model or tier, a system prompt, sampling defaults, a voice, ears."""
 
     use: str = Field(description="The model, alias or tier that serves it.")
     system: str | None = Field(None, description="Its system prompt, before the client's.")
     params: PersonaParams = Field(default_factory=PersonaParams)
     description: str | None = None
+    voice: Annotated[PersonaVoice | None, BeforeValidator(_voice_shorthand)] = Field(
+        None, description="Its voice for /speak and /listen: `MODEL` or {model, voice}."
+    )
+    ears: str | None = Field(None, description="The speech-to-text model /listen uses.")
+
+
+class Wyoming(Strict):
+    """A listener for Home Assistant's Wyoming protocol, serving speech models."""
+
+    listen: str = Field("127.0.0.1:10300", description="HOST:PORT it listens on (TCP).")
+    tts: str | None = Field(None, description="The model that speaks (serves speech).")
+    voice: str | None = Field(None, description="Its voice when the client names none.")
+    stt: str | None = Field(None, description="The model that listens (serves transcriptions).")
+    key: str | None = Field(
+        None, description="An access key's name: its models, priority and limits apply."
+    )
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _host_port(cls, value: Any) -> Any:
+        split_listen(str(value))
+        return value
 
 
 class Config(Strict):
@@ -300,6 +343,7 @@ class Config(Strict):
     tiers: dict[str, list[str]] = Field(default_factory=dict)
     policy: list[Rule] = Field(default_factory=list)
     personas: dict[str, Persona] = Field(default_factory=dict)
+    wyoming: Wyoming | None = None
     source: Path | None = Field(None, exclude=True)
     warnings: list[str] = Field(default_factory=list, exclude=True)  # filled by the loader
 
@@ -361,6 +405,19 @@ class Config(Strict):
         s = self.scheduler
         start = self.models[model].start_timeout or s.start_timeout
         return s.max_swap_delay + s.drain_timeout + s.stop_grace + start
+
+    def leases_of(self, name: str) -> tuple[str, ...]:
+        """The GPU leases ``name`` takes turns on: its ``serial`` name, and ``NODE/gpuN``
+        for each serial GPU of its node it may run on (all of them when ``gpus`` is unset).
+        """
+        model = self.models[name]
+        found = [model.serial] if model.serial else []
+        node = self.nodes.get(self.node_of(name))
+        if node is not None and node.serial_gpus and model.gpus != []:
+            used = node.serial_gpus if model.gpus is None else model.gpus
+            node_name = self.node_of(name)
+            found += [f"{node_name}/gpu{i}" for i in sorted(set(used) & set(node.serial_gpus))]
+        return tuple(found)
 
     def group_of(self, name: str) -> list[str]:
         """The models that may not run beside ``name``: its swap group, itself excluded."""

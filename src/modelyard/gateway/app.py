@@ -19,10 +19,18 @@ from starlette.types import ASGIApp
 
 from modelyard.config import Config, ConfigError, load_config
 from modelyard.errors import BodyTooLarge, Code, Refusal, ReloadRefused
-from modelyard.gateway import admin, conversations_api, events_api, openai, session
+from modelyard.gateway import (
+    admin,
+    conversations_api,
+    events_api,
+    openai,
+    persona_api,
+    session,
+)
 from modelyard.gateway.access import AccessGuard
 from modelyard.gateway.body import CLOSE
 from modelyard.gateway.errors import error_response, openai_error
+from modelyard.gateway.inner import InnerClient
 from modelyard.gateway.lane import OpenAILane
 from modelyard.gateway.state import Gateway
 from modelyard.lifecycle import State
@@ -119,6 +127,7 @@ def create_app(config: Config) -> ASGIApp:
             Route("/metrics", metrics),
             Route("/console/api/models/events", events_api.model_events, methods=["GET"]),
             *openai.routes,
+            *persona_api.routes,
             *admin.routes,
             *session.routes,
             *conversations_api.routes,
@@ -130,4 +139,6 @@ def create_app(config: Config) -> ASGIApp:
     # The guard first, for every path; then the lane for the OpenAI POSTs, Starlette for
     # the rest.
     lane = {r.path: r.endpoint for r in openai.routes if "POST" in (r.methods or ())}
-    return AccessGuard(OpenAILane(app, lane), access=config.access, sessions=gateway.sessions)
+    routes = OpenAILane(app, lane)
+    gateway.inner = InnerClient(routes)  # a persona's /listen, the Wyoming listener
+    return AccessGuard(routes, access=config.access, sessions=gateway.sessions)

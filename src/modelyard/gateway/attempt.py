@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from modelyard.errors import Code, Refusal, status_of
 from modelyard.gateway.proxy import Result
 from modelyard.gateway.state import Gateway
+from modelyard.gpu_lease import Hold
 from modelyard.instance import Lease
 from modelyard.routing import CONTEXT, UNSERVED, Decision, context_use
 from modelyard.store import RequestRow
@@ -58,6 +59,7 @@ class Attempt:
         nobody = (Code.MODEL_UNAVAILABLE, 503, "no candidate", None)
         self.last: tuple[Code, int, str, float | None] = nobody  # code, status, why, retry
         self.recorded = False
+        self.chars: int | None = None  # the characters a speech request asks to be spoken
 
     def turned_down(
         self, name: str, code: Code, reason: str, retry: float | None, status: int | None = None
@@ -95,8 +97,9 @@ class Attempt:
             out["x-modelyard-degraded"] = degraded.encode("ascii", "replace").decode()
         return out
 
-    def done(self, name: str, lease: Lease, asked_at: float) -> Finish:
-        """The finish of the hop on ``lease``, granted now after waiting since ``asked_at``."""
+    def done(self, name: str, lease: Lease, asked_at: float, hold: Hold | None = None) -> Finish:
+        """The finish of the hop on ``lease`` (and its GPU leases, ``hold``), granted now
+        after waiting since ``asked_at``."""
         released = False
         granted = time.monotonic()
 
@@ -106,6 +109,7 @@ class Attempt:
                 return
             released = True
             self.gw.scheduler.release(lease)
+            self.gw.scheduler.gpu_leases.release(hold)
             if decided:
                 overhead = None
                 if result.sent is not None and not self.hops:  # a first hop: no fallback time
@@ -164,6 +168,8 @@ class Attempt:
             ttft_s=ttft,
             duration_s=ended - self.began,
             error=result.error,
+            audio_s=result.audio_s,
+            chars=self.chars,
         )
         self.gw.store.request(row)
         self.gw.telemetry.observe(row, overhead, self.decision.rule)

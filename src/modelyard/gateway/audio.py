@@ -1,4 +1,5 @@
-"""OpenAI's audio uploads: ``POST /v1/audio/transcriptions``, a multipart form.
+"""OpenAI's audio uploads: ``POST /v1/audio/transcriptions`` and ``/v1/audio/translations``,
+multipart forms.
 
 The form goes upstream as it came (its bytes, its Content-Type with the boundary); only its
 ``model`` field is read here, to route it. ``POST /v1/audio/speech`` is JSON and takes the
@@ -27,7 +28,7 @@ from modelyard.gateway.state import Gateway
 from modelyard.openai_body import features
 from modelyard.routing import Decision
 
-PATH = "/audio/transcriptions"
+PATHS = {"/audio/transcriptions": "transcriptions", "/audio/translations": "translations"}
 # A malformed upload is the client's 400, not a line in the gateway's log for each one.
 logging.getLogger("python_multipart").setLevel(logging.CRITICAL)
 _MAX_FIELD = 1024  # a model's name: longer is no name
@@ -95,7 +96,8 @@ def _as_sent(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
 async def transcribe(
     request: Request, gw: Gateway, path: str, raw: bytes, began: float, me: asyncio.Task[Any]
 ) -> Response:
-    """A transcription: routed by its form's ``model``, forwarded byte for byte."""
+    """A transcription or translation: routed by its form's ``model``, forwarded byte for
+    byte."""
     key = request.scope.get("state", {}).get("api_key")
     content_type = request.headers.get("content-type", "")
     asked = form_field(raw, content_type, "model")
@@ -111,9 +113,10 @@ async def transcribe(
         return openai_error(refusal)
     head = head_size(request.scope)
     body = {"model": asked}
-    found = features(body, request.headers, gw.routing_headers, "transcriptions", *head)
+    endpoint = PATHS[path]
+    found = features(body, request.headers, gw.routing_headers, endpoint, *head)
     call = Call(
-        path, "transcriptions", asked, body, raw, False, request.headers, found, _as_sent,
+        path, endpoint, asked, body, raw, False, request.headers, found, _as_sent,
         key, began, me, content_type=content_type,
     )  # fmt: skip
     decision = dispatch.decide(gw, call)

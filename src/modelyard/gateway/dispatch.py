@@ -27,6 +27,8 @@ from modelyard.gateway.keepalive import stream_or_wait
 from modelyard.gateway.proxy import Result, forward
 from modelyard.gateway.state import Gateway
 from modelyard.gateway.timeouts import Deadline, limits_for
+from modelyard.gpu_lease import Hold
+from modelyard.instance import Lease
 from modelyard.routing import AUTO, Decision, Features, route
 
 Render = Callable[[Refusal], Response]
@@ -86,6 +88,23 @@ def decide(gw: Gateway, call: Call) -> Decision | Refusal:
     return decision
 
 
+async def _turn(
+    gw: Gateway, name: str, lease: Lease, wait: float | None, asked_at: float
+) -> Hold | None:
+    """The GPU leases of ``name`` (its serial GPUs, its ``serial:`` name), taken once its
+    place is granted, within what is left of the wait; its place goes back if they are not.
+    """
+    leases = gw.config.leases_of(name)
+    if not leases:
+        return None
+    left = None if wait is None else max(0.0, wait - (time.monotonic() - asked_at))
+    try:
+        return await gw.scheduler.gpu_leases.take(name, leases, left)
+    except BaseException:
+        gw.scheduler.release(lease)
+        raise
+
+
 def no_target(gw: Gateway, asked: str) -> Refusal:
     if asked == AUTO:
         return Refusal(
@@ -113,6 +132,8 @@ async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Re
     raw = call.raw if body is call.body else None
     no_swap = call.headers.get("x-modelyard-no-swap", "").lower() in _TRUE
     attempt = Attempt(gw, decision, call.path, call.stream, call.began, call.key_name)
+    if call.endpoint == "speech" and isinstance(text := body.get("input"), str):
+        attempt.chars = len(text)  # speech's usage, in place of tokens
     deadline = Deadline(call.headers, call.stream, call.began)
     priority = call.key.priority if call.key is not None else 0
 
@@ -136,6 +157,7 @@ async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Re
                     name, no_swap, wait, force=decision.forced, priority=priority,
                     owner=call.owner,
                 )  # fmt: skip
+                hold = await _turn(gw, name, lease, wait, asked_at)
             except Refused as exc:
                 if cut and exc.timed_out:
                     why = f"{name} was not ready before {deadline.why()} passed"
@@ -147,7 +169,7 @@ async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Re
             assert upstream is not None, "acquire grants only an instance with a server"
             forwarded = {**body, "model": upstream.model} if upstream.model else body
             data = raw if forwarded is body and raw is not None else orjson.dumps(forwarded)
-            finish = attempt.done(name, lease, asked_at)
+            finish = attempt.done(name, lease, asked_at, hold)
             # Harmony's tags out of a chat answer, where the engine leaves them (per hop).
             harmony = call.endpoint == "chat" and gw.config.models[name].harmony
             try:

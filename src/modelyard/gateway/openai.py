@@ -59,7 +59,12 @@ async def speech(request: Request) -> Response:
 
 async def transcriptions(request: Request) -> Response:
     """``POST /v1/audio/transcriptions``: a multipart upload, forwarded as it came."""
-    return await _until_gone(request, audio.PATH)
+    return await _until_gone(request, "/audio/transcriptions")
+
+
+async def translations(request: Request) -> Response:
+    """``POST /v1/audio/translations``: into English, a multipart upload as it came."""
+    return await _until_gone(request, "/audio/translations")
 
 
 async def think(request: Request) -> Response:
@@ -96,7 +101,7 @@ async def _until_gone(request: Request, path: str, persona: str | None = None) -
     watch = ClientWatch(request.receive, me)
     answer: Response | None = None
     try:
-        if path == audio.PATH:
+        if path in audio.PATHS:
             serving = audio.transcribe(request, gw, path, raw, began, me)
         else:
             serving = _serve(request, gw, path, raw, began, me, persona)
@@ -194,6 +199,33 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": model_cards(gw.scheduler, gw.started)})
 
 
+async def voices(request: Request) -> Response:
+    """``GET /v1/audio/voices[?model=NAME]``: the voices of the speech models (or of one),
+    from the config: nothing is started to answer."""
+    gw: Gateway = request.app.state.gateway
+    asked = request.query_params.get("model")
+    if asked is not None:
+        named = gw.config.resolve(asked)
+        if named is None or "speech" not in named.endpoints:
+            speakers = [m.name for m in gw.config.models.values() if "speech" in m.endpoints]
+            refusal = Refusal(
+                Code.MODEL_NOT_FOUND,
+                f"{asked!r} is not a model that speaks; those that do: "
+                + (", ".join(speakers) or "none"),
+                param="model",
+            )
+            return openai_error(refusal)
+        chosen = [named]
+    else:
+        chosen = [m for m in gw.config.models.values() if "speech" in m.endpoints]
+    data = [
+        {"id": voice, "object": "voice", "model": model.name}
+        for model in chosen
+        for voice in model.voices
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
 async def retrieve_model(request: Request) -> Response:
     """One model, tier or ``auto`` by its id or an alias (the SDKs' ``models.retrieve``)."""
     gw: Gateway = request.app.state.gateway
@@ -212,6 +244,8 @@ routes = [
     Route("/v1/embeddings", embeddings, methods=["POST"]),
     Route("/v1/audio/speech", speech, methods=["POST"]),
     Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
+    Route("/v1/audio/translations", translations, methods=["POST"]),
+    Route("/v1/audio/voices", voices, methods=["GET"]),
     Route("/v1/personas/{name}/think", think, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
-import orjson
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -24,6 +23,8 @@ from modelyard.engines.base import Upstream
 from modelyard.errors import Code, UpstreamFailed, UpstreamUnavailable
 from modelyard.gateway.errors import from_upstream, sse_error
 from modelyard.gateway.timeouts import Limits
+from modelyard.gateway.usage import Result as Result  # the callers' too
+from modelyard.gateway.usage import audio_seconds, count
 from modelyard.gateway.watch import ClientWatch
 
 # Hop-by-hop, length and CORS headers are the gateway's own business, not the upstream's.
@@ -64,18 +65,6 @@ def _session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
     )
-
-
-@dataclass
-class Result:
-    """How one upstream request went, for the slot, the request log and the metrics."""
-
-    status: int  # a stream cut by a failure has the failure's status, not its 200
-    error: str | None = None
-    sent: float | None = None  # monotonic: the request went upstream
-    first_byte: float | None = None  # monotonic: the answer's first byte came back
-    tokens_in: int | None = None
-    tokens_out: int | None = None
 
 
 Done = Callable[[Result], None]
@@ -194,7 +183,9 @@ async def forward(
         if status >= 400:
             result.error = first[:500].decode("utf-8", "replace")
         elif b'"usage"' in first:
-            _count(result, first)
+            count(result, first)
+        elif (seconds := resp.headers.get("x-audio-seconds")) is not None:
+            result.audio_s = audio_seconds(seconds)
         done(result)
         return Response(first, status_code=status, headers=out_headers)
 
@@ -237,7 +228,7 @@ async def forward(
         finally:
             watch.cancel()
             if counts:
-                _count(result, counts)
+                count(result, counts)
 
     def closed() -> None:
         if complete:
@@ -467,30 +458,3 @@ def _timeouts(connect: float) -> aiohttp.ClientTimeout:
     # The first-byte and idle limits are the caller's (asyncio.timeout): aiohttp's read
     # timeout would also bound a whole non-streamed answer.
     return aiohttp.ClientTimeout(total=None, sock_connect=connect)
-
-
-def _count(result: Result, data: bytes) -> None:
-    """Token counts from an answer's ``usage`` (OpenAI) or ``timings`` (llama-server)."""
-    for line in reversed(data.split(b"\n")):
-        line = line.removeprefix(b"data: ").strip()
-        if not line.startswith(b"{"):
-            continue
-        try:
-            event = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue  # a line cut between two chunks: no counts rather than wrong ones
-        usage, timings = event.get("usage"), event.get("timings")
-        if isinstance(usage, dict):
-            result.tokens_in = _int(usage.get("prompt_tokens"))
-            result.tokens_out = _int(usage.get("completion_tokens"))
-            return
-        if isinstance(timings, dict):
-            prompt = _int(timings.get("prompt_n"))
-            cached = _int(timings.get("cache_n")) or 0
-            result.tokens_in = None if prompt is None else prompt + cached
-            result.tokens_out = _int(timings.get("predicted_n"))
-            return
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -11,6 +11,7 @@ from modelyard.conversations import Conversations
 from modelyard.engine_calls import SessionHttp
 from modelyard.errors import ReloadRefused, StartError
 from modelyard.events import Hub
+from modelyard.gateway.inner import InnerClient
 from modelyard.gateway.proxy import UpstreamClient, new_client
 from modelyard.gateway.session import SessionStore
 from modelyard.nodes import LocalNode, NodeHandle, RemoteNode
@@ -36,6 +37,8 @@ class Gateway:
             config.state_dir / "logs", self._on_exit, config.scheduler.stop_grace, self.store
         )
         self.client: UpstreamClient = None  # type: ignore[assignment]  # set in open()
+        self.inner: InnerClient = None  # type: ignore[assignment]  # set by create_app
+        self.wyoming: Any = None  # a WyomingListener, when the config has `wyoming:`
         self.nodes: dict[str, NodeHandle] = {}
         self.events = Hub()
         self.events.listen(self.store.on_event, ("instance", "config"))
@@ -57,6 +60,7 @@ class Gateway:
             lambda: self.config.models,
             lambda: self._rule_names,
         )
+        self.scheduler.gpu_leases.on_wait = self.telemetry.observe_lease_wait
 
     def _node_readings(self) -> list[NodeReading]:
         return [
@@ -83,8 +87,16 @@ class Gateway:
         await self.watch.refresh(SessionHttp(self.client.pooled))
         self.scheduler.start_loop()
         self.watch.start()
+        if self.config.wyoming is not None:
+            # Imported here: the ``wyoming`` package comes with the speech extra.
+            from modelyard.gateway.wyoming import WyomingListener
+
+            self.wyoming = WyomingListener(self, self.config.wyoming)
+            await self.wyoming.start()
 
     async def close(self) -> None:
+        if self.wyoming is not None:
+            await self.wyoming.close()
         await self.watch.close()
         await self.scheduler.close()
         await self.client.close()
@@ -97,7 +109,7 @@ class Gateway:
         (after their requests finish) and come back with their new settings on demand."""
         fixed = [
             k
-            for k in ("listen", "state_dir", "nodes", "access", "telemetry")
+            for k in ("listen", "state_dir", "nodes", "access", "telemetry", "wyoming")
             if getattr(new, k) != getattr(self.config, k)
         ]
         if fixed:

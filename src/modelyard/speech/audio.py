@@ -7,7 +7,7 @@ from typing import Any
 import av  # type: ignore[import-untyped,unused-ignore]
 import numpy as np
 
-from modelyard.speech.formats import Audio, to_pcm16, wav_header
+from modelyard.speech.formats import PCM_RATE, Audio, to_pcm16, wav_header
 
 # response_format -> (container, codec, the codec's sample rate or None for the source's).
 _CODECS: dict[str, tuple[str, str, int | None]] = {
@@ -52,6 +52,10 @@ class Encoder:
         self._sink = _Sink()
         self._container: Any = None
         self._stream: Any = None
+        self._resampler: Any = None
+        if fmt == "pcm" and sample_rate != PCM_RATE:
+            # One resampler for the whole response: its state runs on across the chunks.
+            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=PCM_RATE)
         if fmt in _CODECS:
             container, codec, rate = _CODECS[fmt]
             self._container = av.open(self._sink, mode="w", format=container)
@@ -68,24 +72,39 @@ class Encoder:
             self._started = True
             head = wav_header(self.rate) if self.fmt == "wav" else b""
         if self._container is None:
-            return head + to_pcm16(audio)
+            return head + to_pcm16(self._resample(audio))
         if audio.size == 0:
             return self._sink.take()
-        frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(audio, dtype=np.float32).reshape(1, -1),
-            format="flt",
-            layout="mono",
-        )
-        frame.sample_rate = self.rate
+        frame = self._frame(audio)
         frame.pts = self._pts
         self._pts += audio.size
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
         return self._sink.take()
 
+    def _frame(self, audio: Audio) -> Any:
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(audio, dtype=np.float32).reshape(1, -1),
+            format="flt",
+            layout="mono",
+        )
+        frame.sample_rate = self.rate
+        return frame
+
+    def _resample(self, audio: Audio | None) -> Audio:
+        """For ``pcm`` at another rate: ``audio`` at PCM_RATE (None: what the resampler holds)."""
+        if self._resampler is None:
+            return audio if audio is not None else np.zeros(0, np.float32)
+        if audio is not None and audio.size == 0:
+            return audio
+        frames = self._resampler.resample(None if audio is None else self._frame(audio))
+        parts = [f.to_ndarray().reshape(-1).astype(np.float32) for f in frames]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
     def finish(self) -> bytes:
         if self._container is None:
-            return b"" if self._started else self.encode(np.zeros(0, np.float32))
+            head = b"" if self._started else self.encode(np.zeros(0, np.float32))
+            return head + to_pcm16(self._resample(None))
         for packet in self._stream.encode(None):
             self._container.mux(packet)
         self._container.close()

@@ -21,6 +21,10 @@ MAX_INPUT_CHARS = 4096
 # The largest upload one transcription may carry (OpenAI's own limit).
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 SPEED_RANGE = (0.25, 4.0)
+# What the engines do with it: hibari's own limits, kept for piper so a speed sounds alike.
+ENGINE_SPEED_RANGE = (0.5, 2.0)
+# OpenAI's `pcm` is 24 kHz whatever the voice: engines at another rate are resampled to it.
+PCM_RATE = 24000
 
 SPEECH_FORMATS: dict[str, str] = {
     "mp3": "audio/mpeg",
@@ -31,6 +35,9 @@ SPEECH_FORMATS: dict[str, str] = {
     "pcm": "audio/pcm",
 }
 TRANSCRIPT_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+# What a request cost, for the gateway's request log: sent with the response's headers.
+AUDIO_SECONDS_HEADER = "X-Audio-Seconds"  # transcriptions, translations: the input's length
+INPUT_CHARACTERS_HEADER = "X-Input-Characters"  # speech: len(input)
 
 # Loudness: hibari speaks at about -27 dBFS RMS; bring each chunk to -20 dBFS, peaks at most
 # -1 dBFS, and never amplify silence or noise by more than MAX_GAIN.
@@ -49,6 +56,12 @@ def normalise(audio: Audio) -> Audio:
         return audio.astype(np.float32)
     gain = min(TARGET_RMS / rms, PEAK_CEILING / peak, MAX_GAIN)
     return (audio * gain).astype(np.float32)
+
+
+def engine_speed(speed: float) -> float:
+    """The requested ``speed`` clamped to what the engines speak well."""
+    low, high = ENGINE_SPEED_RANGE
+    return min(max(speed, low), high)
 
 
 def to_pcm16(audio: Audio) -> bytes:
@@ -114,9 +127,11 @@ def joined_text(segments: Sequence[Segment]) -> str:
     return " ".join(s.text.strip() for s in segments if s.text.strip())
 
 
-def verbose_json(segments: Sequence[Segment], language: str, duration: float) -> dict[str, Any]:
+def verbose_json(
+    segments: Sequence[Segment], language: str, duration: float, task: str = "transcribe"
+) -> dict[str, Any]:
     return {
-        "task": "transcribe",
+        "task": task,
         "language": language,
         "duration": round(duration, 3),
         "text": joined_text(segments),

@@ -41,14 +41,23 @@ class WhisperStt:
         )
 
     def transcribe(
-        self, audio: Audio, language: str | None, prompt: str | None, temperature: float | None
+        self,
+        audio: Audio,
+        language: str | None,
+        prompt: str | None,
+        temperature: float | None,
+        task: str = "transcribe",
     ) -> Transcript:
+        """``task`` "transcribe" (the language spoken) or "translate" (into English)."""
         if self.english_only:
-            language = "en"
+            # It knows English alone: its translation to English is the transcription (and
+            # faster-whisper drops the task for such a model anyway).
+            language, task = "en", "transcribe"
         temps: Any = temperature if temperature is not None else [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
         segments, info = self._model.transcribe(
             audio,
             language=language or None,
+            task=task,
             initial_prompt=prompt or None,
             temperature=temps,
             beam_size=1,

@@ -3,7 +3,8 @@
     python -m modelyard.speech.worker --port 8090 --tts hibari --stt whisper-tiny.en
 
 Serves ``GET /health`` (503 while the engines load, then 200), ``GET /v1/models``,
-``GET /v1/audio/voices``, ``POST /v1/audio/speech`` and ``POST /v1/audio/transcriptions``.
+``GET /v1/audio/voices``, ``POST /v1/audio/speech``, ``POST /v1/audio/transcriptions`` and
+``POST /v1/audio/translations``.
 Each engine runs one request at a time in a thread of its own (others wait their turn);
 a client that disconnects mid-synthesis stops it at the next sentence. See docs/speech.md.
 """
@@ -27,19 +28,12 @@ from aiohttp import web
 from modelyard.speech import formats
 from modelyard.speech.audio import BadAudio, Encoder, decode
 from modelyard.speech.formats import error_body
+from modelyard.speech.params import MAX_FORM_BYTES, ApiError, audio_form, speech_request
 from modelyard.speech.stt import STT_MODELS, WhisperStt, load_stt
 from modelyard.speech.tts import TTS_ENGINES, TtsEngine, load_tts
 
 log = logging.getLogger("modelyard.speech")
 T = TypeVar("T")
-
-
-class ApiError(Exception):
-    def __init__(
-        self, status: int, message: str, param: str | None = None, code: str | None = None
-    ):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
 
 
 @dataclass
@@ -84,8 +78,10 @@ class Worker:
             )
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
 
 
 @web.middleware
@@ -137,46 +133,6 @@ async def voices(request: web.Request) -> web.Response:
     )
 
 
-def _speech_request(body: Any, tts: TtsEngine) -> tuple[str, str, str, float, str]:
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    text = body.get("input")
-    if not isinstance(text, str) or not text.strip():
-        raise ApiError(400, "'input' must be a non-empty string", "input")
-    if len(text) > formats.MAX_INPUT_CHARS:
-        raise ApiError(
-            400,
-            f"'input' is {len(text)} characters; at most {formats.MAX_INPUT_CHARS} are allowed",
-            "input",
-            "string_above_max_length",
-        )
-    voice = body.get("voice")
-    if isinstance(voice, dict):  # the SDK's {"id": ...} form of a custom voice
-        voice = voice.get("id")
-    if voice not in tts.voices:
-        raise ApiError(
-            400,
-            f"unknown voice {voice!r}; this worker has: {', '.join(tts.voices)}",
-            "voice",
-            "invalid_voice",
-        )
-    fmt = body.get("response_format", "mp3")
-    if fmt not in formats.SPEECH_FORMATS:
-        raise ApiError(
-            400,
-            f"'response_format' must be one of {', '.join(formats.SPEECH_FORMATS)}",
-            "response_format",
-        )
-    speed = body.get("speed", 1.0)
-    low, high = formats.SPEED_RANGE
-    if isinstance(speed, bool) or not isinstance(speed, int | float) or not low <= speed <= high:
-        raise ApiError(400, f"'speed' must be a number from {low} to {high}", "speed")
-    stream_format = body.get("stream_format", "audio")
-    if stream_format not in ("audio", "sse"):
-        raise ApiError(400, "'stream_format' must be 'audio' or 'sse'", "stream_format")
-    return text, str(voice), str(fmt), float(speed), str(stream_format)
-
-
 async def speech(request: web.Request) -> web.StreamResponse:
     w = worker_of(request)
     w.loaded()
@@ -187,15 +143,19 @@ async def speech(request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError as e:
         raise ApiError(400, f"the body is not JSON: {e}") from e
-    text, voice, fmt, speed, stream_format = _speech_request(body, tts)
-    sse = stream_format == "sse"
+    req = speech_request(body, tts.voices)
+    text, voice, fmt, speed, sse = req.text, req.voice, req.fmt, req.speed, req.sse
     encoder = Encoder(fmt, tts.sample_rate)
 
     def chunk(unit: Any) -> bytes:
         return encoder.encode(tts.synth(unit, voice, speed))
 
     resp = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream" if sse else formats.SPEECH_FORMATS[fmt]}
+        headers={
+            "Content-Type": "text/event-stream" if sse else formats.SPEECH_FORMATS[fmt],
+            # For the gateway's request log: sent before the audio, as the stream may not end.
+            formats.INPUT_CHARACTERS_HEADER: str(len(text)),
+        }
     )
     resp.enable_chunked_encoding()
 
@@ -230,71 +190,57 @@ async def speech(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def _field(form: Any, name: str) -> str | None:
-    value = form.get(name)
-    return value if isinstance(value, str) and value != "" else None
-
-
-async def transcriptions(request: web.Request) -> web.StreamResponse:
+async def _speech_to_text(request: web.Request, task: str) -> web.Response:
+    """``task`` "transcribe" (text in the language spoken) or "translate" (text in English)."""
     w = worker_of(request)
     w.loaded()
     if w.stt is None:
         raise ApiError(404, "this worker serves no speech-to-text engine", code="not_found")
     stt = w.stt
-    if request.content_type != "multipart/form-data":
-        raise ApiError(400, f"expected multipart/form-data, got {request.content_type!r}")
+    form = await audio_form(request, translate=task == "translate")
     try:
-        form = await request.post()
-    except ValueError as e:
-        raise ApiError(400, f"the form could not be read: {e}") from e
-    upload = form.get("file")
-    if not isinstance(upload, web.FileField):
-        raise ApiError(400, "'file' (an audio file) is required", "file")
-    data = upload.file.read()
-    fmt = _field(form, "response_format") or "json"
-    if fmt not in formats.TRANSCRIPT_FORMATS:
-        raise ApiError(
-            400,
-            f"'response_format' must be one of {', '.join(formats.TRANSCRIPT_FORMATS)}",
-            "response_format",
-        )
-    temperature: float | None = None
-    if (raw := _field(form, "temperature")) is not None:
-        try:
-            temperature = float(raw)
-        except ValueError:
-            temperature = -1.0
-        if not 0.0 <= temperature <= 1.0:
-            raise ApiError(400, "'temperature' must be a number from 0 to 1", "temperature")
-    try:
-        audio, duration = await asyncio.get_running_loop().run_in_executor(None, decode, data)
+        audio, duration = await asyncio.get_running_loop().run_in_executor(None, decode, form.data)
     except BadAudio as e:
         raise ApiError(400, f"'file' is not usable audio: {e}", "file", "invalid_audio") from e
     async with w.stt_lane.lock:
         result = await w.stt_lane.run(
-            stt.transcribe, audio, _field(form, "language"), _field(form, "prompt"), temperature
+            stt.transcribe, audio, form.language, form.prompt, form.temperature, task
         )
-    segments = result.segments
-    if fmt == "json":
-        return _json({"text": formats.joined_text(segments)})
-    if fmt == "verbose_json":
-        return _json(formats.verbose_json(segments, result.language, duration))
+    # For the gateway's request log: what this request cost, in seconds of audio heard.
+    headers = {formats.AUDIO_SECONDS_HEADER: f"{duration:.3f}"}
+    segments, fmt = result.segments, form.fmt
+    if fmt in ("json", "verbose_json"):
+        body: dict[str, Any] = {"text": formats.joined_text(segments)}
+        if fmt == "verbose_json":
+            # OpenAI names a translation's language by the output's: always English.
+            language = result.language if task == "transcribe" else "english"
+            body = formats.verbose_json(segments, language, duration, task)
+        return _json(body, headers=headers)
     text = {"text": formats.joined_text(segments) + "\n", "srt": formats.srt(segments)}.get(
         fmt, formats.vtt(segments) if fmt == "vtt" else ""
     )
-    return web.Response(text=text, content_type="text/vtt" if fmt == "vtt" else "text/plain")
+    return web.Response(
+        text=text, content_type="text/vtt" if fmt == "vtt" else "text/plain", headers=headers
+    )
+
+
+async def transcriptions(request: web.Request) -> web.Response:
+    return await _speech_to_text(request, "transcribe")
+
+
+async def translations(request: web.Request) -> web.Response:
+    return await _speech_to_text(request, "translate")
 
 
 def build_app(worker: Worker) -> web.Application:
-    app = web.Application(
-        middlewares=[openai_errors], client_max_size=formats.MAX_UPLOAD_BYTES + (1 << 20)
-    )
+    app = web.Application(middlewares=[openai_errors], client_max_size=MAX_FORM_BYTES)
     app["worker"] = worker
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/audio/voices", voices)
     app.router.add_post("/v1/audio/speech", speech)
     app.router.add_post("/v1/audio/transcriptions", transcriptions)
+    app.router.add_post("/v1/audio/translations", translations)
 
     async def start_loading(app: web.Application) -> None:
         threading.Thread(target=worker.load, name="speech-load", daemon=True).start()
