@@ -260,8 +260,10 @@ class _Live(Collector):
             "modelyard_gpu_lease_waiting", "Requests waiting for their turn on a GPU lease.",
             labels=["lease"],
         )  # fmt: skip
-        for lease in sched.gpu_leases.view(0.0):
-            lines.add_metric([lease["lease"]], len(lease["waiting"]))
+        waiting_for = {v["lease"]: len(v["waiting"]) for v in sched.gpu_leases.view(0.0)}
+        config = sched.config
+        for name in sorted({lease for m in config.models for lease in config.leases_of(m)}):
+            lines.add_metric([name], waiting_for.get(name, 0))
         yield lines
         yield from _node_metrics(self._nodes())
 

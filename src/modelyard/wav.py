@@ -43,44 +43,60 @@ def wav_header(fmt: PcmFormat, data_bytes: int | None = None) -> bytes:
 
 
 class WavReader:
-    """Feed a WAV answer's bytes as they come; get its PCM samples, header skipped."""
+    """Feed a WAV answer's bytes as they come; get its PCM in whole frames, header skipped.
+
+    A stream's header gives its sizes as unknown, so only the ``fmt `` chunk is read and
+    ``data`` runs to the end."""
 
     def __init__(self) -> None:
         self.format: PcmFormat | None = None
-        self._head = b""
+        self._head = bytearray()
+        self._pcm = bytearray()  # samples of a frame not yet whole
         self._in_data = False
 
     def feed(self, data: bytes) -> bytes:
-        """The PCM bytes ``data`` completes (none until the header has been read)."""
-        if self._in_data:
-            return data
-        self._head += data
-        if len(self._head) < 12:
-            return b""
-        if self._head[:4] != b"RIFF" or self._head[8:12] != b"WAVE":
+        """The whole frames of PCM that ``data`` completes (none until the header is read)."""
+        if not self._in_data:
+            self._head += data
+            data = self._parse()
+            if not self._in_data:
+                return b""
+        assert self.format is not None
+        frame = self.format.width * self.format.channels
+        self._pcm += data
+        whole = len(self._pcm) - len(self._pcm) % frame
+        out = bytes(self._pcm[:whole])
+        del self._pcm[:whole]
+        return out
+
+    def _parse(self) -> bytes:
+        head, at = self._head, 12
+        if len(head) >= 12 and (head[:4] != b"RIFF" or head[8:12] != b"WAVE"):
             raise BadWav("not a RIFF/WAVE stream")
-        at = 12
-        while len(self._head) >= at + 8:
-            kind, size = (
-                self._head[at : at + 4],
-                struct.unpack("<I", self._head[at + 4 : at + 8])[0],
-            )
-            body = at + 8
+        while len(head) >= max(at + 8, 12):
+            kind = bytes(head[at : at + 4])
+            size = int.from_bytes(head[at + 4 : at + 8], "little")
             if kind == b"data":
                 if self.format is None:
                     raise BadWav("audio data before its format")
-                self._in_data = True
-                rest, self._head = self._head[body:], b""
+                self._in_data, rest = True, bytes(head[at + 8 :])
+                head.clear()
                 return rest
-            if len(self._head) < body + size:
+            end = at + 8 + size + (size & 1)  # chunks are padded to an even size
+            if len(head) < end:
                 break  # the chunk is not all here yet
             if kind == b"fmt ":
-                tag, channels, rate = struct.unpack("<HHI", self._head[body : body + 8])
-                bits = struct.unpack("<H", self._head[body + 14 : body + 16])[0]
-                if tag not in (1, 0xFFFE) or bits != 16:
-                    raise BadWav(f"only 16-bit PCM is joined (format {tag}, {bits} bits)")
-                self.format = PcmFormat(rate, channels, 2)
-            at = body + size + (size & 1)  # chunks are padded to an even size
-        if len(self._head) > 1 << 16:
+                self.format = _format(bytes(head[at + 8 : end]))
+            at = end
+        if len(head) > 1 << 16:
             raise BadWav("no audio data within the first 64 KiB")
         return b""
+
+
+def _format(body: bytes) -> PcmFormat:
+    if len(body) < 16:
+        raise BadWav("the format chunk is cut short")
+    tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", body)
+    if tag not in (1, 0xFFFE) or bits not in (8, 16, 24, 32) or not channels or not rate:
+        raise BadWav(f"not integer PCM (format {tag}, {bits} bits)")
+    return PcmFormat(rate, channels, bits // 8)

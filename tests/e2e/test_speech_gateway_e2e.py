@@ -27,6 +27,7 @@ MODELS = """\
     engine: speech
     tts: hibari
     start_timeout: 120s
+    ttl: 4s
   ears:
     engine: speech
     stt: whisper-tiny.en
@@ -75,6 +76,49 @@ def test_speech_and_transcription_through_the_gateway(gw: ServedGateway) -> None
     text = heard.parse().text
     assert word_error_rate(SENTENCE, text) <= 0.15, text
     assert gw.model("ears")["state"] == "ready"
+    # Into English: with an English-only model, what was said.
+    said = sdk.audio.translations.create(model="ears", file=("s.wav", audio, "audio/wav")).text
+    assert word_error_rate(SENTENCE, said) <= 0.15, said
+
+    # The voices, from the config: nothing is started to list them.
+    voices = httpx.get(gw.url + "/v1/audio/voices", timeout=10).json()["data"]
+    assert voices == [{"id": "heart", "object": "voice", "model": "voice"}]
+    unknown = httpx.get(gw.url + "/v1/audio/voices?model=ears", timeout=10)
+    assert unknown.status_code == 404 and "those that do: voice" in unknown.text
+
+    # The request log counts speech in characters and seconds of audio, not tokens.
+    rows = gw.admin("GET", "/admin/requests", params={"limit": 10}).json()["requests"]
+    by_path = {r["endpoint"]: r for r in rows}
+    assert by_path["/audio/speech"]["chars"] == len(SENTENCE)
+    assert by_path["/audio/transcriptions"]["audio_s"] == pytest.approx(duration(audio), 0.05)
+    assert by_path["/audio/translations"]["audio_s"] > 0.5
+    metrics = gw.admin("GET", "/metrics").text
+    assert f'modelyard_speech_total{{model="voice",unit="characters"}} {len(SENTENCE)}' in (
+        metrics.replace(".0\n", "\n")
+    )
+
+    # Bad uploads through the gateway: clear errors, and the worker goes on serving.
+    too_big = httpx.post(
+        gw.url + "/v1/audio/transcriptions",
+        data={"model": "ears"},
+        files={"file": ("big.wav", b"\0" * (50 * 1024 * 1024), "audio/wav")},
+        timeout=60,
+    )
+    assert too_big.status_code == 413 and "at most" in too_big.json()["error"]["message"]
+    for bad in (b"not audio at all", audio[:40], b""):
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.audio.transcriptions.create(model="ears", file=("x.wav", bad, "audio/wav"))
+        assert refused.value.response.json()["error"]["param"] == "file"
+    with pytest.raises(openai.BadRequestError) as voice:
+        sdk.audio.speech.create(model="voice", voice="alloy", input="Hi.")  # type: ignore[arg-type]
+    assert_refused(voice.value, "voice", "unknown voice 'alloy'", "heart")
+    again = sdk.audio.transcriptions.create(model="ears", file=("s.wav", audio, "audio/wav"))
+    assert word_error_rate(SENTENCE, again.text) <= 0.15
+
+    # Idle past its ttl, the speech model is stopped like any other, its process gone.
+    pid = gw.model("voice")["pid"]
+    gw.wait_state("voice", "stopped", timeout=30)
+    assert pid not in gw.engines()
 
 
 def assert_refused(exc: openai.APIStatusError, param: str | None, *words: str) -> None:

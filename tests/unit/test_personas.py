@@ -90,7 +90,6 @@ def test_a_persona_s_voice_and_ears_are_checked(persona: str, key: str, says: st
     assert any(f": {key}: " in e and says in e for e in found), found
 
 
-
 def test_personas_read() -> None:
     jarvis = CFG.personas["jarvis"]
     assert jarvis.use == "chat"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -42,6 +43,7 @@ def serve(
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # a wildcard: this machine
     shown = f"[{shown}]" if ":" in shown else shown
     err.print(f"console: http://{shown}:{port}/  API: http://{shown}:{port}/v1", highlight=False)
+    _log_to_stderr()
     # On SIGTERM/SIGINT: stop taking requests, let those running finish (bounded by the
     # drain timeout), then stop the engines.
     run_server(
@@ -118,3 +120,14 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _log_to_stderr() -> None:
+    """modelyard's own log lines (INFO and up: the Wyoming listener's, warnings) beside
+    uvicorn's, in its format; uvicorn configures only its own loggers."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)-9s %(name)s: %(message)s"))
+    mine = logging.getLogger("modelyard")
+    mine.addHandler(handler)
+    mine.setLevel(logging.INFO)
+    mine.propagate = False

@@ -317,7 +317,9 @@ class Wyoming(Strict):
     voice: str | None = Field(None, description="Its voice when the client names none.")
     stt: str | None = Field(None, description="The model that listens (serves transcriptions).")
     key: str | None = Field(
-        None, description="An access key's name: its models, priority and limits apply."
+        None,
+        description="An access key's name: its models and priority apply (not its rate: "
+        "the listener's requests are made inside the gateway).",
     )
 
     @field_validator("listen", mode="before")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -124,9 +125,29 @@ class InnerClient:
                 await messages.put({"type": _END})  # however it ended, a reader is let go
 
         task = asyncio.create_task(run(), name=f"inner {method} {path}")
-        start = await messages.get()
+        try:
+            start = await messages.get()
+        except asyncio.CancelledError:  # its caller left while it waited (queue, a start)
+            task.cancel()
+            raise
         if start["type"] != "http.response.start":  # the app ended without answering
             await task  # its exception, if it raised one
             raise RuntimeError(f"the gateway gave no answer to {method} {path}")
         found = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in start["headers"]}
         return InnerResponse(start["status"], found, messages, task)
+
+
+def form_body(
+    fields: dict[str, str], filename: str, data: bytes, content_type: str
+) -> tuple[bytes, str]:
+    """A multipart/form-data body of ``fields`` and one ``file``, and its Content-Type."""
+    boundary = f"modelyard-{uuid.uuid4().hex}"
+    head = "".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+        for k, v in fields.items()
+    )
+    safe = filename.replace('"', "").replace("\r", "").replace("\n", "") or "audio"
+    head += f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{safe}"\r\n'
+    head += f"Content-Type: {content_type}\r\n\r\n"
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"

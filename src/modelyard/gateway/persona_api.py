@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -33,7 +32,7 @@ from modelyard.config import ApiKey, Persona
 from modelyard.errors import BodyStalled, BodyTooLarge, Code, Refusal
 from modelyard.gateway.body import CLOSE, read_body
 from modelyard.gateway.errors import openai_error
-from modelyard.gateway.inner import InnerResponse
+from modelyard.gateway.inner import InnerResponse, form_body
 from modelyard.gateway.speaking import Event, Failure, Speaking, opened
 from modelyard.gateway.state import Gateway
 from modelyard.wav import PcmFormat, wav_header
@@ -108,7 +107,7 @@ async def listen(request: Request) -> Response:
         return openai_error(form)
     asked = {"model": persona.ears, "response_format": "json"}
     asked |= {k: values[k] for k in ("language", "prompt") if values.get(k)}
-    data, content_type = multipart(asked, upload)
+    data, content_type = form_body(asked, *upload)
     heard = await gw.inner.request(
         "POST", "/v1/audio/transcriptions", data, key=key, content_type=content_type
     )
@@ -260,22 +259,6 @@ def _relay(resp: InnerResponse) -> Response:
             await resp.close()
 
     return StreamingResponse(body(), status_code=resp.status, headers=headers)
-
-
-def multipart(fields: dict[str, str], upload: tuple[str, bytes, str]) -> tuple[bytes, str]:
-    """A multipart/form-data body of ``fields`` and one ``file``, and its Content-Type."""
-    boundary = uuid.uuid4().hex
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-        for k, v in fields.items()
-    ]
-    filename, data, kind = upload
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-        f'filename="{quote(filename)}"\r\nContent-Type: {kind}\r\n\r\n'
-    )
-    body = b"".join(parts) + head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
 
 
 # -- the request ----------------------------------------------------------------------------

@@ -91,8 +91,13 @@ class Gateway:
             # Imported here: the ``wyoming`` package comes with the speech extra.
             from modelyard.gateway.wyoming import WyomingListener
 
-            self.wyoming = WyomingListener(self, self.config.wyoming)
-            await self.wyoming.start()
+            listener = WyomingListener(self, self.config.wyoming)
+            try:
+                await listener.start()
+            except BaseException:
+                await self.close()  # what open() started so far, then the error
+                raise
+            self.wyoming = listener
 
     async def close(self) -> None:
         if self.wyoming is not None:

@@ -17,6 +17,7 @@ import base64
 import logging
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -169,6 +170,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
 
     async with w.tts_lane.lock:
         finished = False
+        began = ended = time.time()
         try:
             units = await w.tts_lane.run(tts.sentences, text, voice, speed)
             await resp.prepare(request)
@@ -176,6 +178,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
                 # A client that left makes this write raise: the synthesis stops here.
                 await send(await w.tts_lane.run(chunk, unit))
             await send(await w.tts_lane.run(encoder.finish))
+            ended = time.time()  # the engine's work is over; the answer's end may lag
             finished = True
             if sse:
                 done = {"type": "speech.audio.done", "usage": {"input_tokens": len(text)}}
@@ -187,6 +190,9 @@ async def speech(request: web.Request) -> web.StreamResponse:
         finally:
             if not finished:
                 await w.tts_lane.run(encoder.abort)
+            # The engine's own timing (wall clock), one line per synthesis: what it did when.
+            ended = ended if finished else time.time()
+            log.info("speech: %d characters, busy %.3f to %.3f", len(text), began, ended)
     return resp
 
 
@@ -203,9 +209,11 @@ async def _speech_to_text(request: web.Request, task: str) -> web.Response:
     except BadAudio as e:
         raise ApiError(400, f"'file' is not usable audio: {e}", "file", "invalid_audio") from e
     async with w.stt_lane.lock:
+        began = time.time()
         result = await w.stt_lane.run(
             stt.transcribe, audio, form.language, form.prompt, form.temperature, task
         )
+        log.info("%s: %.3f s of audio, busy %.3f to %.3f", task, duration, began, time.time())
     # For the gateway's request log: what this request cost, in seconds of audio heard.
     headers = {formats.AUDIO_SECONDS_HEADER: f"{duration:.3f}"}
     segments, fmt = result.segments, form.fmt
