@@ -113,6 +113,12 @@ class ModelBase(Strict):
         "transcriptions, translations); default: its "
         "engine's (llama.cpp: chat and completions, or embeddings alone with --embeddings).",
     )
+    listed_voices: list[str] = Field(
+        default_factory=list,
+        alias="voices",
+        description="The voices of a speech server run as `command` or `remote` (for "
+        "/v1/audio/voices, personas and Wyoming); the built-in speech worker knows its own.",
+    )
     harmony: bool = Field(
         False,
         description="Speaks OpenAI's Harmony (gpt-oss): tags its engine leaves in a chat "
@@ -148,8 +154,9 @@ class ModelBase(Strict):
 
     @property
     def voices(self) -> tuple[str, ...]:
-        """The voices it speaks with (a text-to-speech model), known without starting it."""
-        return ()
+        """The voices it speaks with (a text-to-speech model), known without starting it:
+        its engine's, or those the config lists (a speech server run as a command)."""
+        return tuple(self.listed_voices)
 
     def unserved_hint(self, endpoint: str) -> str:
         """How to make it serve ``endpoint``, for the refusal that says it does not."""

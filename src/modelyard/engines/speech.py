@@ -45,6 +45,11 @@ class SpeechModel(ModelBase):
                 "a speech model needs `tts: hibari` or `tts: piper` (text to speech), "
                 "`stt: whisper-tiny.en` (speech to text), or both"
             )
+        if self.listed_voices:
+            raise ValueError(
+                "`voices` is for speech servers run as a command; the speech worker's are "
+                "its engine's: " + ", ".join(f"{k}: {', '.join(v)}" for k, v in VOICES.items())
+            )
         return self
 
     @property
