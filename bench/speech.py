@@ -39,13 +39,15 @@ pipeline). One warm-up of each path, then ``--ttfa-runs`` times, the three paths
    the gateway: from the request to the first byte of PCM (past the WAV header).
 3. **Direct**: the same at the worker itself.
 
-Each reported as median, p90 and range. 2 and 3 are the breakdown: what the engine takes
-to the first sample of that sentence, and what a speech request through the gateway adds.
+Each reported as median, p90 and range (milliseconds). 2 and 3 are the breakdown: what the
+engine takes to the first sample of that sentence, and what a speech request through the
+gateway adds. For context, the persona's times from the request to the first sentence
+whole and to the first audio delta too (these depend on ``--gap``; TTFA hardly does).
 
     .venv/bin/python bench/speech.py [--runs 5] [--threads 2] [--ttfa-runs 20] [--gap 0.05]
                                      [--engines hibari,piper] [--only rtf|ttfa]
 
-About two minutes. Report on stdout, progress on stderr.
+About a minute. Report on stdout, progress on stderr.
 """
 
 from __future__ import annotations

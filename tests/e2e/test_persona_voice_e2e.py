@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,3 +167,43 @@ def test_bad_requests_say_what_is_wrong(
     resp = post(gw, path, **kw)
     assert resp.status_code == status, resp.text
     assert says in resp.json()["error"]["message"], resp.text
+
+
+def test_a_storm_of_clients_that_leave_leaks_nothing(gw: ServedGateway) -> None:
+    """Spoken replies abandoned at every moment (before the first byte, mid-text, mid-audio)
+    beside ones read to the end: afterwards no slot, lease or request is left held."""
+    ask = {"messages": [{"role": "user", "content": "tea?"}], "stub": {"gap": 0.05}}
+    done: list[int] = []
+
+    def one(i: int) -> None:
+        body = {**ask, "stream_format": ("sse", "audio", "json")[i % 3]}
+        leave_after = (0, 1, 3, 8, None)[i % 5]  # chunks read before leaving; None: all
+        try:
+            with httpx.stream(
+                "POST", gw.url + "/v1/personas/jarvis/speak", json=body, timeout=120
+            ) as r:
+                for n, _ in enumerate(r.iter_raw(256)):
+                    if leave_after is not None and n >= leave_after:
+                        return
+                done.append(r.status_code)
+        except httpx.HTTPError:
+            pass  # a cut audio stream, or our own leaving
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert done and set(done) == {200}
+    deadline = time.monotonic() + 30
+    while True:
+        status = gw.admin("GET", "/admin/status").json()
+        busy = {m["name"]: m["in_flight"] for m in status["models"] if m["in_flight"]}
+        if (not busy and not status["gpu_leases"]) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not busy, busy
+    assert status["slot_audit"]["leaks_total"] == 0
+    # The gateway still answers a whole spoken reply.
+    resp = post(gw, "/v1/personas/jarvis/speak", json={**ask, "stream_format": "json"})
+    assert resp.status_code == 200 and resp.json()["text"] == REPLY

@@ -270,3 +270,42 @@ def test_a_port_in_use_stops_the_gateway_with_its_address(
         f.write(f"wyoming:\n  listen: 127.0.0.1:{served.port}\n  tts: voice\n")
     with pytest.raises(AssertionError, match=f"cannot listen on 127.0.0.1:{served.port}"):
         serve(config)
+
+
+async def _said(port: int, data: bytes) -> bytes:
+    """What the listener answers to ``data`` before it closes the connection (10 s at most)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    except ConnectionResetError:  # closed with our bytes unread: a reset, as TCP does
+        return b""
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not json at all\n",
+        b"[1, 2, 3]\n",
+        b'{"type": "synthesize", "data_length": 99999999}\n',  # would be kept whole
+        b'{"type": "audio-chunk", "payload_length": -5}\n',
+        b'{"type": "audio-chunk", "payload_length": "many"}\n',
+        b"x" * 200_000 + b"\n",  # a line past the reader's limit
+        b'{"type": "audio-start", "data": {}}\n',  # no rate, width, channels
+        b'{"type": "synthesize", "data_length": 5}\nnope!',
+    ],
+)
+async def test_hostile_bytes_close_the_connection_and_harm_nothing(
+    served: Served, data: bytes
+) -> None:
+    answer = await _said(served.port, data)
+    assert len(answer) < 2000  # at most one Error event, then closed
+    # The listener and the gateway go on: a describe on a new connection is answered.
+    async with served.client() as client:
+        await client.write_event(Describe().event())
+        event = await client.read_event()
+    assert event is not None and Info.is_type(event.type), event
+    assert "heart" in [v.name for v in Info.from_event(event).tts[0].voices]

@@ -39,6 +39,8 @@ log = logging.getLogger("modelyard.wyoming")
 # WAV sent must fit, header included.
 MAX_AUDIO = 25 * 1024 * 1024 - 44
 FRAMES_PER_CHUNK = 1024  # per AudioChunk sent, as wyoming-piper does
+MAX_DATA = 64 * 1024  # an event's JSON data (the text to speak is in it)
+MAX_PAYLOAD = 1024 * 1024  # one event's payload (a chunk of audio)
 _ATTRIBUTION = Attribution(name="modelyard", url="")
 
 
@@ -151,6 +153,37 @@ class WyomingListener:
         return info
 
 
+async def read_event(reader: asyncio.StreamReader) -> Event | None:
+    """The next event, or None at the end, on a line that is not an event, or when the
+    sizes it declares are past ``MAX_DATA`` and ``MAX_PAYLOAD`` (the ``wyoming`` package's
+    own reader would wait for and keep any size a client declares)."""
+    try:
+        line = await reader.readline()  # bounded by the stream's limit (64 KiB)
+        if not line:
+            return None
+        head = orjson.loads(line)
+        if not isinstance(head, dict) or not isinstance(head.get("type"), str):
+            return None
+        data, sized, carried = (
+            head.get("data") or {},
+            head.get("data_length"),
+            head.get("payload_length"),
+        )
+        for size, most in ((sized, MAX_DATA), (carried, MAX_PAYLOAD)):
+            if size is not None and (type(size) is not int or not 0 <= size <= most):
+                log.info("wyoming: an event declaring %r bytes (at most %d): closed", size, most)
+                return None
+        if sized:
+            more = orjson.loads(await reader.readexactly(sized))
+            data = {**data, **more} if isinstance(data, dict) and isinstance(more, dict) else None
+            if data is None:
+                return None
+        payload = await reader.readexactly(carried) if carried else None
+        return Event(type=head["type"], data=data, payload=payload)
+    except (ValueError, asyncio.IncompleteReadError, ConnectionError):
+        return None  # orjson's errors are ValueErrors, as is a line past the limit
+
+
 class Handler(AsyncEventHandler):
     """One connection. A request runs as a job beside the reading of events: a client that
     leaves mid-answer is seen at once, and its request closed."""
@@ -167,12 +200,23 @@ class Handler(AsyncEventHandler):
         self.language: str | None = None
 
     async def run(self) -> None:
+        """The base class's loop, reading with bounds (``read_event``); an event that is
+        not what its type says ends the connection with an ``Error``."""
         self.task = asyncio.current_task()
         self.up.handlers.add(self)
         try:
-            await super().run()
+            while (event := await read_event(self.reader)) is not None:
+                try:
+                    more = await self.handle_event(event)
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    await self.fail(Error(text=f"a malformed {event.type!r} event: {exc!r}"))
+                    break
+                if not more:
+                    break
         finally:
             self.up.handlers.discard(self)
+            await self.disconnect()
+            self.writer.close()
 
     async def disconnect(self) -> None:
         if self.job is not None and not self.job.done():
