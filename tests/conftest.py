@@ -200,6 +200,15 @@ def gemma_model(name: str, weights: Path, **extra: Any) -> str:
 
 
 SLOW_UPSTREAM = Path(__file__).parent / "slow_upstream.py"
+SENTENCE = "The quick brown fox jumps over the lazy dog."  # spoken and heard back
+
+
+def speech_models(voice_ttl: str = "0") -> str:
+    """A YAML block of two speech models: ``voice`` (hibari) and ``ears`` (whisper)."""
+    return (
+        f"  voice: {{engine: speech, tts: hibari, start_timeout: 120s, ttl: {voice_ttl}}}\n"
+        "  ears: {engine: speech, stt: whisper-tiny.en, threads: 2, start_timeout: 120s}\n"
+    )
 
 
 def stub_model(name: str, *args: str, **extra: Any) -> str:

@@ -127,6 +127,15 @@ def model_view(sched: Scheduler, name: str) -> dict[str, Any]:
     }
 
 
+def kind_of(endpoints: frozenset[str]) -> str:
+    """What a model is, by what it serves: ``llm``, ``embeddings``, ``tts``, ``stt`` or
+    ``tts+stt`` (a speech worker with both engines)."""
+    speaks, hears = "speech" in endpoints, bool({"transcriptions", "translations"} & endpoints)
+    if speaks or hears:
+        return "+".join(k for k, has in (("tts", speaks), ("stt", hears)) if has)
+    return "embeddings" if endpoints == {"embeddings"} else "llm"
+
+
 def model_cards(sched: Scheduler, started: float) -> list[dict[str, Any]]:
     """/v1/models entries: each model with its true state, the tiers, ``auto``, personas."""
     config = sched.config
@@ -145,7 +154,9 @@ def model_cards(sched: Scheduler, started: float) -> list[dict[str, Any]]:
             # Takes OpenAI's reasoning_effort (low, medium, high): the Harmony models do.
             "reasoning_effort": spec.harmony,
         }
-        cards.append({"id": name, **base, **shown, **window})
+        speech = {"voices": list(spec.voices)} if spec.voices else {}
+        kind = {"kind": kind_of(spec.endpoints), "endpoints": sorted(spec.endpoints)}
+        cards.append({"id": name, **base, **shown, **kind, **window, **speech})
     for tier in config.tiers:
         cards.append({"id": tier, **base, "tier": config.tier_models(tier)})
     if config.policy:
@@ -153,6 +164,10 @@ def model_cards(sched: Scheduler, started: float) -> list[dict[str, Any]]:
     for name, persona in config.personas.items():
         # Its system prompt is the operator's, not shown to every client.
         shown = {"use": persona.use, "description": persona.description}
+        if persona.voice is not None:
+            shown["voice"] = persona.voice.model_dump(exclude_none=True)
+        if persona.ears is not None:
+            shown["ears"] = persona.ears
         params = persona.params.model_dump(exclude_none=True)
         cards.append({"id": name, **base, "persona": shown | {"params": params}})
     return cards

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ServedGateway, write_config
+from tests.conftest import SENTENCE, ServedGateway, speech_models, write_config
 
 av = pytest.importorskip("av")
 pytest.importorskip("hibari")
@@ -21,19 +21,7 @@ pytest.importorskip("faster_whisper")
 
 from modelyard.speech.formats import word_error_rate  # noqa: E402
 
-SENTENCE = "The quick brown fox jumps over the lazy dog."
-MODELS = """\
-  voice:
-    engine: speech
-    tts: hibari
-    start_timeout: 120s
-    ttl: 4s
-  ears:
-    engine: speech
-    stt: whisper-tiny.en
-    threads: 2
-    start_timeout: 120s
-"""
+MODELS = speech_models(voice_ttl="4s")
 
 
 def duration(data: bytes) -> float:
@@ -56,6 +44,9 @@ def test_speech_and_transcription_through_the_gateway(gw: ServedGateway) -> None
     sdk = client(gw)
     cards = {c.id: c for c in sdk.models.list().data}
     assert {"voice", "ears"} <= set(cards)
+    voice, ears = cards["voice"].model_dump(), cards["ears"].model_dump()
+    assert (voice["kind"], voice["endpoints"], voice["voices"]) == ("tts", ["speech"], ["heart"])
+    assert (ears["kind"], ears["endpoints"]) == ("stt", ["transcriptions", "translations"])
     listed = gw.admin("GET", "/admin/models").json()["models"]
     engines = {m["name"]: m["engine"] for m in listed}
     assert engines["voice"] == engines["ears"] == "speech"

@@ -18,10 +18,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import (
+    SENTENCE,
     ServedGateway,
     access_keys,
     alive,
     free_port,
+    speech_models,
     wait_healthy,
     write_config,
 )
@@ -40,18 +42,7 @@ from wyoming.tts import Synthesize, SynthesizeVoice
 
 from modelyard.speech.formats import word_error_rate
 
-SENTENCE = "The quick brown fox jumps over the lazy dog."
-MODELS = """\
-  voice:
-    engine: speech
-    tts: hibari
-    start_timeout: 120s
-  ears:
-    engine: speech
-    stt: whisper-tiny.en
-    threads: 2
-    start_timeout: 120s
-"""
+MODELS = speech_models()
 HOME, OPS = "sk-home-wyoming-1", "sk-ops-wyoming-1"
 KEYS = access_keys(("home", HOME, "models: [voice, ears]"), ("ops", OPS, "scopes: [admin]"))
 

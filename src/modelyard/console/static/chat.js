@@ -70,12 +70,14 @@ export class Chat {
   renderPicker() {
     const chosen = this.picker.value || this.conversation?.model || "";
     clear(this.picker);
-    for (const m of this.models.all()) {
+    // Only what chats: not a voice, ears or an embedding model (their cards list endpoints).
+    const chats = this.models.all().filter((m) => !m.endpoints || m.endpoints.includes("chat"));
+    for (const m of chats) {
       const label = m.tier ? `${m.id} (tier)` : m.policy ? `${m.id} (routed by policy)`
         : m.persona ? `${m.id} (persona: ${m.persona.use})` : `${m.id} — ${this.models.stateText(m)}`;
       this.picker.append(el("option", { value: m.id }, label));
     }
-    const ids = this.models.all().map((m) => m.id);
+    const ids = chats.map((m) => m.id);
     this.picker.value = ids.includes(chosen) ? chosen : ids[0] ?? "";
     this.showEffort();
     this.updateMeter();
