@@ -89,3 +89,32 @@ def test_close_waits_for_a_running_flush_and_loses_nothing(tmp_path: Path) -> No
     asyncio.run(scene())
     again = Store(tmp_path / "s.db")
     assert len(again.requests({}, limit=100_000)) == 10_000
+
+
+def test_a_store_of_an_earlier_version_gains_the_speech_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)  # the request log as it was before speech had its units
+    old.execute(
+        "CREATE TABLE request_log (id INTEGER PRIMARY KEY, at REAL NOT NULL, key TEXT, "
+        "endpoint TEXT NOT NULL, asked TEXT NOT NULL, model TEXT, node TEXT, instance TEXT, "
+        "decision TEXT, status INTEGER NOT NULL, outcome TEXT NOT NULL, stream INTEGER NOT "
+        "NULL, tokens_in INTEGER, tokens_out INTEGER, wait_s REAL, ttft_s REAL, duration_s "
+        "REAL NOT NULL, error TEXT)"
+    )
+    old.execute(
+        "INSERT INTO request_log (at, endpoint, asked, status, outcome, stream, duration_s) "
+        "VALUES (1.0, '/chat/completions', 'a', 200, 'ok', 0, 0.5)"
+    )
+    old.commit()
+    old.close()
+    store = Store(path)
+    store.request(row(2, endpoint="/audio/speech", tokens_in=None, chars=17))
+    store.request(row(3, endpoint="/audio/transcriptions", tokens_in=None, audio_s=2.5))
+    store.flush()
+    rows = {r["endpoint"]: r for r in store.requests({}, limit=10)}
+    assert rows["/chat/completions"]["chars"] is None  # the old row is kept, unchanged
+    assert rows["/audio/speech"]["chars"] == 17
+    assert rows["/audio/transcriptions"]["audio_s"] == 2.5
+    Store(path)  # opened again: nothing to add, no error
