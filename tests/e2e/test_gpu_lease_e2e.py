@@ -138,7 +138,7 @@ def test_on_another_gpu_they_work_at_once(gw: ServedGateway) -> None:
 
 def test_the_status_shows_who_holds_and_who_waits(gw: ServedGateway) -> None:
     long_chat = {"model": "chat", "messages": [{"role": "user", "content": "hi"}],
-                 "stream": True, "stub": {"chunks": 10, "gap": 0.3}}  # fmt: skip
+                 "stream": True, "stub": {"chunks": 20, "gap": 0.3}}  # fmt: skip
     seen: list[dict[str, Any]] = []
 
     def watch() -> None:
@@ -152,6 +152,7 @@ def test_the_status_shows_who_holds_and_who_waits(gw: ServedGateway) -> None:
         speaking = threading.Thread(target=speak, args=(gw,))
         speaking.start()
         watch()
+        top = gw.cli("top", "--once")  # while the speech waits: the leases' table
         r.read()
     speaking.join(60)
     held = [s for s in seen if s["waiting"]]
@@ -159,3 +160,7 @@ def test_the_status_shows_who_holds_and_who_waits(gw: ServedGateway) -> None:
     assert held[0]["lease"] == "local/gpu0" and held[0]["holder"] == "chat"
     assert held[0]["waiting"] == ["voice"] and held[0]["longest_wait_s"] >= 0
     assert gw.admin("GET", "/admin/status").json()["gpu_leases"] == []
+    assert top.returncode == 0, top.stderr
+    assert "GPU leases" in top.stdout, top.stdout
+    line = next(x for x in top.stdout.splitlines() if x.startswith("local/gpu0"))
+    assert "chat" in line and "voice" in line, top.stdout
