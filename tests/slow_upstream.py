@@ -7,6 +7,8 @@ request body (the SDK's ``extra_body``):
     {"tag": "a", "first_byte": 2.0, "chunks": 8, "gap": 0.05, "stall_after": 3, "stall": 10}
 
 ``fail``: answer at once with that status and ``error`` as the JSON body.
+``tool``: ``{"name", "arguments"}``: answer with that tool call (streamed: its name, then
+its arguments in two pieces), finish reason ``tool_calls``.
 ``first_byte``: seconds before the first chunk (or the whole answer); ``gap``: seconds
 between chunks; after ``stall_after`` chunks it is silent for ``stall`` seconds. A streamed
 answer's headers go out at once, as llama-server's do.
@@ -91,6 +93,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 status=int(spec["fail"]), body=orjson.dumps(spec.get("error", {})),
                 content_type="application/json",
             )  # fmt: skip
+        if "tool" in spec:
+            record["outcome"] = "done"
+            return await _tool_call(request, spec["tool"], record["stream"])
         if not record["stream"]:
             await asyncio.sleep(float(spec.get("first_byte", 0)))
             text = "".join(REPLY) if REPLY else " ".join(f"t{i}" for i in range(chunks))
@@ -134,6 +139,35 @@ async def chat(request: web.Request) -> web.StreamResponse:
     finally:
         record["ended"] = time.time()
         NOW["running"] -= 1
+
+
+async def _tool_call(request: web.Request, tool: dict[str, Any], stream: bool) -> Any:
+    name, arguments = str(tool["name"]), str(tool["arguments"])
+    call = {"index": 0, "id": "call_stub", "type": "function",
+            "function": {"name": name, "arguments": arguments}}  # fmt: skip
+    head = {"id": "chatcmpl-slow", "created": int(time.time()), "model": "slow"}
+    if not stream:
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        return web.json_response({**head, "object": "chat.completion", "choices": [
+            {"index": 0, "message": message, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}})  # fmt: skip
+    half = len(arguments) // 2
+    deltas = [
+        {"tool_calls": [{**call, "function": {"name": name, "arguments": ""}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": arguments[:half]}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]},
+    ]
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    for delta in deltas:
+        chunk = {**head, "object": "chat.completion.chunk",
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}  # fmt: skip
+        await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+    end = {**head, "object": "chat.completion.chunk",
+           "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}  # fmt: skip
+    await resp.write(b"data: " + orjson.dumps(end) + b"\n\ndata: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
 
 
 async def log(request: web.Request) -> web.Response:

@@ -67,6 +67,7 @@ class Timeouts(Strict):
         return self.model_copy(update=own.model_dump(exclude_none=True))
 
 
+Protocol = Literal["anthropic", "responses"]  # client APIs an engine may speak natively
 Endpoint = Literal["chat", "completions", "embeddings", "speech", "transcriptions", "translations"]
 ENDPOINTS: frozenset[str] = frozenset(
     ("chat", "completions", "embeddings", "speech", "transcriptions", "translations")
@@ -113,6 +114,13 @@ class ModelBase(Strict):
         "transcriptions, translations); default: its "
         "engine's (llama.cpp: chat and completions, or embeddings alone with --embeddings).",
     )
+    protocols: list[Protocol] | None = Field(
+        None,
+        description="The APIs besides Chat Completions its server speaks itself (anthropic: "
+        "/v1/messages, responses: /v1/responses): requests in them are passed through as "
+        "they came, others translated onto Chat Completions. Default: its engine's "
+        "(llama.cpp and vLLM: both; others: none).",
+    )
     listed_voices: list[str] = Field(
         default_factory=list,
         alias="voices",
@@ -151,6 +159,16 @@ class ModelBase(Strict):
     def context_size(self) -> int | None:
         """The context (tokens) its server allocates in all, for the memory estimate."""
         return None
+
+    @property
+    def speaks(self) -> frozenset[str]:
+        """The protocols its server speaks natively: ``protocols``, else its engine's."""
+        return frozenset(self.protocols) if self.protocols is not None else self.engine_protocols
+
+    @property
+    def engine_protocols(self) -> frozenset[str]:
+        """The protocols besides Chat Completions its engine's server speaks."""
+        return frozenset()
 
     @property
     def voices(self) -> tuple[str, ...]:

@@ -54,6 +54,11 @@ class LlamaCppModel(ModelBase):
         return frozenset(("embeddings",) if self.embedding_server else ("chat", "completions"))
 
     @property
+    def engine_protocols(self) -> frozenset[str]:
+        # Its server has /v1/messages and /v1/responses of its own.
+        return frozenset(("anthropic", "responses"))
+
+    @property
     def window(self) -> int | None:
         # llama-server divides its context among its slots.
         return self.context // self.parallel if self.context else None

@@ -38,6 +38,11 @@ class VllmModel(ModelBase):
         return value
 
     @property
+    def engine_protocols(self) -> frozenset[str]:
+        # Its server has /v1/messages and /v1/responses of its own.
+        return frozenset(("anthropic", "responses"))
+
+    @property
     def window(self) -> int | None:
         return self.max_model_len  # vLLM gives each request the whole window
 

@@ -21,6 +21,7 @@ from modelyard.config import Config, ConfigError, load_config
 from modelyard.errors import BodyTooLarge, Code, Refusal, ReloadRefused
 from modelyard.gateway import (
     admin,
+    anthropic,
     conversations_api,
     events_api,
     openai,
@@ -127,6 +128,7 @@ def create_app(config: Config) -> ASGIApp:
             Route("/metrics", metrics),
             Route("/console/api/models/events", events_api.model_events, methods=["GET"]),
             *openai.routes,
+            *anthropic.routes,
             *persona_api.routes,
             *admin.routes,
             *session.routes,
@@ -138,7 +140,11 @@ def create_app(config: Config) -> ASGIApp:
     app.state.gateway = gateway
     # The guard first, for every path; then the lane for the OpenAI POSTs, Starlette for
     # the rest.
-    lane = {r.path: r.endpoint for r in openai.routes if "POST" in (r.methods or ())}
+    lane = {
+        r.path: r.endpoint
+        for r in [*openai.routes, *anthropic.routes]
+        if "POST" in (r.methods or ())
+    }
     routes = OpenAILane(app, lane)
     gateway.inner = InnerClient(routes)  # a persona's /listen, the Wyoming listener
     return AccessGuard(routes, access=config.access, sessions=gateway.sessions)

@@ -60,6 +60,7 @@ class Attempt:
         self.last: tuple[Code, int, str, float | None] = nobody  # code, status, why, retry
         self.recorded = False
         self.chars: int | None = None  # the characters a speech request asks to be spoken
+        self.protocol: str | None = None  # e.g. "anthropic, native" or "anthropic → chat"
 
     def turned_down(
         self, name: str, code: Code, reason: str, retry: float | None, status: int | None = None
@@ -185,6 +186,8 @@ class Attempt:
             "hops": self.hops,
             "degraded": degraded,
         }
+        if self.protocol is not None:  # another protocol's request: passed or translated
+            body["protocol"] = self.protocol
         self.gw.store.decision(
             self.id, self.decision.asked, self.decision.rule, model, node, result.status,
             degraded, body,

@@ -24,7 +24,7 @@ from modelyard.gateway.access import may_use
 from modelyard.gateway.attempt import Attempt, rejected
 from modelyard.gateway.harmony_stream import HarmonyStream
 from modelyard.gateway.keepalive import stream_or_wait
-from modelyard.gateway.proxy import Result, forward
+from modelyard.gateway.proxy import Result, Translation, forward
 from modelyard.gateway.state import Gateway
 from modelyard.gateway.timeouts import Deadline, limits_for
 from modelyard.gpu_lease import Hold
@@ -34,6 +34,16 @@ from modelyard.routing import AUTO, Decision, Features, route
 Render = Callable[[Refusal], Response]
 Edit = Callable[[dict[str, Any], Decision], dict[str, Any]]
 _TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Native:
+    """A request as it came in a protocol some engines speak themselves."""
+
+    protocol: str  # as ``models.NAME.protocols`` names it: anthropic, responses
+    path: str  # its upstream path: /messages, /responses
+    raw: bytes  # its body
+    last_event: bytes  # the bytes of its stream's last event
 
 
 @dataclass
@@ -53,6 +63,10 @@ class Call:
     began: float  # monotonic: its body was read
     owner: asyncio.Task[Any]  # the request's task: it holds the places it is granted
     content_type: str = "application/json"  # of ``raw`` (multipart: an audio upload)
+    # Another protocol's request, translated into ``body``: as it came, for an engine that
+    # speaks it (``native``), and how to make its answer of a Chat Completions one.
+    native: Native | None = None
+    translate: Callable[[], Translation] | None = None
 
     @property
     def key_name(self) -> str | None:
@@ -86,6 +100,14 @@ def decide(gw: Gateway, call: Call) -> Decision | Refusal:
     if decision.target is None:
         return no_target(gw, call.asked)
     return decision
+
+
+def _renamed(raw: bytes, model: str | None) -> bytes:
+    """A native request's body with the engine's own model name, when it has one."""
+    if model is None:
+        return raw
+    body = orjson.loads(raw)
+    return orjson.dumps({**body, "model": model})
 
 
 async def _turn(
@@ -167,24 +189,43 @@ async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Re
                 continue
             upstream = lease.instance.upstream
             assert upstream is not None, "acquire grants only an instance with a server"
-            forwarded = {**body, "model": upstream.model} if upstream.model else body
-            data = raw if forwarded is body and raw is not None else orjson.dumps(forwarded)
+            spec = gw.config.models[name]
+            # Another protocol: as it came to an engine that speaks it (when no decision
+            # edited it), else translated onto Chat Completions and its answer back.
+            native = call.native if body is call.body else None
+            if native is not None and native.protocol not in spec.speaks:
+                native = None
+            path, last_event, translate = call.path, b"data: [DONE]", None
+            if native is not None:
+                path, last_event = native.path, native.last_event
+                data = _renamed(native.raw, upstream.model)
+            else:
+                forwarded = {**body, "model": upstream.model} if upstream.model else body
+                data = raw if forwarded is body and raw is not None else orjson.dumps(forwarded)
+                translate = call.translate() if call.translate is not None else None
             finish = attempt.done(name, lease, asked_at, hold)
+            headers = attempt.headers(name, lease.instance.id)
+            if call.native is not None:
+                how = "native" if native else "translated"
+                headers["x-modelyard-protocol"] = f"{call.native.protocol}; {how}"
+                attempt.protocol = f"{call.native.protocol}, {how}"
             # Harmony's tags out of a chat answer, where the engine leaves them (per hop).
-            harmony = call.endpoint == "chat" and gw.config.models[name].harmony
+            harmony = call.endpoint == "chat" and spec.harmony and native is None
             try:
                 return await forward(
                     gw.client,
                     upstream,
-                    call.path,
+                    path,
                     data,
                     stream=call.stream,
                     asked_model=name,
-                    headers=attempt.headers(name, lease.instance.id),
+                    headers=headers,
                     limits=limits_for(gw.config, name, deadline),
                     done=finish,
                     content_type=call.content_type,
                     rewrite=HarmonyStream() if harmony else None,
+                    translate=translate,
+                    last_event=last_event,
                 )
             except UpstreamUnavailable as exc:
                 # The next candidate, or the refusal, decides what the client gets.

@@ -10,25 +10,22 @@ passes through as it came.
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from modelyard.errors import BodyStalled, BodyTooLarge, Code, Refusal
+from modelyard.errors import Code, Refusal
 from modelyard.gateway import audio, dispatch
-from modelyard.gateway.attempt import rejected
-from modelyard.gateway.body import CLOSE, read_body
 from modelyard.gateway.capture import capture, conversation_of
 from modelyard.gateway.connection import head_size
 from modelyard.gateway.dispatch import Call
 from modelyard.gateway.errors import openai_error
-from modelyard.gateway.proxy import ProxyStream
+from modelyard.gateway.frontend import refused, until_gone
 from modelyard.gateway.state import Gateway
-from modelyard.gateway.watch import ClientWatch
 from modelyard.openai_body import apply_edits, features, shape_problem
 from modelyard.views import model_cards
 
@@ -73,54 +70,20 @@ async def think(request: Request) -> Response:
 
 
 async def _until_gone(request: Request, path: str, persona: str | None = None) -> Response:
-    """Serve the request until it is answered or the client goes away, whichever is first.
+    """An OpenAI request, served until it is answered or its client goes away."""
 
-    A client that disconnects while queued, while its model loads, while a non-streamed
-    answer is generated or while a stream is relayed cancels the work: its place in the
-    queue goes, its slot comes back (``finally``) and the upstream request is closed, which
-    stops the generation.
-    """
-    arrived = time.monotonic()
-    gw: Gateway = request.app.state.gateway
-    access = gw.config.access
-    key = request.scope.get("state", {}).get("api_key")
-    try:
-        # Read first: the watch below only sees what follows.
-        raw = await read_body(request.receive, access.body_timeout)
-    except ClientDisconnect:
-        gone = Refusal(None, "the client went away before its request was handled", status=499)
-        return _refused(gw, path, arrived, key, gone)
-    except BodyTooLarge as exc:
-        return _refused(gw, path, arrived, key, Refusal(None, str(exc), headers=CLOSE, status=413))
-    except BodyStalled as exc:
-        refusal = Refusal(Code.BODY_TIMEOUT, str(exc), headers=CLOSE)
-        return _refused(gw, path, arrived, key, refusal)
-    began = time.monotonic()  # the upload is not waiting: the request's time starts here
-    me = asyncio.current_task()
-    assert me is not None, "an ASGI app runs in a task"
-    watch = ClientWatch(request.receive, me)
-    answer: Response | None = None
-    try:
+    def serve(gw: Gateway, raw: bytes, began: float, me: asyncio.Task[Any]) -> Awaitable[Response]:
         if path in audio.PATHS:
-            serving = audio.transcribe(request, gw, path, raw, began, me)
-        else:
-            serving = _serve(request, gw, path, raw, began, me, persona)
+            return audio.transcribe(request, gw, path, raw, began, me)
+        serving = _serve(request, gw, path, raw, began, me, persona)
         # The console's chat, kept in its conversation: requests without the header pay
         # for this look at the headers alone.
         kept = conversation_of(request.scope) if path == "/chat/completions" else None
         if kept is not None:
             serving = capture(gw, request.scope, kept, raw, began, serving)
-        answer = await serving
-        return answer
-    except asyncio.CancelledError:
-        if watch.swallow():
-            return Response(status_code=499)  # nobody is there to read it
-        raise  # cancelled by the server itself (shutdown): not ours to swallow
-    finally:
-        if isinstance(answer, ProxyStream):
-            answer.watch = watch  # on until the stream ends
-        else:
-            watch.stop()
+        return serving
+
+    return await until_gone(request, path, serve, openai_error)
 
 
 async def _serve(
@@ -158,10 +121,7 @@ async def _serve(
 
 
 def _refused(gw: Gateway, path: str, began: float, key: Any, refusal: Refusal) -> Response:
-    """A request refused before it named a model it may use (its body unread or not a
-    request): logged with no model asked, then answered."""
-    rejected(gw, path, "", began, key.name if key else None, refusal)
-    return openai_error(refusal)
+    return refused(gw, path, began, key, refusal, openai_error)
 
 
 def _parse(

@@ -77,6 +77,17 @@ class Rewriter(Protocol):
     def end(self) -> bytes: ...
 
 
+class Translation(Rewriter, Protocol):
+    """A front-end's protocol, made of a Chat Completions answer: a stream through
+    ``feed``/``end`` (its Content-Type ``content_type``), a whole answer by ``whole``, an
+    error answer (in OpenAI's shape) by ``error``."""
+
+    content_type: str
+
+    def whole(self, body: bytes) -> bytes: ...
+    def error(self, status: int, body: bytes) -> bytes: ...
+
+
 class Chain:
     """One rewriter, then another."""
 
@@ -122,6 +133,8 @@ async def forward(
     done: Done,
     content_type: str = "application/json",
     rewrite: Rewriter | None = None,
+    translate: Translation | None = None,
+    last_event: bytes = b"data: [DONE]",
 ) -> Response:
     """POST ``body`` (of ``content_type``) to ``upstream`` + ``path``; ``done(result)`` runs
     when it is over.
@@ -130,7 +143,9 @@ async def forward(
     ask for) is read whole, renamed and counted; a stream of events the client asked for is
     relayed chunk by chunk, renamed and counted; any other successful answer (audio, a file)
     is relayed chunk by chunk as it comes, untouched and uncounted. ``rewrite`` changes the
-    first two kinds' bytes before the renaming does.
+    first two kinds' bytes before the renaming does; ``translate`` turns what comes of both
+    (errors too) into another protocol's answer, last. ``last_event``: the bytes of a
+    stream's last event (after it, a client that hangs up had its whole answer).
 
     Raises UpstreamUnavailable, without calling ``done``, when the upstream fails or times
     out before the client got a byte: the caller then tries another candidate. The first
@@ -169,29 +184,41 @@ async def forward(
         renamer = rewrite if renamer is None else Chain(rewrite, renamer)
     if whole:
         resp.release()
-        if renamer is not None:
-            first = renamer.feed(first) + renamer.end()
         status = resp.status
+        result = Result(status, None, sent, first_byte)
         if status >= 400:
             try:
                 status, first = from_upstream(status, first, asked_model)
             except UpstreamFailed as exc:
                 raise UpstreamUnavailable(str(exc)) from None
+            result.status, result.error = status, first[:500].decode("utf-8", "replace")
+            first = translate.error(status, first) if translate is not None else first
             out_headers = {k: v for k, v in out_headers.items() if k.lower() != "content-type"}
             out_headers["content-type"] = "application/json"
-        result = Result(status, None, sent, first_byte)
-        if status >= 400:
-            result.error = first[:500].decode("utf-8", "replace")
-        elif b'"usage"' in first:
-            count(result, first)
-        elif (seconds := resp.headers.get("x-audio-seconds")) is not None:
-            result.audio_s = audio_seconds(seconds)
+        else:
+            if b'"usage"' in first:
+                count(result, first)
+            elif (seconds := resp.headers.get("x-audio-seconds")) is not None:
+                result.audio_s = audio_seconds(seconds)
+            if renamer is not None:
+                first = renamer.feed(first) + renamer.end()
+            if translate is not None:
+                first = translate.whole(first)
+                out_headers.pop("content-length", None)
+                out_headers.pop("Content-Length", None)
         done(result)
         return Response(first, status_code=status, headers=out_headers)
 
     result = Result(resp.status, None, sent, first_byte)
     if resp.content_type != "text/event-stream":
         return _binary(resp, first, result, out_headers, asked_model, limits, done)
+    if translate is not None:  # last: it sees the renamed chunks and the error events
+        renamer = translate if renamer is None else Chain(renamer, translate)
+        out_headers = {k: v for k, v in out_headers.items() if k.lower() != "content-type"}
+        out_headers["content-type"] = translate.content_type
+    cut: Callable[[bytes], bytes] = _same
+    if translate is not None and renamer is not None:
+        cut = renamer.feed  # an error event the relay writes is translated too
     complete = finished = False
     content = resp.content
 
@@ -205,7 +232,7 @@ async def forward(
             while chunk:
                 if b'"usage"' in chunk or b'"timings"' in chunk:
                     counts = chunk
-                if b"data: [DONE]" in chunk:
+                if last_event in chunk:
                     finished = True  # a client may hang up now, before the server's EOF
                 yield renamer.feed(chunk) if renamer is not None else chunk
                 watch.since = clock()  # only silence while reading counts, not a slow client
@@ -220,11 +247,11 @@ async def forward(
             if watch.fired:
                 silent = f"{round(limits.idle, 2):g}s (timeouts.idle)"
                 result.status, result.error = 504, f"{asked_model} sent nothing for {silent}"
-                yield sse_error(f"{result.error}; the answer was cut", Code.TIMEOUT)
+                yield cut(sse_error(f"{result.error}; the answer was cut", Code.TIMEOUT))
             else:
                 result.status = 502
                 result.error = f"{asked_model}: its server failed mid-stream: {exc}"
-                yield sse_error(result.error)
+                yield cut(sse_error(result.error))
         finally:
             watch.cancel()
             if counts:
@@ -451,6 +478,10 @@ async def _post(
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
         # Not another pooled one: the server may have closed those too.
         return await client.fresh.post(url, data=body, headers=headers, timeout=timeout)
+
+
+def _same(chunk: bytes) -> bytes:
+    return chunk
 
 
 @functools.lru_cache(maxsize=64)

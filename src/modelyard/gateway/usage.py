@@ -23,7 +23,8 @@ class Result:
 
 
 def count(result: Result, data: bytes) -> None:
-    """Token counts from an answer's ``usage`` (OpenAI) or ``timings`` (llama-server)."""
+    """Token counts from an answer's ``usage`` (OpenAI, Anthropic) or ``timings``
+    (llama-server)."""
     for line in reversed(data.split(b"\n")):
         line = line.removeprefix(b"data: ").strip()
         if not line.startswith(b"{"):
@@ -32,10 +33,15 @@ def count(result: Result, data: bytes) -> None:
             event = orjson.loads(line)
         except orjson.JSONDecodeError:
             continue  # a line cut between two chunks: no counts rather than wrong ones
+        if not isinstance(event, dict):
+            continue
         usage, timings = event.get("usage"), event.get("timings")
+        if usage is None and isinstance(event.get("response"), dict):
+            usage = event["response"].get("usage")  # OpenAI Responses: response.completed
         if isinstance(usage, dict):
-            result.tokens_in = _int(usage.get("prompt_tokens"))
-            result.tokens_out = _int(usage.get("completion_tokens"))
+            # Chat Completions' names, or Anthropic Messages' and OpenAI Responses'.
+            result.tokens_in = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+            result.tokens_out = _int(usage.get("completion_tokens", usage.get("output_tokens")))
             return
         if isinstance(timings, dict):
             prompt = _int(timings.get("prompt_n"))

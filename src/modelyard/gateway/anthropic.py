@@ -1,0 +1,115 @@
+"""The Anthropic Messages front-end: ``POST /v1/messages`` and ``/v1/messages/count_tokens``
+(Claude Code and the ``anthropic`` SDKs), on the same port and the one request path.
+
+A request is read into Chat Completions terms (``anthropic_body.to_chat``) for routing,
+policy, personas and admission. An engine that speaks Messages itself (llama-server, vLLM;
+``models.NAME.protocols``) gets the request as it came and its answer passes back as bytes;
+another gets the translation, and its answer is made a Messages answer as it streams
+(``anthropic_body.MessagesAnswer``). ``x-modelyard-protocol`` says which. Refusals are in
+Anthropic's error shape. ``x-api-key`` is a key like ``Authorization`` (access.py);
+``anthropic-version`` and ``anthropic-beta`` are accepted and not checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from modelyard.anthropic_body import MessagesAnswer, error, to_chat
+from modelyard.errors import Code, Refusal
+from modelyard.gateway import dispatch
+from modelyard.gateway.connection import head_size
+from modelyard.gateway.dispatch import Call, Native
+from modelyard.gateway.frontend import refused, until_gone
+from modelyard.gateway.state import Gateway
+from modelyard.openai_body import apply_edits, features, shape_problem
+
+LAST_EVENT = b"message_stop"
+
+
+def render(refusal: Refusal) -> Response:
+    """A refusal in Anthropic's error shape, with its status and headers."""
+    headers = dict(refusal.headers) if refusal.headers else None
+    return JSONResponse(
+        error(refusal.status, refusal.message), status_code=refusal.status, headers=headers
+    )
+
+
+async def messages(request: Request) -> Response:
+    """``POST /v1/messages``."""
+
+    def serve(gw: Gateway, raw: bytes, began: float, me: asyncio.Task[Any]) -> Any:
+        return _serve(request, gw, raw, began, me, count=False)
+
+    return await until_gone(request, "/messages", serve, render)
+
+
+async def count_tokens(request: Request) -> Response:
+    """``POST /v1/messages/count_tokens``: the engine's own count where it speaks Messages,
+    else the gateway's estimate (the one routing uses), said so in
+    ``x-modelyard-estimate``."""
+
+    def serve(gw: Gateway, raw: bytes, began: float, me: asyncio.Task[Any]) -> Any:
+        return _serve(request, gw, raw, began, me, count=True)
+
+    return await until_gone(request, "/messages/count_tokens", serve, render)
+
+
+async def _serve(
+    request: Request, gw: Gateway, raw: bytes, began: float, me: asyncio.Task[Any], count: bool
+) -> Response:
+    path = "/messages/count_tokens" if count else "/messages"
+    key = request.scope.get("state", {}).get("api_key")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        bad = Refusal(None, f"the request body is not valid JSON: {exc}", status=400)
+        return refused(gw, path, began, key, bad, render)
+    if not isinstance(body, dict):
+        bad = Refusal(None, "the request body must be a JSON object", status=400)
+        return refused(gw, path, began, key, bad, render)
+    asked = body.get("model")
+    if not isinstance(asked, str) or not asked:
+        names = ", ".join(gw.config.names())
+        bad = Refusal(None, f"`model` is required, a string naming one of: {names}", status=400)
+        return refused(gw, path, began, key, bad, render)
+    if count:  # counted as if it were sent: max_tokens is not needed for that
+        body = {"max_tokens": 1, **body}
+    chat = to_chat(body)
+    stream = body.get("stream") is True and not count
+    if isinstance(chat, tuple):
+        problem = Refusal(Code.INVALID_REQUEST, chat[0], param=chat[1])
+        return refused(gw, path, began, key, problem, render)
+    chat["model"] = asked
+    found = features(chat, request.headers, gw.routing_headers, "chat", *head_size(request.scope))
+    native = Native("anthropic", path, raw, LAST_EVENT)
+    call = Call(
+        path if count else "/chat/completions", "chat", asked, chat, None, stream,
+        request.headers, found, apply_edits, key, began, me,
+        native=native, translate=None if count else (lambda: MessagesAnswer(asked)),
+    )  # fmt: skip
+    decision = dispatch.decide(gw, call)
+    if isinstance(decision, Refusal):
+        return dispatch.refuse(gw, call, decision, render)
+    wrong = shape_problem("/chat/completions", chat)
+    if wrong is not None:
+        return dispatch.refuse(gw, call, Refusal(Code.INVALID_REQUEST, *wrong), render)
+    if count:
+        target = gw.config.models.get(decision.model or "")
+        edited = decision.persona is not None or decision.strip
+        if target is None or "anthropic" not in target.speaks or edited:
+            # No engine to ask: the gateway's own estimate, as routing counted it.
+            estimate = {"input_tokens": found.tokens}
+            return JSONResponse(estimate, headers={"x-modelyard-estimate": "true"})
+    return await dispatch.run(gw, call, decision, render)
+
+
+routes = [
+    Route("/v1/messages", messages, methods=["POST"]),
+    Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+]
