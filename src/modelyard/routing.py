@@ -201,6 +201,17 @@ def persona_defaults(persona: Persona) -> tuple[tuple[str, Any], ...]:
 
 def route(config: Config, req: Features, cluster: Cluster) -> Decision:
     """The Decision for ``req`` now."""
+    target, pattern = config.mapped(req.model)
+    if pattern is None:
+        return _persona_or_model(config, req, cluster)
+    # A name the client picked itself (claude-3-5-haiku-...): routed as the one it maps to.
+    inner = _persona_or_model(config, replace(req, model=target), cluster)
+    step = Step("pattern", pattern, True, f"{req.model} matches {pattern}: use {target}")
+    return replace(inner, asked=req.model, features=replace(inner.features, model=req.model),
+                   trail=(step, *inner.trail))  # fmt: skip
+
+
+def _persona_or_model(config: Config, req: Features, cluster: Cluster) -> Decision:
     persona = config.personas.get(req.model)
     if persona is None:
         return _route(config, req, cluster)

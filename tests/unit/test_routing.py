@@ -810,3 +810,51 @@ def test_context_window(
     assert decision.candidates == candidates
     refused = [s.why for s in decision.trail if s.kind == "candidate" and not s.ok]
     assert refused[0].startswith(why) if why else refused == []
+
+
+PATTERNS = """\
+models:
+  small: {engine: command, command: [x, "{port}"]}
+  big: {engine: command, command: [x, "{port}"]}
+tiers:
+  fast: [small, big]
+personas:
+  coder: {use: big, system: You write code.}
+model_patterns:
+  "claude-*-haiku-*": fast
+  "claude-*": coder
+  "gpt-4*": big
+"""
+
+
+@pytest.mark.parametrize(
+    ("asked", "target", "pattern", "candidates"),
+    [
+        ("claude-3-5-haiku-20241022", "fast", "claude-*-haiku-*", ("small", "big")),
+        ("claude-sonnet-4-5", "big", "claude-*", ("big",)),  # a persona: its model
+        ("gpt-4o-mini", "big", "gpt-4*", ("big",)),
+        ("small", "small", None, ("small",)),  # the config's own names come first
+    ],
+)
+def test_names_a_client_picks_are_mapped_by_pattern(
+    asked: str, target: str, pattern: str | None, candidates: tuple[str, ...]
+) -> None:
+    config = parse_config(PATTERNS, "m.yaml", {})
+    clear = Cluster(modes={"local": ("open", "open")}, reachable={"local": True})
+    d = route(config, features({"model": asked, "messages": []}, {}), clear)
+    assert (d.asked, d.target, d.candidates) == (asked, target, candidates)
+    if pattern is None:
+        assert all(s.kind != "pattern" for s in d.trail)
+    else:
+        assert d.trail[0] == Step("pattern", pattern, True, f"{asked} matches {pattern}: use "
+                                  + ("coder" if pattern == "claude-*" else target))  # fmt: skip
+    if pattern == "claude-*":
+        assert d.persona == "coder" and d.system == "You write code."
+
+
+def test_an_unmatched_name_and_a_bad_pattern_target() -> None:
+    config = parse_config(PATTERNS, "m.yaml", {})
+    clear = Cluster(modes={"local": ("open", "open")}, reachable={"local": True})
+    assert route(config, features({"model": "llama3", "messages": []}, {}), clear).target is None
+    with pytest.raises(ConfigError, match=r"model_patterns.mistral-\*: 'ghost' is not a model"):
+        parse_config(PATTERNS + '  "mistral-*": ghost\n', "m.yaml", {})

@@ -161,6 +161,11 @@ def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
     problems += _policy_problems(config)
     problems += _persona_problems(config)
     problems += _wyoming_problems(config)
+    for pattern, target in config.model_patterns.items():
+        named = target in config.tiers or target in config.personas or target == AUTO
+        if not named and config.resolve(target) is None:
+            why = f"{target!r} is not a model, alias, tier or persona"
+            problems.append((("model_patterns", pattern), why))
     names = [k.name for k in config.access.keys]
     for i, key in enumerate(config.access.keys):
         if names.count(key.name) > 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import re
 from collections.abc import Mapping
@@ -346,6 +347,11 @@ class Config(Strict):
     policy: list[Rule] = Field(default_factory=list)
     personas: dict[str, Persona] = Field(default_factory=dict)
     wyoming: Wyoming | None = None
+    model_patterns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Names clients pick themselves, by glob pattern (`claude-*-haiku-*`), "
+        "mapped to a model, alias, tier or persona; the first pattern that matches wins.",
+    )
     source: Path | None = Field(None, exclude=True)
     warnings: list[str] = Field(default_factory=list, exclude=True)  # filled by the loader
 
@@ -397,6 +403,18 @@ class Config(Strict):
             if name in model.aliases:
                 return model
         return None
+
+    def mapped(self, name: str) -> tuple[str, str | None]:
+        """The name a client's ``name`` stands for, and the pattern that mapped it (None:
+        a name of the config itself, or no pattern matched)."""
+        if name in self.models or name in self.tiers or name in self.personas:
+            return name, None
+        if self.resolve(name) is not None or name == "auto":
+            return name, None
+        for pattern, target in self.model_patterns.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                return target, pattern
+        return name, None
 
     def names(self) -> list[str]:
         """Every name a client may ask for a model by: the models', then their aliases."""

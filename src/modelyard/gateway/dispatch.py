@@ -75,7 +75,8 @@ class Call:
 
 def decide(gw: Gateway, call: Call) -> Decision | Refusal:
     """The call's Decision, or why it is refused before anything runs."""
-    persona = gw.config.personas.get(call.asked)
+    asked, _ = gw.config.mapped(call.asked)  # a name matched by model_patterns: its target
+    persona = gw.config.personas.get(asked)
     if persona is not None and call.endpoint != "chat":
         return Refusal(
             Code.UNSUPPORTED_ENDPOINT,
@@ -83,10 +84,10 @@ def decide(gw: Gateway, call: Call) -> Decision | Refusal:
             f"{call.endpoint}; ask for its model {persona.use!r}",
             param="model",
         )
-    named = gw.config.resolve(persona.use if persona is not None else call.asked)
+    named = gw.config.resolve(persona.use if persona is not None else asked)
     canonical = named.name if named else None
     # A persona: the key lists it, or the model or tier it uses.
-    allowed = may_use(call.key, call.asked, canonical) or (
+    allowed = may_use(call.key, asked, canonical) or (
         persona is not None and may_use(call.key, persona.use, canonical)
     )
     if call.key is not None and not allowed:
