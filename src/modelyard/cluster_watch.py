@@ -20,6 +20,7 @@ from modelyard.config import Config
 from modelyard.engines.base import Http
 from modelyard.engines.catalog import ENGINES, engine_for
 from modelyard.events import Hub
+from modelyard.instance import unavailable
 from modelyard.machine import Machine
 from modelyard.nodes import NodeHandle
 from modelyard.routing import Cluster
@@ -101,7 +102,7 @@ class ClusterWatch:
         return Cluster(
             modes={n: (v.mode, v.kind) for n, v in views.items()},
             reachable={n: v.reachable for n, v in views.items()},
-            failed=self.scheduler.unavailable(),
+            failed=unavailable(self.scheduler.instances.values(), time.monotonic()),
             remote_down=dict(self.down),
         )
 

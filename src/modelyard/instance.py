@@ -31,6 +31,7 @@ class Instance:
     restart: bool = False
     stop_wanted: bool = False
     error: str | None = None
+    keep_alive: float | None = None  # a client's idle time for it (Ollama); None: the ttl
     reason: str = ""  # why it entered its state
     generation: int = 0
     upstream: Upstream | None = None
@@ -59,6 +60,7 @@ class Instance:
             self.restart,
             self.stop_wanted,
             self.error,
+            self.keep_alive,
         )
 
 
@@ -95,3 +97,12 @@ def orphaned(instances: Iterable[Instance], now: float) -> list[Lease]:
 def slots_of(model: Model) -> int | None:
     """Requests a model serves at once: its `slots`, else llama.cpp's `parallel`, else no cap."""
     return model.slots or model.engine_slots
+
+
+def unavailable(instances: Iterable[Instance], now: float) -> dict[str, str]:
+    """Models that failed and may not be tried now, with why (routing skips them)."""
+    return {
+        inst.model: f"failed: {inst.error}"
+        for inst in instances
+        if inst.state is State.FAILED and (inst.retry_at is None or inst.retry_at > now)
+    }

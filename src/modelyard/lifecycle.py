@@ -23,6 +23,7 @@ Rules, in the order they apply:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -102,6 +103,7 @@ class InstanceView:
     restart: bool = False  # FAILED after a crash while serving: comes back by itself
     stop_wanted: bool = False  # an admin asked for it to stop
     error: str | None = None
+    keep_alive: float | None = None  # a client's idle time for it (Ollama); None: the ttl
 
 
 @dataclass(frozen=True)
@@ -423,10 +425,15 @@ def _ready(
         else:
             plan.wake(deadline)
         return
-    if rule.ttl > 0 and not rule.pinned and v.in_flight == 0 and not mine:
-        expires = v.last_used + rule.ttl
+    # A client's keep_alive stands for the model's ttl: 0 stops it once idle, inf never.
+    ttl, why = rule.ttl, "ttl"
+    if v.keep_alive is not None:
+        ttl, why = v.keep_alive, "keep_alive"
+    counts = (ttl > 0 or v.keep_alive == 0) and ttl != math.inf
+    if counts and not rule.pinned and v.in_flight == 0 and not mine:
+        expires = v.last_used + ttl
         if now >= expires:
-            plan.actions.append(Stop(rule.name, f"idle for {rule.ttl:g}s (ttl)"))
+            plan.actions.append(Stop(rule.name, f"idle for {ttl:g}s ({why})"))
         else:
             plan.wake(expires)
 

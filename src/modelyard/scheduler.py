@@ -280,6 +280,7 @@ class Scheduler:
     def _stopped(self, inst: Instance, reason: str) -> None:
         inst.state, inst.since = State.STOPPED, time.monotonic()
         inst.upstream, inst.pid, inst.stop_wanted = None, None, False
+        inst.keep_alive = None  # a client's keep_alive was for that run
         self._said(inst, "stopped", reason)
         if self._retired.pop(inst.model, None) is not None:
             del self.instances[inst.model]  # removed from the config: gone for good
@@ -316,7 +317,7 @@ class Scheduler:
             None,
             None,
         )
-        inst.reason = why
+        inst.reason, inst.keep_alive = why, None
         self._said(inst, "stopped", why)
 
     # -- requests ---------------------------------------------------------------------------
@@ -468,14 +469,10 @@ class Scheduler:
                 out[w.waiter.model] = out.get(w.waiter.model, 0) + 1
         return out
 
-    def unavailable(self) -> dict[str, str]:
-        """Models that failed and may not be tried now, with why (routing skips them)."""
-        now = time.monotonic()
-        out = {}
-        for name, inst in self.instances.items():
-            if inst.state is State.FAILED and (inst.retry_at is None or inst.retry_at > now):
-                out[name] = f"failed: {inst.error}"
-        return out
+    def keep_alive(self, model: str, seconds: float | None) -> None:
+        """A client's idle time for ``model``'s running instance (Ollama's ``keep_alive``):
+        ``0`` stops it once idle, ``inf`` never; None gives it back its ``ttl``."""
+        self._post(functools.partial(setattr, self.instances[model], "keep_alive", seconds))
 
     async def set_mode(self, node: str, mode: str) -> None:
         """Put ``node`` in ``mode``; if the mode says so, drain and stop its models."""

@@ -7,6 +7,7 @@ without changing them.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -94,11 +95,14 @@ def instance_view(sched: Scheduler, inst: Instance) -> dict[str, Any]:
 
 
 def _ttl_left(sched: Scheduler, inst: Instance, now: float) -> float | None:
-    """Seconds until an idle ready instance is stopped for its ``ttl``; None: not counting."""
+    """Seconds until an idle ready instance is stopped for its ``ttl`` (or a client's
+    ``keep_alive``); None: not counting."""
     model = sched.config.models[inst.model]
-    if inst.state is not State.READY or inst.in_flight or model.pinned or model.ttl <= 0:
+    ttl = inst.keep_alive if inst.keep_alive is not None else model.ttl
+    counts = (ttl > 0 or inst.keep_alive == 0) and ttl != math.inf
+    if inst.state is not State.READY or inst.in_flight or model.pinned or not counts:
         return None
-    return round(max(0.0, inst.last_used + model.ttl - now), 1)
+    return round(max(0.0, inst.last_used + ttl - now), 1)
 
 
 def progress(sched: Scheduler, inst: Instance) -> float | None:

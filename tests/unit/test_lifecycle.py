@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import pytest
 
 from modelyard.lifecycle import (
@@ -448,3 +451,28 @@ def test_a_quiet_release_changes_nothing_decide_would_do() -> None:
     last = inst("m", State.READY, since=0, in_flight=0, last_used=10)
     assert not quiet_release(last)
     assert decide({"m": ModelFacts("m", ttl=5)}, {"m": last}, [], T, 10).wake_at == 15
+
+
+@pytest.mark.parametrize(
+    ("keep_alive", "at", "stops", "wake"),
+    [
+        (None, 170, True, None),  # the model's ttl (60 s)
+        (0.0, 100, True, None),  # Ollama's keep_alive 0: stopped once idle
+        (5.0, 104, False, 105),  # a duration of its own
+        (5.0, 105, True, None),
+        (math.inf, 10_000, False, None),  # -1: kept
+        (300.0, 170, False, 400),  # longer than the ttl: it wins
+    ],
+)
+def test_a_client_s_keep_alive_stands_for_the_ttl(
+    keep_alive: float | None, at: float, stops: bool, wake: float | None
+) -> None:
+    idle = replace(inst("a", State.READY, since=0, last_used=100), keep_alive=keep_alive)
+    plan = decide(MODELS, {"a": idle}, [], T, at)
+    stopped = [a for a in plan.actions if isinstance(a, Stop)]
+    assert bool(stopped) is stops, plan.actions
+    if stopped:
+        assert ("keep_alive" if keep_alive is not None else "ttl") in stopped[0].reason
+    assert plan.wake_at == wake
+    busy = replace(idle, in_flight=1)
+    assert decide(MODELS, {"a": busy}, [], T, at).actions == []  # never mid-request
