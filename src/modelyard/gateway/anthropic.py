@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -25,7 +24,7 @@ from modelyard.errors import Code, Refusal
 from modelyard.gateway import dispatch
 from modelyard.gateway.connection import head_size
 from modelyard.gateway.dispatch import Call, Native
-from modelyard.gateway.frontend import refused, until_gone
+from modelyard.gateway.frontend import json_request, refused, until_gone
 from modelyard.gateway.state import Gateway
 from modelyard.openai_body import apply_edits, features, shape_problem
 
@@ -65,19 +64,10 @@ async def _serve(
 ) -> Response:
     path = "/messages/count_tokens" if count else "/messages"
     key = request.scope.get("state", {}).get("api_key")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        bad = Refusal(None, f"the request body is not valid JSON: {exc}", status=400)
-        return refused(gw, path, began, key, bad, render)
-    if not isinstance(body, dict):
-        bad = Refusal(None, "the request body must be a JSON object", status=400)
-        return refused(gw, path, began, key, bad, render)
-    asked = body.get("model")
-    if not isinstance(asked, str) or not asked:
-        names = ", ".join(gw.config.names())
-        bad = Refusal(None, f"`model` is required, a string naming one of: {names}", status=400)
-        return refused(gw, path, began, key, bad, render)
+    parsed = json_request(gw, path, raw, began, key, render)
+    if isinstance(parsed, Response):
+        return parsed
+    body, asked = parsed
     if count:  # counted as if it were sent: max_tokens is not needed for that
         body = {"max_tokens": 1, **body}
     chat = to_chat(body)

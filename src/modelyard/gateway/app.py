@@ -26,6 +26,7 @@ from modelyard.gateway import (
     events_api,
     openai,
     persona_api,
+    responses,
     session,
 )
 from modelyard.gateway.access import AccessGuard
@@ -129,6 +130,7 @@ def create_app(config: Config) -> ASGIApp:
             Route("/console/api/models/events", events_api.model_events, methods=["GET"]),
             *openai.routes,
             *anthropic.routes,
+            *responses.routes,
             *persona_api.routes,
             *admin.routes,
             *session.routes,
@@ -142,7 +144,7 @@ def create_app(config: Config) -> ASGIApp:
     # the rest.
     lane = {
         r.path: r.endpoint
-        for r in [*openai.routes, *anthropic.routes]
+        for r in [*openai.routes, *anthropic.routes, *responses.routes]
         if "POST" in (r.methods or ())
     }
     routes = OpenAILane(app, lane)

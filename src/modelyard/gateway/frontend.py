@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -73,3 +74,23 @@ def refused(
     request): logged with no model asked, then rendered."""
     rejected(gw, path, "", began, key.name if key else None, refusal)
     return render(refusal)
+
+
+def json_request(
+    gw: Gateway, path: str, raw: bytes, began: float, key: Any, render: Render
+) -> tuple[dict[str, Any], str] | Response:
+    """A JSON body naming its ``model``, and that name; or the refusal, logged and rendered."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        bad = Refusal(None, f"the request body is not valid JSON: {exc}", status=400)
+        return refused(gw, path, began, key, bad, render)
+    if not isinstance(body, dict):
+        bad = Refusal(None, "the request body must be a JSON object", status=400)
+        return refused(gw, path, began, key, bad, render)
+    asked = body.get("model")
+    if not isinstance(asked, str) or not asked:
+        names = ", ".join(gw.config.names())
+        bad = Refusal(None, f"`model` is required, a string naming one of: {names}", status=400)
+        return refused(gw, path, began, key, bad, render)
+    return body, asked
