@@ -24,6 +24,8 @@ from modelyard.gateway import (
     anthropic,
     conversations_api,
     events_api,
+    ollama,
+    ollama_models,
     openai,
     persona_api,
     responses,
@@ -131,6 +133,8 @@ def create_app(config: Config) -> ASGIApp:
             *openai.routes,
             *anthropic.routes,
             *responses.routes,
+            *ollama.routes,
+            *ollama_models.routes,
             *persona_api.routes,
             *admin.routes,
             *session.routes,
@@ -144,7 +148,8 @@ def create_app(config: Config) -> ASGIApp:
     # the rest.
     lane = {
         r.path: r.endpoint
-        for r in [*openai.routes, *anthropic.routes, *responses.routes]
+        for front in (openai, anthropic, responses, ollama)
+        for r in front.routes
         if "POST" in (r.methods or ())
     }
     routes = OpenAILane(app, lane)

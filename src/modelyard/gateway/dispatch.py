@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -67,6 +67,9 @@ class Call:
     # speaks it (``native``), and how to make its answer of a Chat Completions one.
     native: Native | None = None
     translate: Callable[[], Translation] | None = None
+    keepalive: bool = True  # SSE comments while a stream waits (not for NDJSON: Ollama)
+    from_root: bool = False  # ``path`` is on the server's root, not under its /v1 (/infill)
+    last_event: bytes = b"data: [DONE]"  # of a translated stream (llama-server's /infill)
 
     @property
     def key_name(self) -> str | None:
@@ -196,7 +199,7 @@ async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Re
             native = call.native if body is call.body else None
             if native is not None and native.protocol not in spec.speaks:
                 native = None
-            path, last_event, translate = call.path, b"data: [DONE]", None
+            path, last_event, translate = call.path, call.last_event, None
             if native is not None:
                 path, last_event = native.path, native.last_event
                 data = _renamed(native.raw, upstream.model)
@@ -212,6 +215,8 @@ async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Re
                 attempt.protocol = f"{call.native.protocol}, {how}"
             # Harmony's tags out of a chat answer, where the engine leaves them (per hop).
             harmony = call.endpoint == "chat" and spec.harmony and native is None
+            if call.from_root:
+                upstream = replace(upstream, base_url=upstream.base_url.removesuffix("/v1"))
             try:
                 return await forward(
                     gw.client,
@@ -237,7 +242,7 @@ async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Re
                 raise
         return render(attempt.refusal())
 
-    if not call.stream:
+    if not call.stream or not call.keepalive:
         return await serve()
     early = {"x-modelyard-decision": attempt.id}  # a stream that waits: its headers go first
     if decision.persona:
