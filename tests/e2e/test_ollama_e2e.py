@@ -46,9 +46,8 @@ def test_list_show_version_and_pull(gw: ServedGateway) -> None:
     assert "completion" in (shown.capabilities or [])
     assert "embedding" in (c.show("embed").capabilities or [])
     assert httpx.get(gw.url + "/api/version").json()["version"]
-    assert httpx.get(gw.url + "/").text == "Ollama is running"
-    assert httpx.head(gw.url + "/").status_code == 200
-    assert "<html" in httpx.get(gw.url + "/", headers={"accept": "text/html"}).text.lower()
+    assert httpx.head(gw.url + "/").status_code == 200  # a client checking it is up
+    assert httpx.get(gw.url + "/").status_code == 200  # the console's page
     assert c.pull("gemma-a").status == "success"
     with pytest.raises(ollama.ResponseError) as missing:
         c.pull("llama3.2")

@@ -1,6 +1,7 @@
 """The Ollama front-end, the models: ``/api/tags``, ``/api/ps``, ``/api/show``,
-``/api/version``, ``/api/pull``, ``GET /`` and ``HEAD /``; and a clear 4xx for what a
-gateway over a config does not do (``create``, ``push``, ``copy``, ``delete``).
+``/api/version``, ``/api/pull``, ``HEAD /`` (``GET /`` stays the console's page, a 200);
+and a clear 4xx for what a gateway over a config does not do (``create``, ``push``,
+``copy``, ``delete``).
 
 What a client reads of a model comes from the config and the GGUF file's header: its
 size, family (``general.architecture``), parameter size (``general.size_label``),
@@ -211,10 +212,11 @@ async def unsupported(request: Request) -> Response:
 
 
 async def root(request: Request) -> Response:
-    """``GET /``: the console for a browser; "Ollama is running" for a client checking."""
-    if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
-        return await session.index(request)
-    return PlainTextResponse("Ollama is running")
+    """``GET /`` is the console's page, a 200 as Ollama clients that probe the root want
+    (its body is not Ollama's "Ollama is running"); ``HEAD /`` answers 200 alone."""
+    if request.method == "HEAD":
+        return PlainTextResponse("")
+    return await session.index(request)
 
 
 routes = [
