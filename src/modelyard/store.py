@@ -311,13 +311,20 @@ class Store:
         return [json.loads(r[0]) for r in rows]
 
     def decision_by_id(self, id: str) -> dict[str, Any] | None:
-        self.flush()
+        self._settle()
         row = self.db.execute("SELECT body FROM decisions WHERE id = ?", (id,)).fetchone()
         return json.loads(row[0]) if row else None
 
     def flush(self) -> None:
         """Write what is queued now (on the caller's thread)."""
         self._write(*self._take())
+
+    def _settle(self) -> None:
+        """Before a read: what is queued written, and a batch the flusher's thread is writing
+        now committed (its lock is held until then), so a row just recorded is found."""
+        self.flush()
+        with self._lock:
+            pass
 
     def _take(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         # Called on the event loop, where rows are queued: nothing is appended meanwhile.
@@ -361,7 +368,7 @@ class Store:
         self, filters: dict[str, str | int], since: float | None = None, limit: int = 50
     ) -> list[dict[str, Any]]:
         """The newest request rows matching ``filters`` (exact values), newest first."""
-        self.flush()
+        self._settle()
         where: list[str] = []
         args: list[str | int | float] = []
         for name, value in filters.items():
