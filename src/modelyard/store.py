@@ -304,7 +304,7 @@ class Store:
 
     def decisions(self, limit: int = 50) -> list[dict[str, Any]]:
         """The latest decisions, newest first (pending ones are written first)."""
-        self.flush()
+        self._settle()
         rows = self.db.execute(
             "SELECT body FROM decisions ORDER BY rowid DESC LIMIT ?", (limit,)
         ).fetchall()
