@@ -243,3 +243,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if f"{os.sep}e2e{os.sep}" in str(item.path):
             item.add_marker(pytest.mark.e2e)
+
+
+def wait_slots_idle(gw: ServedGateway, model: str, timeout: float = 20) -> None:
+    """Until llama-server's own /slots says none of ``model``'s slots is working (a client
+    that left must have stopped its generation), and the gateway holds no place for it."""
+    slots = gw.model(model)["upstream"].removesuffix("/v1") + "/slots"
+    deadline = time.monotonic() + timeout
+    while any(s["is_processing"] for s in httpx.get(slots, timeout=10).json()):
+        assert time.monotonic() < deadline, f"{model} kept generating for a client gone"
+        time.sleep(0.2)
+    assert gw.model(model)["in_flight"] == 0

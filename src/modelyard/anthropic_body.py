@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from modelyard.chat_stream import ChatEvents, error_message, json_object
+
 Problem = tuple[str, str]  # what is wrong, and the field at fault
 
 _STOP = {
@@ -289,7 +291,7 @@ def _event(kind: str, data: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
 
 
-class MessagesAnswer:
+class MessagesAnswer(ChatEvents):
     """A Chat Completions answer made a Messages answer (a proxy ``Translation``): stream
     chunks in, Messages events out (``feed``, ``end``); a whole answer (``whole``); an
     error in OpenAI's shape (``error``)."""
@@ -297,53 +299,26 @@ class MessagesAnswer:
     content_type = "text/event-stream"
 
     def __init__(self, model: str) -> None:
+        super().__init__()
         self.model = model
-        self._pending = b""
         self._started = False
         self._block: tuple[str, int] | None = None  # the open block: kind, index
         self._blocks = 0
         self._tools: dict[int, int] = {}  # the engine's tool call index → block index
         self._stop: str | None = None
         self._usage = {"input_tokens": 0, "output_tokens": 0}
-        self._ended = False
 
     def whole(self, body: bytes) -> bytes:
-        try:
-            answer = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return body
-        return orjson.dumps(message(answer, self.model)) if isinstance(answer, dict) else body
+        answer = json_object(body)
+        return orjson.dumps(message(answer, self.model)) if answer is not None else body
 
     def error(self, status: int, body: bytes) -> bytes:
-        try:
-            said = orjson.loads(body)["error"]["message"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            said = body[:500].decode("utf-8", "replace")
-        return orjson.dumps(error(status, str(said)))
+        return orjson.dumps(error(status, error_message(body)))
 
-    def feed(self, chunk: bytes) -> bytes:
-        self._pending += chunk
-        *lines, self._pending = self._pending.split(b"\n")
-        return b"".join(self._line(line) for line in lines)
+    def _done(self) -> bytes:
+        return self._finish()
 
-    def end(self) -> bytes:
-        out = self._line(self._pending) if self._pending else b""
-        self._pending = b""
-        return out + self._finish()
-
-    def _line(self, line: bytes) -> bytes:
-        line = line.strip()
-        if not line.startswith(b"data:"):
-            return b""
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            return self._finish()
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return b""
-        if not isinstance(event, dict):
-            return b""
+    def _chat_event(self, event: dict[str, Any]) -> bytes:
         if "error" in event:  # the gateway's or the engine's error event, mid-stream
             err = event["error"] if isinstance(event["error"], dict) else {}
             self._ended = True

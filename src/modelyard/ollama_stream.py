@@ -25,6 +25,8 @@ from typing import Any, ClassVar
 
 import orjson
 
+from modelyard.chat_stream import ChatEvents, error_message, json_object
+
 Clock = Callable[[], float]
 CAPABILITIES = ("completion", "tools", "vision", "insert", "thinking", "embedding")
 FOREVER = "9999-12-31T23:59:59Z"  # an expiry that never comes (keep_alive < 0)
@@ -46,14 +48,6 @@ def arguments(value: Any) -> dict[str, Any]:
     return found if isinstance(found, dict) else {"value": found}
 
 
-def error_message(body: bytes) -> str:
-    """What an OpenAI-shaped error body says (or its first bytes, when it is not one)."""
-    try:
-        return _said(orjson.loads(body)["error"])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return body[:500].decode("utf-8", "replace")
-
-
 def _said(error: Any) -> str:
     return str(error.get("message", error)) if isinstance(error, dict) else str(error)
 
@@ -66,7 +60,7 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-class _Answer:
+class _Answer(ChatEvents):
     """What ChatAnswer and GenerateAnswer share: reading the engine, timing, the last line."""
 
     takes_tools: ClassVar[bool] = False
@@ -74,13 +68,13 @@ class _Answer:
     def __init__(
         self, model: str, stream: bool, *, clock: Clock = time.monotonic, now: Clock = time.time
     ) -> None:
+        super().__init__()
         self.model = model
         self.stream = stream
         self.content_type = "application/x-ndjson" if stream else "application/json"
         self._clock, self._now = clock, now
         self._start = clock()
         self._first: float | None = None
-        self._pending = b""
         self._text: list[str] = []  # kept for an answer sent whole (stream false)
         self._thinking: list[str] = []
         self._calls: dict[Any, dict[str, str]] = {}  # the engine's call index → its pieces
@@ -89,24 +83,10 @@ class _Answer:
         self._usage: tuple[Any, Any] = (None, None)  # prompt, generated
         self._native: tuple[Any, Any] = (None, None)  # /infill's own counts
         self._timings: dict[str, Any] = {}
-        self._ended = False
-
-    def feed(self, chunk: bytes) -> bytes:
-        self._pending += chunk
-        *lines, self._pending = self._pending.split(b"\n")
-        return b"".join(self._line(line) for line in lines)
-
-    def end(self) -> bytes:
-        out = self._line(self._pending) if self._pending else b""
-        self._pending = b""
-        return out + self._finish()
 
     def whole(self, body: bytes) -> bytes:
-        try:
-            answer = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return body
-        if not isinstance(answer, dict):
+        answer = json_object(body)
+        if answer is None:
             return body
         for choice in answer.get("choices") or []:  # a whole message reads as one delta
             if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
@@ -126,27 +106,18 @@ class _Answer:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def _line(self, line: bytes) -> bytes:
-        line = line.strip()
-        if self._ended or not line.startswith(b"data:"):
-            return b""
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            return self._finish()
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return b""
-        if not isinstance(event, dict):
-            return b""
+    def _done(self) -> bytes:
+        return self._finish()
+
+    def _chat_event(self, event: dict[str, Any]) -> bytes:
         if self._first is None:
             self._first = self._clock()
         if "error" in event:  # the gateway's or the engine's error event: the answer ends
             self._ended = True
             return self._dump({"error": _said(event["error"])})
-        return self._event(event)
+        return self._chunk(event)
 
-    def _event(self, event: dict[str, Any]) -> bytes:
+    def _chunk(self, event: dict[str, Any]) -> bytes:
         said, thought, finished, last = self._read(event)
         calls = self._take(everything=finished) if self.stream else []  # else: all at the end
         out = b""

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from modelyard.chat_stream import ChatEvents, json_object
 from modelyard.responses_body import (
     call_item,
     envelope,
@@ -32,21 +33,20 @@ from modelyard.responses_body import (
 _PREFIX = {"reasoning": "rs", "message": "msg"}  # the ids OpenAI gives its items
 
 
-class ResponsesAnswer:
+class ResponsesAnswer(ChatEvents):
     """A Chat Completions answer made a Responses answer: stream chunks in, Responses events
     out (``feed``, ``end``); a whole answer (``whole``); an error answer (``error``)."""
 
     content_type = "text/event-stream"
 
     def __init__(self, model: str, asked: dict[str, Any] | None = None) -> None:
+        super().__init__()
         self.model = model
         self.asked = asked
         self._id = new_id("resp")
         self._created = int(time.time())
-        self._pending = b""
         self._sequence = 0
         self._started = False
-        self._ended = False
         # The output items, in order: kind, id, text (or arguments), call_id, name.
         self._items: list[dict[str, str]] = []
         self._open: int | None = None  # the output index of the item being written
@@ -55,42 +55,20 @@ class ResponsesAnswer:
         self._usage: Any = None
 
     def whole(self, body: bytes) -> bytes:
-        try:
-            answer = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return body
-        if not isinstance(answer, dict):
+        answer = json_object(body)
+        if answer is None:
             return body
         return orjson.dumps(response(answer, self.model, self.asked))
 
     def error(self, status: int, body: bytes) -> bytes:
         return orjson.dumps(error_body(status, body))
 
-    def feed(self, chunk: bytes) -> bytes:
-        self._pending += chunk
-        *lines, self._pending = self._pending.split(b"\n")
-        return b"".join(self._line(line) for line in lines)
-
-    def end(self) -> bytes:
-        out = self._line(self._pending) if self._pending else b""
-        self._pending = b""
-        return out + self._complete()
-
     # -- reading the chat stream ------------------------------------------------------------
 
-    def _line(self, line: bytes) -> bytes:
-        line = line.strip()
-        if self._ended or not line.startswith(b"data:"):
-            return b""
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            return self._complete()
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return b""
-        if not isinstance(event, dict):
-            return b""
+    def _done(self) -> bytes:
+        return self._complete()
+
+    def _chat_event(self, event: dict[str, Any]) -> bytes:
         if "error" in event:  # the gateway's or the engine's error event, mid-stream
             err = event["error"] if isinstance(event["error"], dict) else {}
             return self._fail(str(err.get("message", event["error"])), str(err.get("code") or ""))

@@ -4,7 +4,6 @@ Chat-Completions-only (translated); tool calls translated from a stub engine's."
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,14 @@ import anthropic
 import httpx
 import pytest
 
-from tests.conftest import ServedGateway, gateways, gemma_model, stub_model, write_config
+from tests.conftest import (
+    ServedGateway,
+    gateways,
+    gemma_model,
+    stub_model,
+    wait_slots_idle,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -133,9 +139,4 @@ def test_a_client_that_leaves_mid_stream_frees_the_slot(gw: ServedGateway, model
         for n, _ in enumerate(resp.iter_lines()):
             if n > 12:
                 break  # leave mid-answer
-    slots = gw.model(model)["upstream"].removesuffix("/v1") + "/slots"
-    deadline = time.monotonic() + 20
-    while any(s["is_processing"] for s in httpx.get(slots, timeout=10).json()):
-        assert time.monotonic() < deadline, "the engine kept generating for a client gone"
-        time.sleep(0.2)
-    assert gw.model(model)["in_flight"] == 0
+    wait_slots_idle(gw, model)

@@ -12,7 +12,14 @@ import httpx
 import ollama
 import pytest
 
-from tests.conftest import ServedGateway, alive, gateways, gemma_model, write_config
+from tests.conftest import (
+    ServedGateway,
+    alive,
+    gateways,
+    gemma_model,
+    wait_slots_idle,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -131,9 +138,4 @@ def test_a_client_that_leaves_mid_stream_frees_the_slot(gw: ServedGateway) -> No
         for n, _ in enumerate(resp.iter_lines()):
             if n > 10:
                 break
-    slots = gw.model("gemma-a")["upstream"].removesuffix("/v1") + "/slots"
-    deadline = time.monotonic() + 20
-    while any(s["is_processing"] for s in httpx.get(slots, timeout=10).json()):
-        assert time.monotonic() < deadline, "the engine kept generating for a client gone"
-        time.sleep(0.2)
-    assert gw.model("gemma-a")["in_flight"] == 0
+    wait_slots_idle(gw, "gemma-a")

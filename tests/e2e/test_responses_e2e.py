@@ -5,7 +5,6 @@ whose answers end (Gemma 270M, a base model, talks until its limit)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,15 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ServedGateway, gateways, gemma_model, stub_log, stub_model, write_config
+from tests.conftest import (
+    ServedGateway,
+    gateways,
+    gemma_model,
+    stub_log,
+    stub_model,
+    wait_slots_idle,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -126,9 +133,4 @@ def test_a_client_that_leaves_mid_stream_frees_the_slot(gw: ServedGateway) -> No
         for n, _ in enumerate(resp.iter_lines()):
             if n > 20:
                 break
-    slots = gw.model("gemma")["upstream"].removesuffix("/v1") + "/slots"
-    deadline = time.monotonic() + 20
-    while any(s["is_processing"] for s in httpx.get(slots, timeout=10).json()):
-        assert time.monotonic() < deadline, "the engine kept generating for a client gone"
-        time.sleep(0.2)
-    assert gw.model("gemma")["in_flight"] == 0
+    wait_slots_idle(gw, "gemma")
