@@ -104,7 +104,7 @@ def counted(
                 total += int(line.split()[1])
     if not total:
         raise RuntimeError(f"no callgrind totals in {out.parent}")
-    return total / args.requests
+    return total / int(args.requests)
 
 
 def bare(stub: str, args: argparse.Namespace) -> float:
