@@ -83,14 +83,11 @@ async def _serve(
         request.headers, found, apply_edits, key, began, me,
         native=native, translate=None if count else (lambda: MessagesAnswer(asked)),
     )  # fmt: skip
-    decision = dispatch.decide(gw, call)
-    if isinstance(decision, Refusal):
-        return dispatch.refuse(gw, call, decision, render)
-    wrong = shape_problem("/chat/completions", chat)
-    if wrong is not None:
-        return dispatch.refuse(gw, call, Refusal(Code.INVALID_REQUEST, *wrong), render)
+    decision = dispatch.admit(gw, call, render, shape_problem("/chat/completions", chat))
+    if isinstance(decision, Response):
+        return decision
     if count:
-        target = gw.config.models.get(decision.model or "")
+        target = dispatch.first_model(gw, decision)
         edited = decision.persona is not None or decision.strip
         if target is None or "anthropic" not in target.speaks or edited:
             # No engine to ask: the gateway's own estimate, as routing counted it.

@@ -119,7 +119,7 @@ async def transcribe(
         path, endpoint, asked, body, raw, False, request.headers, found, _as_sent,
         key, began, me, content_type=content_type,
     )  # fmt: skip
-    decision = dispatch.decide(gw, call)
-    if isinstance(decision, Refusal):
-        return dispatch.refuse(gw, call, decision, openai_error)
+    decision = dispatch.admit(gw, call, openai_error)
+    if isinstance(decision, Response):
+        return decision
     return await dispatch.run(gw, call, decision, openai_error)

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from modelyard.config import ApiKey
+from modelyard.config import ApiKey, ModelBase
 from modelyard.errors import Code, Refusal, Refused, UpstreamUnavailable
 from modelyard.gateway.access import may_use
 from modelyard.gateway.attempt import Attempt, rejected
@@ -129,6 +129,25 @@ async def _turn(
     except BaseException:
         gw.scheduler.release(lease)
         raise
+
+
+def admit(
+    gw: Gateway, call: Call, render: Render, problem: tuple[str, str] | None = None
+) -> Decision | Response:
+    """The call's Decision, or its refusal logged and rendered: what ``decide`` refuses
+    first (an unknown model is a 404 before anything else), then ``problem``, what is
+    wrong with the body and the field at fault."""
+    decision = decide(gw, call)
+    if isinstance(decision, Refusal):
+        return refuse(gw, call, decision, render)
+    if problem is not None:
+        return refuse(gw, call, Refusal(Code.INVALID_REQUEST, *problem), render)
+    return decision
+
+
+def first_model(gw: Gateway, decision: Decision) -> ModelBase | None:
+    """The model a decision tries first (None when it has none)."""
+    return gw.config.models.get(decision.model) if decision.model is not None else None
 
 
 def no_target(gw: Gateway, asked: str) -> Refusal:

@@ -100,11 +100,11 @@ async def _serve(
         keepalive=False, from_root=infill,
         last_event=INFILL_LAST if infill else b"data: [DONE]",
     )  # fmt: skip
-    decision = dispatch.decide(gw, call)
-    if isinstance(decision, Refusal):
-        return dispatch.refuse(gw, call, decision, render)
+    decision = dispatch.admit(gw, call, render)
+    if isinstance(decision, Response):
+        return decision
     if infill:
-        engine = gw.config.models.get(decision.model or "")
+        engine = dispatch.first_model(gw, decision)
         if engine is None or engine.engine != "llama.cpp":
             why = "`suffix` (fill in the middle) needs a llama.cpp model, whose server has /infill"
             return dispatch.refuse(gw, call, Refusal(Code.INVALID_REQUEST, why, "suffix"), render)

@@ -110,13 +110,9 @@ async def _serve(
         path, endpoint, asked, body, raw, stream,
         request.headers, found, apply_edits, key, began, me,
     )  # fmt: skip
-    decision = dispatch.decide(gw, call)
-    if isinstance(decision, Refusal):
-        return dispatch.refuse(gw, call, decision, openai_error)
-    problem = shape_problem(path, body)  # after the name: an unknown model is a 404 first
-    if problem is not None:
-        refusal = Refusal(Code.INVALID_REQUEST, problem[0], param=problem[1])
-        return dispatch.refuse(gw, call, refusal, openai_error)
+    decision = dispatch.admit(gw, call, openai_error, shape_problem(path, body))
+    if isinstance(decision, Response):
+        return decision
     return await dispatch.run(gw, call, decision, openai_error)
 
 

@@ -66,14 +66,11 @@ async def _serve(
         native=Native("responses", PATH, raw, LAST_EVENT),
         translate=lambda: ResponsesAnswer(asked, body),
     )  # fmt: skip
-    decision = dispatch.decide(gw, call)
-    if isinstance(decision, Refusal):
-        return dispatch.refuse(gw, call, decision, openai_error)
-    wrong = shape_problem("/chat/completions", chat)
-    if wrong is not None:
-        return dispatch.refuse(gw, call, Refusal(Code.INVALID_REQUEST, *wrong), openai_error)
+    decision = dispatch.admit(gw, call, openai_error, shape_problem("/chat/completions", chat))
+    if isinstance(decision, Response):
+        return decision
     if body.get("previous_response_id") is not None:
-        target = gw.config.models.get(decision.model or "")
+        target = dispatch.first_model(gw, decision)
         if target is None or "responses" not in target.speaks:
             why = (
                 f"`previous_response_id` needs an engine that keeps responses; "
