@@ -85,13 +85,16 @@ def _facts(model: Model) -> dict[str, Any]:
         *(["thinking"] if model.harmony or "think" in template else []),
     ]
     file_type = meta.get("general.file_type")
-    return {
-        "size": size or model.memory or 0,
-        "modified": modified,
+    details = {  # as the listing helpers name them
         "family": meta.get("general.architecture") or model.engine,
         "parameter_size": meta.get("general.size_label"),
         "quantization": _FILE_TYPES.get(file_type) if isinstance(file_type, int) else None,
-        "context": model.window,
+        "context_length": model.window,
+    }
+    return {
+        "size": size or model.memory or 0,
+        "modified": modified,
+        "details": details,
         "capabilities": capabilities,
         "template": template,
     }
@@ -105,17 +108,7 @@ async def tags(request: Request) -> Response:
         if not {"chat", "completions", "embeddings"} & model.endpoints:
             continue  # a voice or ears: not an Ollama model
         f = _facts(model)
-        out.append(
-            model_entry(
-                name,
-                f["size"],
-                f["modified"] or gw.started,
-                f["family"],
-                f["parameter_size"],
-                f["quantization"],
-                f["context"],
-            )
-        )
+        out.append(model_entry(name, f["size"], f["modified"] or gw.started, **f["details"]))
     return JSONResponse({"models": out})
 
 
@@ -133,18 +126,7 @@ async def ps(request: Request) -> Response:
         need = view.get("need") or {}
         f = _facts(model)
         vram = int(sum((need.get("per_gpu") or {}).values()))  # 0 on the CPU
-        out.append(
-            ps_entry(
-                name,
-                f["size"],
-                vram,
-                expires,
-                f["family"],
-                f["parameter_size"],
-                f["quantization"],
-                f["context"],
-            )
-        )
+        out.append(ps_entry(name, f["size"], vram, expires, **f["details"]))
     return JSONResponse({"models": out})
 
 
@@ -163,13 +145,10 @@ async def show(request: Request) -> Response:
     return JSONResponse(
         show_body(
             name,
-            f["family"],
-            f["parameter_size"],
-            f["quantization"],
-            f["context"],
-            f["capabilities"],
-            f["modified"] or gw.started,
+            capabilities=f["capabilities"],
+            modified_at=f["modified"] or gw.started,
             template=f["template"],
+            **f["details"],
         )
     )
 
