@@ -1,33 +1,24 @@
-"""Anthropic's Messages API in Chat Completions terms, and back (pure: no I/O).
+"""Anthropic's Messages API requests in Chat Completions terms (pure: no I/O).
 
-``to_chat``: a ``POST /v1/messages`` body → the Chat Completions body an engine that does
-not speak Messages is sent (system, content blocks, images, tools and tool results,
-``stop_sequences``, ``thinking``), or what is wrong with it and where. ``message``: a Chat
-Completions answer → a Messages answer. ``MessagesAnswer``: a Chat Completions stream →
-the Messages event sequence (message_start, content blocks with their deltas,
-message_delta with ``stop_reason`` and usage, message_stop), chunk by chunk. ``error``:
-any error in Anthropic's shape.
+``read``: what routing reads of a ``POST /v1/messages`` body (``openai_body.Said``), or what
+is wrong with it and where: every check, no translation, so that a request passed as it
+came to an engine that speaks Messages pays for none. ``translate``: the Chat Completions
+body an engine that does not speak Messages is sent (system, content blocks, images, tools
+and tool results, ``stop_sequences``, ``thinking``), of a body ``read`` accepted;
+``to_chat`` does both. ``error``: any error in Anthropic's shape. The answer's side is
+``anthropic_answer``.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
 from typing import Any
 
 import orjson
 
-from modelyard.chat_stream import ChatEvents, error_message, json_object
+from modelyard.openai_body import Said
 
 Problem = tuple[str, str]  # what is wrong, and the field at fault
 
-_STOP = {
-    "stop": "end_turn",
-    "length": "max_tokens",
-    "tool_calls": "tool_use",
-    "function_call": "tool_use",
-    "content_filter": "refusal",
-}
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -39,15 +30,12 @@ _ERROR_TYPES = {
     503: "overloaded_error",
     529: "overloaded_error",
 }
-_ids = itertools.count(1)
 # What the Messages API itself defines: read here, or of no use to an engine.
 _MESSAGES_KEYS = frozenset(("model", "max_tokens", "messages", "system", "stop_sequences",
     "stream", "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking",
     "metadata", "service_tier", "container", "mcp_servers", "context_management"))  # fmt: skip
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{os.urandom(6).hex()}{next(_ids):06d}"
+_THINKING = {"enabled": True, "disabled": False}
+_ERROR = "Error: "  # before a tool result's text that says it failed
 
 
 def error(status: int, message: str) -> dict[str, Any]:
@@ -56,60 +44,182 @@ def error(status: int, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": message}}
 
 
-# -- the request ------------------------------------------------------------------------------
-
-
 def to_chat(body: dict[str, Any]) -> dict[str, Any] | Problem:
     """The Chat Completions body for a Messages ``body``, or the problem with it."""
+    problem = read(body)
+    return problem if isinstance(problem, tuple) else translate(body)
+
+
+# -- reading: the checks, and what routing needs ----------------------------------------------
+
+
+def read(body: dict[str, Any]) -> Said | Problem:
+    """What routing reads of a Messages ``body``, counted as its translation would be (the
+    same features either way), or the problem with it."""
     max_tokens = body.get("max_tokens")
     if type(max_tokens) is not int or max_tokens < 1:
         return "`max_tokens` is required: a whole number of at least 1", "max_tokens"
-    messages: list[dict[str, Any]] = []
+    said = Said("", 0, 0, False, False, max_tokens)
     system = body.get("system")
     if system is not None:
         text = _text_of(system)
         if text is None:
             return "`system` must be a string or a list of text blocks", "system"
-        messages.append({"role": "system", "content": text})
+        said.chars, said.count = len(text), 1
     given = body.get("messages")
     if not isinstance(given, list) or not given:
         return "`messages` is required: a list of {role, content} objects", "messages"
     for i, message in enumerate(given):
-        turned = _message(message, f"messages.{i}")
-        if isinstance(turned, tuple):
-            return turned
-        messages += turned
+        problem = _read_message(message, i, said)
+        if problem is not None:
+            return problem
+    if said.count == 0:
+        return "`messages` has nothing to send: every message is empty", "messages"
+    stops = body.get("stop_sequences")
+    if stops is not None and (
+        not isinstance(stops, list) or not all(isinstance(s, str) for s in stops)
+    ):
+        return "`stop_sequences` must be a list of strings", "stop_sequences"
+    tools = _tools(body.get("tools"), body.get("tool_choice"))
+    if isinstance(tools, tuple):
+        return tools
+    thinking = body.get("thinking")
+    if thinking is not None and (
+        not isinstance(thinking, dict) or thinking.get("type") not in _THINKING
+    ):
+        return "`thinking` must be {type: enabled, budget_tokens} or {type: disabled}", "thinking"
+    said.tools = "tools" in tools
+    return said
+
+
+def _read_message(message: Any, i: int, said: Said) -> Problem | None:
+    """A message read into ``said``, or the problem with it."""
+    if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+        return (
+            f"`messages.{i}` must be an object with `role` user or assistant",
+            f"messages.{i}.role",
+        )
+    role, content = message["role"], message.get("content")
+    if isinstance(content, str):
+        said.chars, said.count = said.chars + len(content), said.count + 1
+        if role == "user":
+            said.last_user = content
+        return None
+    if not isinstance(content, list):
+        why = f"`messages.{i}.content` must be a string or a list of blocks"
+        return why, f"messages.{i}.content"
+    texts: list[str] = []
+    image = False
+    for j, block in enumerate(content):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif kind == "image" and role == "user":
+            if _image_url(block.get("source")) is None:
+                why = "an image's `source` must be {type: base64, media_type, data} or {url}"
+                return why, f"messages.{i}.content.{j}.source"
+            image = True
+        elif kind == "tool_use" and role == "assistant":
+            if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
+                return "a tool_use block needs `id` and `name`", f"messages.{i}.content.{j}"
+        elif kind == "tool_result" and role == "user":
+            if not isinstance(block.get("tool_use_id"), str):
+                return (
+                    "a tool_result block needs `tool_use_id`",
+                    f"messages.{i}.content.{j}.tool_use_id",
+                )
+            text = _result_text(block.get("content"))
+            if text is None:
+                why = "a tool_result's `content` must be a string or text blocks"
+                return why, f"messages.{i}.content.{j}.content"
+            said.chars += len(text) + (len(_ERROR) if block.get("is_error") else 0)
+            said.count += 1  # a tool message of its own
+        elif kind in ("thinking", "redacted_thinking") and role == "assistant":
+            continue  # an earlier turn's reasoning: not sent back to the engine
+        else:
+            why = f"a {kind!r} block is not supported in a {role} message here"
+            return why, f"messages.{i}.content.{j}.type"
+    if role == "assistant":  # always a turn, its text joined
+        said.chars, said.count = said.chars + sum(map(len, texts)), said.count + 1
+    elif texts or image:  # else tool results alone
+        text = "\n".join(texts) if image else "".join(texts)  # as features joins parts
+        said.chars, said.count = said.chars + len(text), said.count + 1
+        said.last_user, said.images = text, said.images or image
+    return None
+
+
+# -- translating: a body read accepted --------------------------------------------------------
+
+
+def translate(body: dict[str, Any]) -> dict[str, Any]:
+    """The Chat Completions body for a Messages ``body`` that ``read`` accepted."""
+    messages: list[dict[str, Any]] = []
+    system = body.get("system")
+    if system is not None:
+        messages.append({"role": "system", "content": _text_of(system)})
+    for message in body["messages"]:
+        messages += _turn(message)
     chat: dict[str, Any] = {
         "model": body.get("model"),
         "messages": messages,
-        "max_tokens": max_tokens,
+        "max_tokens": body["max_tokens"],
     }
     for key in ("temperature", "top_p", "top_k"):
         if key in body:
             chat[key] = body[key]
-    stops = body.get("stop_sequences")
-    if stops is not None:
-        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-            return "`stop_sequences` must be a list of strings", "stop_sequences"
-        chat["stop"] = stops
+    if body.get("stop_sequences") is not None:
+        chat["stop"] = body["stop_sequences"]
     if body.get("stream") is True:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}  # the usage message_delta needs
     tools = _tools(body.get("tools"), body.get("tool_choice"))
-    if isinstance(tools, tuple):
-        return tools
+    assert isinstance(tools, dict), "read accepted the tools"
     chat.update(tools)
     for key, value in body.items():  # an engine's own parameters pass (llama.cpp's, ...)
         if key not in _MESSAGES_KEYS:
             chat.setdefault(key, value)
     thinking = body.get("thinking")
-    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
-        chat["chat_template_kwargs"] = {"enable_thinking": True}
-    elif isinstance(thinking, dict) and thinking.get("type") == "disabled":
-        chat["chat_template_kwargs"] = {"enable_thinking": False}
-    elif thinking is not None:
-        return "`thinking` must be {type: enabled, budget_tokens} or {type: disabled}", "thinking"
+    if thinking is not None:
+        chat["chat_template_kwargs"] = {"enable_thinking": _THINKING[thinking["type"]]}
     return chat
+
+
+def _turn(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """A message's Chat Completions messages: its tool results first (they answer the
+    previous assistant turn), then the turn itself."""
+    role, content = message["role"], message["content"]
+    if isinstance(content, str):
+        return [{"role": role, "content": content}]
+    parts: list[dict[str, Any]] = []
+    calls: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
+    for block in content:
+        kind = block["type"]
+        if kind == "text":
+            parts.append({"type": "text", "text": block["text"]})
+        elif kind == "image":
+            parts.append({"type": "image_url", "image_url": {"url": _image_url(block["source"])}})
+        elif kind == "tool_use":
+            arguments = orjson.dumps(block.get("input") or {}).decode()
+            function = {"name": block["name"], "arguments": arguments}
+            calls.append({"id": block["id"], "type": "function", "function": function})
+        elif kind == "tool_result":
+            text = _result_text(block.get("content"))
+            if block.get("is_error"):
+                text = f"{_ERROR}{text}"
+            out.append({"role": "tool", "tool_call_id": block["tool_use_id"], "content": text})
+    if role == "assistant":
+        text = "".join(p["text"] for p in parts)
+        turn: dict[str, Any] = {"role": "assistant", "content": text or None}
+        if calls:
+            turn["tool_calls"] = calls
+        out.append(turn)
+    elif parts:
+        only_text = all(p["type"] == "text" for p in parts)
+        out.append(
+            {"role": "user", "content": "".join(p["text"] for p in parts) if only_text else parts}
+        )
+    return out
 
 
 def _text_of(value: Any) -> str | None:
@@ -121,66 +231,6 @@ def _text_of(value: Any) -> str | None:
     ):
         return "\n\n".join(b["text"] for b in value)
     return None
-
-
-def _message(message: Any, where: str) -> list[dict[str, Any]] | Problem:
-    if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-        return f"`{where}` must be an object with `role` user or assistant", f"{where}.role"
-    role, content = message["role"], message.get("content")
-    if isinstance(content, str):
-        return [{"role": role, "content": content}]
-    if not isinstance(content, list):
-        return f"`{where}.content` must be a string or a list of blocks", f"{where}.content"
-    parts: list[dict[str, Any]] = []
-    calls: list[dict[str, Any]] = []
-    results: list[dict[str, Any]] = []
-    for j, block in enumerate(content):
-        at = f"{where}.content.{j}"
-        kind = block.get("type") if isinstance(block, dict) else None
-        if kind == "text" and isinstance(block.get("text"), str):
-            parts.append({"type": "text", "text": block["text"]})
-        elif kind == "image" and role == "user":
-            url = _image_url(block.get("source"))
-            if url is None:
-                why = "an image's `source` must be {type: base64, media_type, data} or {url}"
-                return why, f"{at}.source"
-            parts.append({"type": "image_url", "image_url": {"url": url}})
-        elif kind == "tool_use" and role == "assistant":
-            if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
-                return "a tool_use block needs `id` and `name`", at
-            arguments = orjson.dumps(block.get("input") or {}).decode()
-            calls.append(
-                {
-                    "id": block["id"],
-                    "type": "function",
-                    "function": {"name": block["name"], "arguments": arguments},
-                }
-            )
-        elif kind == "tool_result" and role == "user":
-            if not isinstance(block.get("tool_use_id"), str):
-                return "a tool_result block needs `tool_use_id`", f"{at}.tool_use_id"
-            text = _result_text(block.get("content"))
-            if text is None:
-                return "a tool_result's `content` must be a string or text blocks", f"{at}.content"
-            if block.get("is_error"):
-                text = f"Error: {text}"
-            results.append({"role": "tool", "tool_call_id": block["tool_use_id"], "content": text})
-        elif kind in ("thinking", "redacted_thinking") and role == "assistant":
-            continue  # an earlier turn's reasoning: not sent back to the engine
-        else:
-            return f"a {kind!r} block is not supported in a {role} message here", f"{at}.type"
-    out = list(results)  # tool results answer the previous assistant turn: first
-    if role == "assistant":
-        text = "".join(p["text"] for p in parts)
-        turn: dict[str, Any] = {"role": "assistant", "content": text or None}
-        if calls:
-            turn["tool_calls"] = calls
-        out.append(turn)
-    elif parts:
-        only_text = all(p["type"] == "text" for p in parts)
-        text = "".join(p["text"] for p in parts) if only_text else None
-        out.append({"role": "user", "content": text if text is not None else parts})
-    return out
 
 
 def _image_url(source: Any) -> str | None:
@@ -237,189 +287,3 @@ def _tools(tools: Any, choice: Any) -> dict[str, Any] | Problem:
         if isinstance(choice, dict) and choice.get("disable_parallel_tool_use"):
             out["parallel_tool_calls"] = False
     return out
-
-
-# -- the answer -------------------------------------------------------------------------------
-
-
-def message(answer: dict[str, Any], model: str) -> dict[str, Any]:
-    """The Messages answer for a Chat Completions ``answer``."""
-    choice = (answer.get("choices") or [{}])[0]
-    said = choice.get("message") or {}
-    content: list[dict[str, Any]] = []
-    if isinstance(said.get("reasoning_content"), str) and said["reasoning_content"]:
-        content.append({"type": "thinking", "thinking": said["reasoning_content"], "signature": ""})
-    if isinstance(said.get("content"), str) and said["content"]:
-        content.append({"type": "text", "text": said["content"]})
-    for call in said.get("tool_calls") or []:
-        function = call.get("function") or {}
-        content.append(
-            {
-                "type": "tool_use",
-                "id": call.get("id") or new_id("toolu"),
-                "name": function.get("name", ""),
-                "input": _arguments(function.get("arguments")),
-            }
-        )
-    usage = answer.get("usage") or {}
-    return {
-        "id": new_id("msg"),
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": _STOP.get(choice.get("finish_reason") or "stop", "end_turn"),
-        "stop_sequence": None,
-        "usage": {
-            "input_tokens": usage.get("prompt_tokens") or 0,
-            "output_tokens": usage.get("completion_tokens") or 0,
-        },
-    }
-
-
-def _arguments(text: Any) -> Any:
-    if isinstance(text, dict):
-        return text
-    try:
-        found = orjson.loads(text or "{}")
-    except orjson.JSONDecodeError:
-        return {"_raw": text}  # the model wrote no JSON: the client sees what it wrote
-    return found if isinstance(found, dict) else {"value": found}
-
-
-def _event(kind: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
-
-
-class MessagesAnswer(ChatEvents):
-    """A Chat Completions answer made a Messages answer (a proxy ``Translation``): stream
-    chunks in, Messages events out (``feed``, ``end``); a whole answer (``whole``); an
-    error in OpenAI's shape (``error``)."""
-
-    content_type = "text/event-stream"
-
-    def __init__(self, model: str) -> None:
-        super().__init__()
-        self.model = model
-        self._started = False
-        self._block: tuple[str, int] | None = None  # the open block: kind, index
-        self._blocks = 0
-        self._tools: dict[int, int] = {}  # the engine's tool call index → block index
-        self._stop: str | None = None
-        self._usage = {"input_tokens": 0, "output_tokens": 0}
-
-    def whole(self, body: bytes) -> bytes:
-        answer = json_object(body)
-        return orjson.dumps(message(answer, self.model)) if answer is not None else body
-
-    def error(self, status: int, body: bytes) -> bytes:
-        return orjson.dumps(error(status, error_message(body)))
-
-    def _done(self) -> bytes:
-        return self._finish()
-
-    def _chat_event(self, event: dict[str, Any]) -> bytes:
-        if "error" in event:  # the gateway's or the engine's error event, mid-stream
-            err = event["error"] if isinstance(event["error"], dict) else {}
-            self._ended = True
-            said = str(err.get("message", err))
-            return _event("error", {"error": {"type": "api_error", "message": said}})
-        out = self._start()
-        usage = event.get("usage")
-        if isinstance(usage, dict):
-            self._usage = {
-                "input_tokens": usage.get("prompt_tokens") or 0,
-                "output_tokens": usage.get("completion_tokens") or 0,
-            }
-        for choice in event.get("choices") or []:
-            delta = choice.get("delta") or {}
-            if isinstance(delta.get("reasoning_content"), str) and delta["reasoning_content"]:
-                out += self._open("thinking", {"thinking": "", "signature": ""})
-                out += self._delta(
-                    {"type": "thinking_delta", "thinking": delta["reasoning_content"]}
-                )
-            if isinstance(delta.get("content"), str) and delta["content"]:
-                out += self._open("text", {"text": ""})
-                out += self._delta({"type": "text_delta", "text": delta["content"]})
-            for call in delta.get("tool_calls") or []:
-                out += self._tool(call)
-            if choice.get("finish_reason"):
-                self._stop = _STOP.get(choice["finish_reason"], "end_turn")
-        return out
-
-    def _start(self) -> bytes:
-        if self._started:
-            return b""
-        self._started = True
-        return _event(
-            "message_start",
-            {
-                "message": {
-                    "id": new_id("msg"),
-                    "type": "message",
-                    "role": "assistant",
-                    "model": self.model,
-                    "content": [],
-                    "stop_reason": None,
-                    "stop_sequence": None,
-                    "usage": {"input_tokens": 0, "output_tokens": 0},
-                }
-            },
-        )
-
-    def _open(self, kind: str, fields: dict[str, Any], key: int | None = None) -> bytes:
-        if self._block is not None and self._block[0] == kind and kind != "tool_use":
-            return b""
-        out = self._close()
-        index = self._blocks
-        self._blocks += 1
-        self._block = (kind, index)
-        if key is not None:
-            self._tools[key] = index
-        block = {"index": index, "content_block": {"type": kind, **fields}}
-        return out + _event("content_block_start", block)
-
-    def _delta(self, delta: dict[str, Any]) -> bytes:
-        assert self._block is not None
-        return _event("content_block_delta", {"index": self._block[1], "delta": delta})
-
-    def _tool(self, call: dict[str, Any]) -> bytes:
-        key = call.get("index", 0)
-        function = call.get("function") or {}
-        out = b""
-        if key not in self._tools:  # a new call: its id and name come first
-            fields = {
-                "id": call.get("id") or new_id("toolu"),
-                "name": function.get("name", ""),
-                "input": {},
-            }
-            out += self._open("tool_use", fields, key)
-        arguments = function.get("arguments")
-        if isinstance(arguments, str) and arguments:
-            index = self._tools[key]
-            out += _event(
-                "content_block_delta",
-                {"index": index, "delta": {"type": "input_json_delta", "partial_json": arguments}},
-            )
-        return out
-
-    def _close(self) -> bytes:
-        if self._block is None:
-            return b""
-        index = self._block[1]
-        self._block = None
-        return _event("content_block_stop", {"index": index})
-
-    def _finish(self) -> bytes:
-        if self._ended:
-            return b""
-        self._ended = True
-        out = self._start() + self._close()
-        out += _event(
-            "message_delta",
-            {
-                "delta": {"stop_reason": self._stop or "end_turn", "stop_sequence": None},
-                "usage": self._usage,
-            },
-        )
-        return out + _event("message_stop", {})

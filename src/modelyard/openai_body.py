@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from modelyard.routing import Decision, Features
@@ -62,24 +63,26 @@ def _messages(messages: Any) -> tuple[str, str] | None:
     return None
 
 
-def features(
-    body: Mapping[str, Any],
-    headers: Mapping[str, str],
-    keep: Collection[str] | None = None,
-    endpoint: str = "chat",
-    header_count: int = 0,
-    header_bytes: int = 0,
-) -> Features:
-    """Features of an OpenAI chat, completions or embeddings body, read without changing it.
+@dataclass(slots=True)  # not frozen: made for every request, and frozen costs 3x
+class Said:
+    """What routing reads of a request's words, whatever its protocol: the front-end of
+    another protocol reads it off its own body (``anthropic_request.read``, ...), where
+    translating it only for that would cost every request passed through as it came."""
 
-    ``keep``: the (lower-case) header names to keep, e.g. ``header_names(config)``; None
-    keeps every header. ``header_count`` and ``header_bytes`` summarise them all.
-    """
+    last_user: str  # the last user message's text
+    chars: int  # of every message's text, the system prompt's included
+    count: int  # messages, as Chat Completions counts them
+    images: bool
+    tools: bool
+    max_tokens: int  # asked for; 0: not said
+
+
+def said(body: Mapping[str, Any]) -> Said:
+    """What an OpenAI chat, completions or embeddings body says."""
     messages = body.get("messages")
-    texts: list[str] = []
+    chars = count = 0
     last_user = ""
     images = False
-    count = 0
     if isinstance(messages, list):
         for message in messages:
             if not isinstance(message, dict):
@@ -87,14 +90,33 @@ def features(
             count += 1
             text, has_image = _content_text(message.get("content"))
             images = images or has_image
-            texts.append(text)
+            chars += len(text)
             if message.get("role") == "user":
                 last_user = text
     elif isinstance(body.get("prompt"), str):
         last_user = body["prompt"]
-        texts.append(last_user)
-        count = 1
-    chars = sum(len(t) for t in texts)
+        chars, count = len(last_user), 1
+    tools = bool(body.get("tools") or body.get("functions"))
+    limit = _int(body.get("max_completion_tokens", body.get("max_tokens")))
+    return Said(last_user, chars, count, images, tools, limit)
+
+
+def features(
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    keep: Collection[str] | None = None,
+    endpoint: str = "chat",
+    header_count: int = 0,
+    header_bytes: int = 0,
+    words: Said | None = None,
+) -> Features:
+    """Features of an OpenAI chat, completions or embeddings body, read without changing it
+    (``words``: what another protocol's front-end read of its own body instead).
+
+    ``keep``: the (lower-case) header names to keep, e.g. ``header_names(config)``; None
+    keeps every header. ``header_count`` and ``header_bytes`` summarise them all.
+    """
+    read = said(body) if words is None else words
     return Features(
         model=str(body.get("model", "")),
         headers=(
@@ -102,11 +124,11 @@ def features(
             if keep is None
             else {k: v for k in keep if (v := headers.get(k)) is not None}
         ),
-        last_user=last_user,
-        tokens=-(-chars // 3) + 4 * count,
-        tools=bool(body.get("tools") or body.get("functions")),
-        images=images,
-        max_tokens=_int(body.get("max_completion_tokens", body.get("max_tokens"))),
+        last_user=read.last_user,
+        tokens=-(-read.chars // 3) + 4 * read.count,
+        tools=read.tools,
+        images=read.images,
+        max_tokens=read.max_tokens,
         endpoint=endpoint,
         header_count=header_count,
         header_bytes=header_bytes,

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from modelyard.chat_stream import ChatEvents, json_object
-from modelyard.responses_body import (
+from modelyard.responses_answer import (
     call_item,
     envelope,
     error_body,

@@ -34,6 +34,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, gemma: Path) -> Iterator[Served
         gemma_model("gemma", gemma, parallel=2)
         + gemma_model("gemma-t", gemma, parallel=2, protocols="[]")
         + stub_model("tools", "--record")
+        + stub_model("speaker", "--record", protocols="[anthropic]")
+        + "personas:\n  bard:\n    use: speaker\n    system: Speak in rhyme.\n"
     )
     with gateways(tmp) as start:
         yield start(write_config(tmp, models))
@@ -103,6 +105,24 @@ def test_tool_calls_come_back_as_tool_use(gw: ServedGateway) -> None:
         "tool_call_id": use.id,
         "content": "18 °C, sunny",
     }
+
+
+def test_a_persona_s_edits_are_translated_even_for_an_engine_that_speaks_messages(
+    gw: ServedGateway,
+) -> None:
+    # speaker speaks Messages: a request as it came would go as it came. Through a persona
+    # the request is edited, which only its translation can carry.
+    raw = client(gw).messages.with_raw_response.create(
+        model="bard", max_tokens=9, system="Be brief.", messages=HI
+    )
+    assert raw.headers["x-modelyard-protocol"] == "anthropic; translated"
+    assert raw.parse().content[0].type == "text"
+    log = httpx.get(gw.model("speaker")["upstream"].removesuffix("/v1") + "/stub/log").json()
+    sent = log["requests"][-1]  # the stub logs its Chat Completions requests alone
+    assert sent["body"]["messages"] == [
+        {"role": "system", "content": "Speak in rhyme.\n\nBe brief."},  # the persona's first
+        {"role": "user", "content": "Say hello."},
+    ]
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,9 @@ from typing import Any
 import orjson
 import pytest
 
-from modelyard.anthropic_body import MessagesAnswer, error, message, to_chat
+from modelyard.anthropic_answer import MessagesAnswer, message
+from modelyard.anthropic_body import error, read, to_chat
+from modelyard.openai_body import features, said
 
 BASE = {"model": "claude-3-5-haiku-latest", "max_tokens": 64}
 PNG = {"type": "base64", "media_type": "image/png", "data": "AAA"}
@@ -83,6 +85,7 @@ def test_images_tools_and_tool_results() -> None:
         ({**BASE}, "messages", "required"),
         ({**BASE, "messages": [{"role": "system", "content": "x"}]}, "messages.0.role", "user or"),
         ({**BASE, "messages": [{"role": "user", "content": 5}]}, "messages.0.content", "string"),
+        ({**BASE, "messages": [{"role": "user", "content": []}]}, "messages", "nothing to send"),
         ({**BASE, "messages": [{"role": "user", "content": [{"type": "document"}]}]},
          "messages.0.content.0.type", "'document' block is not supported"),
         ({**BASE, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
@@ -102,6 +105,38 @@ def test_what_is_wrong_is_named(body: dict[str, Any], field: str, says: str) -> 
     problem = to_chat(body)
     assert isinstance(problem, tuple), problem
     assert problem[1] == field and says in problem[0], problem
+
+
+TOOL_TURNS = [
+    {"role": "user", "content": [{"type": "text", "text": "Look"}, {"type": "image", "source": PNG},
+                                 {"type": "text", "text": "here"}]},
+    {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm", "signature": ""},
+                                      {"type": "tool_use", "id": "t", "name": "look"}]},
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "a cat",
+                                  "is_error": True}]},
+    {"role": "assistant", "content": [A_CAT, {"type": "text", "text": "!"}]},
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t"}, A_CAT]},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"messages": X},
+        {"system": "Be brief.", "messages": [{"role": "user", "content": "hi"}]},
+        {"system": [A_CAT, A_CAT], "messages": [{"role": "assistant", "content": "x"}, *X]},
+        {"messages": TOOL_TURNS, "tools": [{"name": "look", "input_schema": {}}]},
+        {"messages": TOOL_TURNS[1:3], "tools": []},
+        {"messages": [{"role": "user", "content": [{"type": "image", "source": PNG}]}]},
+    ],
+)
+def test_what_routing_reads_is_what_it_reads_of_the_translation(body: dict[str, Any]) -> None:
+    # Read off the body as it came (a request passed through is never translated) or off its
+    # translation: the same features, so a request routes the same either way.
+    read_off = read({**BASE, **body})
+    assert not isinstance(read_off, tuple), read_off
+    assert read_off == said(chat(**body))
+    assert features({**BASE, **body}, {}, words=read_off) == features(chat(**body), {})
 
 
 def test_thinking_maps_onto_the_template() -> None:

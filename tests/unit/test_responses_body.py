@@ -13,7 +13,10 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from modelyard.responses_body import declined_tools, response, to_chat
+from modelyard.openai_body import features
+from modelyard.openai_body import said as said_of
+from modelyard.responses_answer import response
+from modelyard.responses_body import declined_tools, read, to_chat
 from modelyard.responses_stream import ResponsesAnswer
 
 EVENT = TypeAdapter(ResponseStreamEvent)
@@ -176,6 +179,45 @@ def bad_part(part: dict[str, Any], role: str = "user") -> dict[str, Any]:
     return {**HI, "input": [{"role": role, "content": [part]}]}
 
 
+TURNS = [
+    {"role": "developer", "content": "Use tools."},
+    {"role": "user", "content": [{"type": "input_text", "text": "What is "},
+                                 {"type": "input_image", "image_url": "https://x/cat.png"},
+                                 {"type": "input_text", "text": "this?"}]},
+    {"type": "message", "role": "assistant", "content": [
+        {"type": "output_text", "text": "Let me look."}, {"type": "refusal", "refusal": "No."}]},
+    {"type": "function_call", "call_id": "c1", "name": "look", "arguments": "{}"},
+    {"type": "function_call", "call_id": "c2", "name": "look", "arguments": "{}"},
+    {"type": "function_call_output", "call_id": "c1", "output": "a cat"},
+    {"type": "function_call_output", "call_id": "c2", "output": [
+        {"type": "input_text", "text": "a dog"}, {"type": "input_text", "text": "brown"}]},
+    {"type": "reasoning", "id": "rs_1", "summary": []},
+    {"type": "function_call", "call_id": "c3", "name": "look", "arguments": "{}"},
+    {"role": "user", "content": []},
+    {"role": "assistant", "content": "Done."},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"instructions": "Be brief.", "max_output_tokens": 9},
+        {"instructions": "", "input": [{"role": "user", "content": "hi"}]},
+        {"input": TURNS, "tools": [LOOK, *BUILT_INS]},
+        {"input": TURNS[3:], "tools": BUILT_INS},
+        {"input": [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]},
+    ],
+)
+def test_what_routing_reads_is_what_it_reads_of_the_translation(body: dict[str, Any]) -> None:
+    # Read off the body as it came (a request passed through is never translated) or off its
+    # translation: the same features, so a request routes the same either way.
+    read_off = read({**HI, **body})
+    assert not isinstance(read_off, tuple), read_off
+    assert read_off == said_of(chat(**body))
+    assert features({**HI, **body}, {}, words=read_off) == features(chat(**body), {})
+
+
 @pytest.mark.parametrize(
     ("body", "field", "says"),
     [
@@ -219,6 +261,8 @@ def bad_part(part: dict[str, Any], role: str = "user") -> dict[str, Any]:
         ({**HI, "text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format",
          "needs `name` and `schema`"),
         ({**HI, "reasoning": "high"}, "reasoning", "must be an object"),
+        ({**HI, "input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}, "input",
+         "nothing to send"),
         ({**HI, "conversation": "conv_1"}, "conversation", "kept by the server"),
         ({**HI, "prompt": {"id": "pmpt_1"}}, "prompt", "kept by the server"),
     ],

@@ -1,12 +1,13 @@
 """The Anthropic Messages front-end: ``POST /v1/messages`` and ``/v1/messages/count_tokens``
 (Claude Code and the ``anthropic`` SDKs), on the same port and the one request path.
 
-A request is read into Chat Completions terms (``anthropic_body.to_chat``) for routing,
-policy, personas and admission. An engine that speaks Messages itself (llama-server, vLLM;
-``models.NAME.protocols``) gets the request as it came and its answer passes back as bytes;
-another gets the translation, and its answer is made a Messages answer as it streams
-(``anthropic_body.MessagesAnswer``). ``x-modelyard-protocol`` says which. Refusals are in
-Anthropic's error shape. ``x-api-key`` is a key like ``Authorization`` (access.py);
+A request is checked and read for routing, policy and admission as it came
+(``anthropic_body.read``). An engine that speaks Messages itself (llama-server, vLLM;
+``models.NAME.protocols``) gets it as it came and its answer passes back as bytes; another
+(or any, once a persona edits it) gets its Chat Completions translation
+(``anthropic_body.translate``, made only then), and its answer is made a Messages answer as
+it streams (``anthropic_answer.MessagesAnswer``). ``x-modelyard-protocol`` says which.
+Refusals are in Anthropic's error shape. ``x-api-key`` is a key like ``Authorization`` (access.py);
 ``anthropic-version`` and ``anthropic-beta`` are accepted and not checked.
 """
 
@@ -19,14 +20,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from modelyard.anthropic_body import MessagesAnswer, error, to_chat
+from modelyard.anthropic_answer import MessagesAnswer
+from modelyard.anthropic_body import error, read, translate
 from modelyard.errors import Code, Refusal
 from modelyard.gateway import dispatch
 from modelyard.gateway.connection import head_size
 from modelyard.gateway.dispatch import Call, Native
 from modelyard.gateway.frontend import json_request, refused, until_gone
 from modelyard.gateway.state import Gateway
-from modelyard.openai_body import apply_edits, features, shape_problem
+from modelyard.openai_body import apply_edits, features
 
 LAST_EVENT = b"message_stop"
 
@@ -70,20 +72,20 @@ async def _serve(
     body, asked = parsed
     if count:  # counted as if it were sent: max_tokens is not needed for that
         body = {"max_tokens": 1, **body}
-    chat = to_chat(body)
+    said = read(body)  # every check; translated only if a hop needs it
     stream = body.get("stream") is True and not count
-    if isinstance(chat, tuple):
-        problem = Refusal(Code.INVALID_REQUEST, chat[0], param=chat[1])
+    if isinstance(said, tuple):
+        problem = Refusal(Code.INVALID_REQUEST, said[0], param=said[1])
         return refused(gw, path, began, key, problem, render)
-    chat["model"] = asked
-    found = features(chat, request.headers, gw.routing_headers, "chat", *head_size(request.scope))
-    native = Native("anthropic", path, raw, LAST_EVENT)
+    head = head_size(request.scope)
+    found = features(body, request.headers, gw.routing_headers, "chat", *head, words=said)
+    native = Native("anthropic", path, raw, LAST_EVENT, lambda: translate(body))
     call = Call(
-        path if count else "/chat/completions", "chat", asked, chat, None, stream,
+        path if count else "/chat/completions", "chat", asked, body, None, stream,
         request.headers, found, apply_edits, key, began, me,
         native=native, translate=None if count else (lambda: MessagesAnswer(asked)),
     )  # fmt: skip
-    decision = dispatch.admit(gw, call, render, shape_problem("/chat/completions", chat))
+    decision = dispatch.admit(gw, call, render)
     if isinstance(decision, Response):
         return decision
     if count:

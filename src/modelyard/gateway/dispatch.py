@@ -44,6 +44,9 @@ class Native:
     path: str  # its upstream path: /messages, /responses
     raw: bytes  # its body
     last_event: bytes  # the bytes of its stream's last event
+    # Its Chat Completions translation, made only when a hop needs it: an engine that does
+    # not speak the protocol, or a decision that edits the request (a persona's prompt).
+    to_chat: Callable[[], dict[str, Any]]
 
 
 @dataclass
@@ -53,7 +56,7 @@ class Call:
     path: str  # where it goes upstream: /chat/completions, /embeddings, /audio/speech, ...
     endpoint: str  # what routing and ``serves`` call it: chat, embeddings, speech, ...
     asked: str  # the model, alias, tier or ``auto`` the client named
-    body: dict[str, Any]  # the body to forward (a front-end translates into it)
+    body: dict[str, Any]  # the body to forward; another protocol's: ``native.to_chat()``
     raw: bytes | None  # the body's bytes if it goes upstream as it came
     stream: bool
     headers: Mapping[str, str]  # the client's, read case-insensitively
@@ -63,8 +66,8 @@ class Call:
     began: float  # monotonic: its body was read
     owner: asyncio.Task[Any]  # the request's task: it holds the places it is granted
     content_type: str = "application/json"  # of ``raw`` (multipart: an audio upload)
-    # Another protocol's request, translated into ``body``: as it came, for an engine that
-    # speaks it (``native``), and how to make its answer of a Chat Completions one.
+    # Another protocol's request: as it came, for an engine that speaks it (``native``), and
+    # how to make its answer of a Chat Completions one for an engine that does not.
     native: Native | None = None
     translate: Callable[[], Translation] | None = None
     keepalive: bool = True  # SSE comments while a stream waits (not for NDJSON: Ollama)
@@ -104,6 +107,48 @@ def decide(gw: Gateway, call: Call) -> Decision | Refusal:
     if decision.target is None:
         return no_target(gw, call.asked)
     return decision
+
+
+class _Body:
+    """What a call sends upstream, made once and only when a hop needs it: the Chat
+    Completions body as the decision edits it (another protocol's request translated first),
+    or another protocol's request as it came."""
+
+    def __init__(self, call: Call, decision: Decision) -> None:
+        self._call, self._decision = call, decision
+        self._chat: dict[str, Any] | None = None
+        self._translated: dict[str, Any] | None = None  # before the decision's edits
+        self._as_came = call.native is None  # no edits: the client's bytes can go
+        if call.native is not None:
+            # Only a persona or stripped tags edit a body: without them no translation is
+            # needed to know that the request may go as it came.
+            edits = decision.persona is not None or bool(decision.strip)
+            self._as_came = not edits or self.chat() is self._translated
+
+    def native_for(self, spec: ModelBase) -> Native | None:
+        """The request as it came, if ``spec``'s engine speaks its protocol and no decision
+        edited it; else None (it gets ``chat_bytes``)."""
+        native = self._call.native
+        if native is None or not self._as_came or native.protocol not in spec.speaks:
+            return None
+        return native
+
+    def chat(self) -> dict[str, Any]:
+        """The Chat Completions body as the decision has it go."""
+        if self._chat is None:
+            call = self._call
+            self._translated = call.native.to_chat() if call.native is not None else call.body
+            self._chat = call.edit(self._translated, self._decision)
+        return self._chat
+
+    def chat_bytes(self, model: str | None) -> bytes:
+        """``chat`` as sent, with the engine's own model name when it has one: the client's
+        bytes when nothing changed them."""
+        chat = self.chat()
+        call = self._call
+        if not model and chat is call.body and call.raw is not None:
+            return call.raw
+        return orjson.dumps({**chat, "model": model} if model else chat)
 
 
 def _renamed(raw: bytes, model: str | None) -> bytes:
@@ -173,11 +218,10 @@ def refuse(gw: Gateway, call: Call, refusal: Refusal, render: Render) -> Respons
 
 async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Response:
     """Serve ``call`` by its Decision's candidates in turn; the answer, or the refusal."""
-    body = call.edit(call.body, decision)
-    raw = call.raw if body is call.body else None
+    body = _Body(call, decision)
     no_swap = call.headers.get("x-modelyard-no-swap", "").lower() in _TRUE
     attempt = Attempt(gw, decision, call.path, call.stream, call.began, call.key_name)
-    if call.endpoint == "speech" and isinstance(text := body.get("input"), str):
+    if call.endpoint == "speech" and isinstance(text := call.body.get("input"), str):
         attempt.chars = len(text)  # speech's usage, in place of tokens
     deadline = Deadline(call.headers, call.stream, call.began)
     priority = call.key.priority if call.key is not None else 0
@@ -215,16 +259,13 @@ async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Re
             spec = gw.config.models[name]
             # Another protocol: as it came to an engine that speaks it (when no decision
             # edited it), else translated onto Chat Completions and its answer back.
-            native = call.native if body is call.body else None
-            if native is not None and native.protocol not in spec.speaks:
-                native = None
+            native = body.native_for(spec)
             path, last_event, translate = call.path, call.last_event, None
             if native is not None:
                 path, last_event = native.path, native.last_event
                 data = _renamed(native.raw, upstream.model)
             else:
-                forwarded = {**body, "model": upstream.model} if upstream.model else body
-                data = raw if forwarded is body and raw is not None else orjson.dumps(forwarded)
+                data = body.chat_bytes(upstream.model)
                 translate = call.translate() if call.translate is not None else None
             finish = attempt.done(name, lease, asked_at, hold)
             headers = attempt.headers(name, lease.instance.id)

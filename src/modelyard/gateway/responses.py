@@ -1,10 +1,11 @@
 """The OpenAI Responses front-end: ``POST /v1/responses`` (Codex, the ``openai`` SDK's
 ``responses.create``), on the same port and the one request path.
 
-Like the Anthropic front-end: read into Chat Completions terms (``responses_body.to_chat``)
-for routing, policy, personas and admission; passed as it came to an engine that speaks
-Responses itself (llama-server, vLLM; ``models.NAME.protocols``), else translated and its
-answer made a Responses answer as it streams (``responses_stream.ResponsesAnswer``);
+Like the Anthropic front-end: checked and read for routing, policy and admission as it
+came (``responses_body.read``); passed as it came to an engine that speaks Responses itself
+(llama-server, vLLM; ``models.NAME.protocols``), else translated
+(``responses_body.translate``, made only then) and its answer made a Responses answer as it
+streams (``responses_stream.ResponsesAnswer``);
 ``x-modelyard-protocol`` says which. Tools of the built-in kinds (web search, file search,
 computer use, ...) are declined, not failed: the engine gets the function tools only, and
 ``x-modelyard-declined-tools`` names what was left out (openai/codex #10635).
@@ -28,8 +29,8 @@ from modelyard.gateway.dispatch import Call, Native
 from modelyard.gateway.errors import openai_error
 from modelyard.gateway.frontend import json_request, refused, until_gone
 from modelyard.gateway.state import Gateway
-from modelyard.openai_body import apply_edits, features, shape_problem
-from modelyard.responses_body import declined_tools, to_chat
+from modelyard.openai_body import apply_edits, features
+from modelyard.responses_body import declined_tools, read, translate
 from modelyard.responses_stream import ResponsesAnswer
 
 PATH = "/responses"
@@ -53,20 +54,20 @@ async def _serve(
     if isinstance(parsed, Response):
         return parsed
     body, asked = parsed
-    chat = to_chat(body)
-    if isinstance(chat, tuple):
-        problem = Refusal(Code.INVALID_REQUEST, chat[0], param=chat[1])
+    said = read(body)  # every check; translated only if a hop needs it
+    if isinstance(said, tuple):
+        problem = Refusal(Code.INVALID_REQUEST, said[0], param=said[1])
         return refused(gw, PATH, began, key, problem, openai_error)
-    chat["model"] = asked
     stream = body.get("stream") is True
-    found = features(chat, request.headers, gw.routing_headers, "chat", *head_size(request.scope))
+    head = head_size(request.scope)
+    found = features(body, request.headers, gw.routing_headers, "chat", *head, words=said)
     call = Call(
-        "/chat/completions", "chat", asked, chat, None, stream, request.headers, found,
+        "/chat/completions", "chat", asked, body, None, stream, request.headers, found,
         apply_edits, key, began, me,
-        native=Native("responses", PATH, raw, LAST_EVENT),
+        native=Native("responses", PATH, raw, LAST_EVENT, lambda: translate(body)),
         translate=lambda: ResponsesAnswer(asked, body),
     )  # fmt: skip
-    decision = dispatch.admit(gw, call, openai_error, shape_problem("/chat/completions", chat))
+    decision = dispatch.admit(gw, call, openai_error)
     if isinstance(decision, Response):
         return decision
     if body.get("previous_response_id") is not None:
