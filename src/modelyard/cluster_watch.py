@@ -16,11 +16,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from modelyard.balance import Load
 from modelyard.config import Config
 from modelyard.engines.base import Http
 from modelyard.engines.catalog import ENGINES, engine_for
 from modelyard.events import Hub
-from modelyard.instance import unavailable
+from modelyard.instance import slots_of, unavailable
+from modelyard.lifecycle import State
 from modelyard.machine import Machine
 from modelyard.nodes import NodeHandle
 from modelyard.routing import Cluster
@@ -44,6 +46,7 @@ class ClusterWatch:
         self.scheduler = scheduler
         self.events = events
         self.down: dict[str, str] = {}  # model served from a URL → why it does not answer
+        self.turns: dict[str, int] = {}  # round_robin tier → requests routed to it so far
         self._http: Http | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -99,11 +102,46 @@ class ClusterWatch:
     def cluster(self) -> Cluster:
         """What routing reads of the cluster now."""
         views = {name: node.view() for name, node in self.nodes.items()}
+        config = self._config()
+        balanced = [
+            member
+            for tier, how in config.tier_picks.items()
+            if how == "least_busy"
+            for member in config.tier_models(tier)
+        ]
+        queued = self.scheduler.waiting() if balanced else {}
         return Cluster(
             modes={n: (v.mode, v.kind) for n, v in views.items()},
             reachable={n: v.reachable for n, v in views.items()},
             failed=unavailable(self.scheduler.instances.values(), time.monotonic()),
             remote_down=dict(self.down),
+            loads={m: self._load(config, m, queued.get(m, 0)) for m in balanced},
+            turns=dict(self.turns),
+        )
+
+    def turned(self, tier: str | None) -> None:
+        """A request was routed to ``tier``: a round_robin tier's turn moves on."""
+        if tier is not None and self._config().tier_picks.get(tier) == "round_robin":
+            self.turns[tier] = self.turns.get(tier, 0) + 1
+
+    def _load(self, config: Config, model: str, queued: int) -> Load:
+        """``model``'s live load: its instance's slots in use, its queue, its GPUs' use."""
+        inst = self.scheduler.instances.get(model)
+        spec = config.models[model]
+        node = self.nodes.get(config.node_of(model))
+        used: list[int] = []
+        if node is not None and spec.gpus != []:
+            need = node.need(model)
+            mine = set(spec.gpus) if spec.gpus else set(need.per_gpu) if need else set()
+            used = [
+                g.utilization for g in node.gpus() if g.index in mine and g.utilization is not None
+            ]
+        return Load(
+            ready=inst is not None and inst.state is State.READY,
+            in_use=inst.in_flight if inst is not None else 0,
+            slots=slots_of(spec) or 1,
+            queued=queued,
+            gpu=max(used) if used else None,
         )
 
 

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from modelyard.balance import Load, pick
 from modelyard.config import Condition, Config, Rule
 from modelyard.config.schema import Persona
 
@@ -104,13 +105,15 @@ class Cluster:
     reachable: Mapping[str, bool] = field(default_factory=dict)  # node → answers
     failed: Mapping[str, str] = field(default_factory=dict)  # model → why it cannot start now
     remote_down: Mapping[str, str] = field(default_factory=dict)  # remote model → why
+    loads: Mapping[str, Load] = field(default_factory=dict)  # members of least_busy tiers
+    turns: Mapping[str, int] = field(default_factory=dict)  # round_robin tier → routed so far
 
 
 @dataclass(frozen=True)
 class Step:
     """One line of the trail: a rule evaluated or a candidate considered."""
 
-    kind: str  # "rule" or "candidate"
+    kind: str  # "rule", "candidate" or "pick" (how a tier ordered its members)
     name: str
     ok: bool
     why: str
@@ -294,6 +297,11 @@ def _route(config: Config, req: Features, cluster: Cluster) -> Decision:
             trail.append(Step("candidate", name, why_not is None, why_not or "allowed"))
             if why_not is None:
                 candidates.append(name)
+        if target in config.tiers:
+            how = config.pick(target)
+            candidates, why = pick(how, candidates, cluster.loads, cluster.turns.get(target, 0))
+            if why is not None:
+                trail.append(Step("pick", target, True, why))
     return Decision(
         req.model,
         req,

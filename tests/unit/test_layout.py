@@ -18,6 +18,8 @@ CORE = {
     "modelyard.config.loader",
     "modelyard.model_spec",
     "modelyard.config.schema",
+    "modelyard.config.node_spec",
+    "modelyard.balance",
     "modelyard.errors",
     "modelyard.routing",
     "modelyard.placement",

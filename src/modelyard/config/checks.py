@@ -108,6 +108,9 @@ def _policy_problems(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
             config.tier_models(tier)
         except ValueError as exc:
             problems.append((("tiers", tier), str(exc)))
+    for tier in config.tier_picks:
+        if tier not in config.tiers:
+            problems.append((("tier_picks", tier), f"{tier!r} is not a tier"))
     for i, rule in enumerate(config.policy):
         where: tuple[str | int, ...] = ("policy", i)
         if (

@@ -16,6 +16,19 @@ from pydantic import (
     model_validator,
 )
 
+from modelyard.config.node_spec import (
+    GpuSpec as GpuSpec,
+)
+from modelyard.config.node_spec import (
+    ModeKind as ModeKind,
+)
+from modelyard.config.node_spec import (
+    ModeSpec as ModeSpec,
+)
+from modelyard.config.node_spec import (
+    Node as Node,
+)
+
 # Re-exported: the schema is the one place every key of the file is found from.
 from modelyard.engines.catalog import Model as Model
 from modelyard.engines.llamacpp import LlamaCppSettings
@@ -72,71 +85,7 @@ class Scheduler(Strict):
     max_restarts: int = Field(5, ge=0, description="Failed starts in a row before giving up.")
 
 
-class GpuSpec(Strict):
-    """A GPU declared in the config (planning, or a machine without NVML)."""
-
-    index: int = Field(ge=0)
-    name: str = "GPU"
-    memory: Bytes
-    pcie_gen: int | None = Field(None, ge=1, le=7)
-    pcie_width: int | None = Field(None, ge=1, le=32)
-
-
-ModeKind = Literal["open", "gated", "drained"]
-
-
-class ModeSpec(Strict):
-    """A user-named mode: its kind, and whether entering it stops the node's models."""
-
-    kind: ModeKind
-    stop_models: bool = False
-
-
-def _mode_shorthand(value: Any) -> Any:
-    return {"kind": value} if isinstance(value, str) else value
-
-
-class Node(Strict):
-    """A machine. The one without ``url`` is the gateway's own; the others run an agent."""
-
-    url: str | None = Field(None, description="The agent's base URL, e.g. http://gamer:9100.")
-    token: str | None = Field(None, description="Bearer token the agent requires.")
-    gpus: Literal["auto"] | list[GpuSpec] = "auto"
-    modes: dict[str, Annotated[ModeSpec, BeforeValidator(_mode_shorthand)]] = Field(
-        default_factory=lambda: {"open": ModeSpec(kind="open"), "drained": ModeSpec(kind="drained")}
-    )
-    default_mode: str | None = None
-    reserve: Bytes = Field(0, description="Memory kept free on each GPU (a desktop, a game).")
-    serial_gpus: list[Annotated[int, Field(ge=0)]] = Field(
-        default_factory=list,
-        description="GPUs whose models take turns: while one generates, the others wait.",
-    )
-    state_dir: Path | None = Field(None, description="The agent's state; default: state_dir/NAME.")
-
-    @model_validator(mode="after")
-    def _modes_known(self) -> Node:
-        if not self.modes:
-            raise ValueError("a node needs at least one mode")
-        if self.default_mode is not None and self.default_mode not in self.modes:
-            raise ValueError(
-                f"default_mode {self.default_mode!r} is not one of its modes: "
-                + ", ".join(self.modes)
-            )
-        if isinstance(self.gpus, list):
-            indices = [g.index for g in self.gpus]
-            if len(set(indices)) != len(indices):
-                raise ValueError("two declared GPUs have the same index")
-            unknown = sorted(set(self.serial_gpus) - set(indices))
-            if unknown:
-                raise ValueError(
-                    f"serial_gpus names GPU {unknown[0]}, which is not declared "
-                    f"(declared: {', '.join(map(str, indices)) or 'none'})"
-                )
-        return self
-
-    @property
-    def initial_mode(self) -> str:
-        return self.default_mode or next(iter(self.modes))
+Pick = Literal["first", "least_busy", "round_robin"]  # how a tier picks among its members
 
 
 class Placement(Strict):
@@ -323,6 +272,29 @@ class Wyoming(Strict):
         "the listener's requests are made inside the gateway).",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tier_blocks(cls, value: Any) -> Any:
+        """``tiers.NAME: {members, pick}`` → its list in ``tiers``, its pick in
+        ``tier_picks`` (the list alone means ``pick: first``)."""
+        if not isinstance(value, Mapping) or not isinstance(value.get("tiers"), Mapping):
+            return value
+        tiers, picks = {}, dict(value.get("tier_picks") or {})
+        for name, spec in value["tiers"].items():
+            if isinstance(spec, Mapping):
+                unknown = set(spec) - {"members", "pick"}
+                if unknown or "members" not in spec:
+                    raise ValueError(
+                        f"tiers.{name}: a list of models, or {{members: [...], pick: "
+                        f"first|least_busy|round_robin}}; got keys {', '.join(map(str, spec))}"
+                    )
+                tiers[name] = spec["members"]
+                if "pick" in spec:
+                    picks[name] = spec["pick"]
+            else:
+                tiers[name] = spec
+        return {**value, "tiers": tiers, "tier_picks": picks}
+
     @field_validator("listen", mode="before")
     @classmethod
     def _host_port(cls, value: Any) -> Any:
@@ -344,6 +316,12 @@ class Config(Strict):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
     tiers: dict[str, list[str]] = Field(default_factory=dict)
+    tier_picks: dict[str, Pick] = Field(
+        default_factory=dict,
+        description="How a tier picks among its healthy members: `first` (in order), "
+        "`least_busy` (live slots, queue, GPU use) or `round_robin`. Also written in the "
+        "tier: `NAME: {members: [...], pick: least_busy}`.",
+    )
     policy: list[Rule] = Field(default_factory=list)
     personas: dict[str, Persona] = Field(default_factory=dict)
     wyoming: Wyoming | None = None
@@ -354,6 +332,29 @@ class Config(Strict):
     )
     source: Path | None = Field(None, exclude=True)
     warnings: list[str] = Field(default_factory=list, exclude=True)  # filled by the loader
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tier_blocks(cls, value: Any) -> Any:
+        """``tiers.NAME: {members, pick}`` → its list in ``tiers``, its pick in
+        ``tier_picks`` (the list alone means ``pick: first``)."""
+        if not isinstance(value, Mapping) or not isinstance(value.get("tiers"), Mapping):
+            return value
+        tiers, picks = {}, dict(value.get("tier_picks") or {})
+        for name, spec in value["tiers"].items():
+            if isinstance(spec, Mapping):
+                unknown = set(spec) - {"members", "pick"}
+                if unknown or "members" not in spec:
+                    raise ValueError(
+                        f"tiers.{name}: a list of models, or {{members: [...], pick: "
+                        f"first|least_busy|round_robin}}; got keys {', '.join(map(str, spec))}"
+                    )
+                tiers[name] = spec["members"]
+                if "pick" in spec:
+                    picks[name] = spec["pick"]
+            else:
+                tiers[name] = spec
+        return {**value, "tiers": tiers, "tier_picks": picks}
 
     @field_validator("listen", mode="before")
     @classmethod
@@ -394,6 +395,10 @@ class Config(Strict):
             )
             out += [n for n in names if n not in out]
         return out
+
+    def pick(self, tier: str) -> Pick:
+        """How ``tier`` picks among its members."""
+        return self.tier_picks.get(tier, "first")
 
     def resolve(self, name: str) -> Model | None:
         """The model a client means by ``name`` (its name or an alias)."""

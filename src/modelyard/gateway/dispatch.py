@@ -106,6 +106,7 @@ def decide(gw: Gateway, call: Call) -> Decision | Refusal:
     decision = route(gw.config, call.features, gw.watch.cluster())
     if decision.target is None:
         return no_target(gw, call.asked)
+    gw.watch.turned(decision.target)
     return decision
 
 
