@@ -31,6 +31,27 @@ from modelyard.scheduler import Scheduler
 POLL_SECONDS = 2.0  # how often agents are asked for their status and GPUs are sampled
 
 
+class Claim:
+    """A routed request's count on the member it goes to first, until the scheduler counts
+    it; ``release`` may be called any number of times (once counts)."""
+
+    def __init__(self, pending: dict[str, int] | None, model: str) -> None:
+        self._pending, self._model = pending, model
+
+    def release(self) -> None:
+        if self._pending is None:
+            return
+        left = self._pending.get(self._model, 0) - 1
+        if left > 0:
+            self._pending[self._model] = left
+        else:
+            self._pending.pop(self._model, None)
+        self._pending = None
+
+
+NO_CLAIM = Claim(None, "")
+
+
 class ClusterWatch:
     """Polls the nodes and URL-served models; publishes node changes."""
 
@@ -47,6 +68,9 @@ class ClusterWatch:
         self.events = events
         self.down: dict[str, str] = {}  # model served from a URL → why it does not answer
         self.turns: dict[str, int] = {}  # round_robin tier → requests routed to it so far
+        # least_busy members: requests routed to them that the scheduler does not count yet
+        # (a stream asks for its place a loop turn after its decision)
+        self.pending: dict[str, int] = {}
         self._http: Http | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -115,14 +139,26 @@ class ClusterWatch:
             reachable={n: v.reachable for n, v in views.items()},
             failed=unavailable(self.scheduler.instances.values(), time.monotonic()),
             remote_down=dict(self.down),
-            loads={m: self._load(config, m, queued.get(m, 0)) for m in balanced},
+            loads={
+                m: self._load(config, m, queued.get(m, 0) + self.pending.get(m, 0))
+                for m in balanced
+            },
             turns=dict(self.turns),
         )
 
-    def turned(self, tier: str | None) -> None:
-        """A request was routed to ``tier``: a round_robin tier's turn moves on."""
-        if tier is not None and self._config().tier_picks.get(tier) == "round_robin":
+    def routed(self, tier: str | None, first: str | None) -> Claim:
+        """A request was routed to ``tier``, to be tried first on ``first``: a round_robin
+        tier's turn moves on; for a least_busy tier, the request counts on ``first`` until
+        the scheduler counts it (``Claim.release``: it asks for a place, or never will)."""
+        if tier is None:
+            return NO_CLAIM
+        how = self._config().tier_picks.get(tier)
+        if how == "round_robin":
             self.turns[tier] = self.turns.get(tier, 0) + 1
+        if how != "least_busy" or first is None:
+            return NO_CLAIM
+        self.pending[first] = self.pending.get(first, 0) + 1
+        return Claim(self.pending, first)
 
     def _load(self, config: Config, model: str, queued: int) -> Load:
         """``model``'s live load: its instance's slots in use, its queue, its GPUs' use."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from modelyard.balance import Load, pick
+from modelyard.cluster_watch import NO_CLAIM, Claim
 from modelyard.config import Config, ConfigError, parse_config
 from modelyard.openai_body import features
 from modelyard.routing import Cluster, route
@@ -111,3 +112,16 @@ def test_routing_orders_a_tier_s_candidates_and_says_why() -> None:
         decided = route(config, features({"model": tier}, {}), where)
         assert all(s.kind != "pick" for s in decided.trail)
     assert route(config, features({"model": "plain"}, {}), where).candidates == (A, B)
+
+
+def test_a_claim_counts_until_released_once() -> None:
+    # What a stream decided for a member counts there until the scheduler counts it: a
+    # second decision in the same loop turn must see it.
+    pending: dict[str, int] = {}
+    first, second = Claim(pending, A), Claim(pending, A)
+    pending[A] = 2
+    first.release()
+    first.release()  # again (the task's done callback after acquire): nothing more
+    assert pending == {A: 1}
+    second.release()
+    assert pending == {} and NO_CLAIM.release() is None

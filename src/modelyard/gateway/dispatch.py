@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from modelyard.cluster_watch import NO_CLAIM, Claim
 from modelyard.config import ApiKey, ModelBase
 from modelyard.errors import Code, Refusal, Refused, UpstreamUnavailable
 from modelyard.gateway.access import may_use
@@ -73,6 +74,7 @@ class Call:
     keepalive: bool = True  # SSE comments while a stream waits (not for NDJSON: Ollama)
     from_root: bool = False  # ``path`` is on the server's root, not under its /v1 (/infill)
     last_event: bytes = b"data: [DONE]"  # of a translated stream (llama-server's /infill)
+    claim: Claim = NO_CLAIM  # its count on a least_busy member, until the scheduler's
 
     @property
     def key_name(self) -> str | None:
@@ -106,7 +108,7 @@ def decide(gw: Gateway, call: Call) -> Decision | Refusal:
     decision = route(gw.config, call.features, gw.watch.cluster())
     if decision.target is None:
         return no_target(gw, call.asked)
-    gw.watch.turned(decision.target)
+    call.claim = gw.watch.routed(decision.target, decision.model)
     return decision
 
 
@@ -233,6 +235,8 @@ async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Re
         except asyncio.CancelledError:
             attempt.gone()
             raise
+        finally:
+            call.claim.release()
 
     async def hops() -> Response:
         for name in decision.candidates:
@@ -242,6 +246,7 @@ async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Re
                 break  # nobody would read the answer: no hidden retries past it
             wait, cut = deadline.bound(gw.config.wait_limit(name))
             asked_at = time.monotonic()
+            call.claim.release()  # acquire counts it from here (in the same loop turn)
             try:
                 lease = await gw.scheduler.acquire(
                     name, no_swap, wait, force=decision.forced, priority=priority,
@@ -308,4 +313,6 @@ async def run(gw: Gateway, call: Call, decision: Decision, render: Render) -> Re
     early = {"x-modelyard-decision": attempt.id}  # a stream that waits: its headers go first
     if decision.persona:
         early["x-modelyard-persona"] = decision.persona
-    return await stream_or_wait(asyncio.ensure_future(serve()), early)
+    serving = asyncio.ensure_future(serve())
+    serving.add_done_callback(lambda _: call.claim.release())  # cancelled before it ran
+    return await stream_or_wait(serving, early)
