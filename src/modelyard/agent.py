@@ -23,6 +23,7 @@ from modelyard.engine_log import LINES_WANTED, SSE_HEADERS, log_query, sse_strea
 from modelyard.errors import Code, StartError
 from modelyard.gateway.errors import error_response
 from modelyard.nodes import LocalNode
+from modelyard.rpc_part import Parts, part_key
 from modelyard.store import Store
 from modelyard.supervisor import Supervisor, describe_exit
 from modelyard.views import gpu_view, need_view, node_view
@@ -56,6 +57,10 @@ class Agent:
             **node_view(node, node.config),
             "gpus": [gpu_view(g) for g in node.gpus()],
             "needs": {m: need_view(n) for m, n in needs.items() if n is not None},
+            "parts": {
+                m: {"running": node.part_running(m), "exits": self.exits.get(part_key(m), 0)}
+                for m in self.parts()
+            },
             "instances": {
                 m: {
                     "running": m in self.supervisor.processes,
@@ -68,6 +73,13 @@ class Agent:
                 for m in node.models()
             },
         }
+
+    def parts(self) -> list[str]:
+        """The models across nodes that hold a part here."""
+        config = self.node.config
+        return [
+            m for m, spec in config.models.items() if self.node.name in getattr(spec, "span", ())
+        ]
 
 
 def create_agent_app(config: Config, node: str) -> Starlette:
@@ -102,8 +114,11 @@ def create_agent_app(config: Config, node: str) -> Starlette:
             return name
         body = await _json(request)
         timeout = float(body.get("timeout") or config.scheduler.start_timeout)
+        parts = None
+        if isinstance(body.get("rpc"), list) and isinstance(body.get("split"), list):
+            parts = Parts(tuple(map(str, body["rpc"])), tuple(map(float, body["split"])))
         try:
-            upstream, pid = await agent.node.start(name, timeout)
+            upstream, pid = await agent.node.start(name, timeout, parts)
         except StartError as exc:
             return error_response(503, str(exc), code=Code.START_FAILED)
         return JSONResponse(
@@ -117,6 +132,34 @@ def create_agent_app(config: Config, node: str) -> Starlette:
                 "exits": agent.exits.get(name, 0),
             }
         )
+
+    def part_of(request: Request) -> str | Response:
+        if not authorized(request):
+            return error_response(401, "wrong or missing agent token (Authorization: Bearer …)")
+        name = str(request.path_params["name"])
+        if name not in agent.parts():
+            return error_response(404, f"model {name!r} has no part on node {node} (span)")
+        return name
+
+    async def start_part(request: Request) -> Response:
+        name = part_of(request)
+        if isinstance(name, Response):
+            return name
+        body = await _json(request)
+        timeout = float(body.get("timeout") or config.scheduler.start_timeout)
+        try:
+            address = await agent.node.start_part(name, timeout)
+        except StartError as exc:
+            return error_response(503, str(exc), code=Code.START_FAILED)
+        return JSONResponse({"address": address, "exits": agent.exits.get(part_key(name), 0)})
+
+    async def stop_part(request: Request) -> Response:
+        name = part_of(request)
+        if isinstance(name, Response):
+            return name
+        body = await _json(request)
+        await agent.node.stop_part(name, str(body.get("reason") or "asked by the gateway"))
+        return JSONResponse({"stopped": part_key(name)})
 
     async def stop(request: Request) -> Response:
         name = model_of(request)
@@ -173,6 +216,8 @@ def create_agent_app(config: Config, node: str) -> Starlette:
             Route("/agent/instances/{name:path}/start", start, methods=["POST"]),
             Route("/agent/instances/{name:path}/stop", stop, methods=["POST"]),
             Route("/agent/instances/{name:path}/logs", logs),
+            Route("/agent/parts/{name:path}/start", start_part, methods=["POST"]),
+            Route("/agent/parts/{name:path}/stop", stop_part, methods=["POST"]),
         ],
         lifespan=lifespan,
     )

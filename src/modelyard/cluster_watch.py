@@ -4,8 +4,9 @@ Every ``POLL_SECONDS``: each node refreshes (an agent's reachability, mode, GPUs
 exits; this machine's GPUs and GGUF facts), each model served from a URL that may go down
 is probed by its engine, a ``node`` event goes out for each node whose mode or
 reachability changed, a ``sample`` event with every node's CPU, memory and GPU readings
-(only while someone subscribes to them), and the scheduler is poked (placement may have
-changed) and audits its slots. ``cluster()`` is what routing reads of all that.
+(only while someone subscribes to them), a model across nodes whose part is gone fails
+(``span.watch``), and the scheduler is poked (placement may have changed) and audits its
+slots. ``cluster()`` is what routing reads of all that.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from modelyard import span
 from modelyard.balance import Load
 from modelyard.config import Config
 from modelyard.engines.base import Http
@@ -93,6 +95,7 @@ class ClusterWatch:
             await asyncio.sleep(POLL_SECONDS)
             before = self.node_views()
             await asyncio.gather(*(node.refresh() for node in self.nodes.values()), self._probe())
+            await span.watch(self.nodes, self._config(), self.scheduler)
             self.publish_nodes(before)
             self.publish_sample()
             self.scheduler.poke()

@@ -99,6 +99,10 @@ def placement_problems(config: Config) -> list[tuple[tuple[str | int, ...], str,
     """
     problems: list[tuple[tuple[str | int, ...], str, bool]] = []
     for name in config.models:
+        span = tuple(getattr(config.models[name], "span", ()))
+        if span:
+            problems += _span_problems(config, name, span)
+            continue
         node = config.nodes.get(config.node_of(name))
         if node is None or not isinstance(node.gpus, list):
             continue  # NVML nodes are checked when they start a model
@@ -122,4 +126,37 @@ def placement_problems(config: Config) -> list[tuple[tuple[str | int, ...], str,
         if link:
             fatal = config.placement.moe_on_slow_link == "refuse"
             problems.append((("models", name, "gpus"), link, fatal))
+    return problems
+
+
+def _span_problems(
+    config: Config, name: str, span: tuple[str, ...]
+) -> list[tuple[tuple[str | int, ...], str, bool]]:
+    """A model across nodes: what its rpc-servers expose, and whether its declared memory
+    fits in all its nodes' declared GPUs (else it is checked at start, on what is free)."""
+    exposed = (
+        f"its parts' rpc-servers on {', '.join(span)} listen on those agents' addresses with "
+        "no authentication: whoever reaches their ports can use those devices; keep them on "
+        "a trusted network (docs/multi-node.md)"
+    )
+    problems: list[tuple[tuple[str | int, ...], str, bool]] = [
+        (("models", name, "span"), exposed, False)
+    ]
+    need = config.models[name].memory
+    nodes = [config.node_of(name), *span]
+    declared = [config.nodes.get(n) for n in nodes]
+    if need is None or any(d is None or not isinstance(d.gpus, list) for d in declared):
+        return problems
+    room = {
+        n: sum(max(g.memory - d.reserve, 0) for g in d.gpus)
+        for n, d in zip(nodes, declared, strict=True)
+        if d is not None and isinstance(d.gpus, list)
+    }
+    if need > sum(room.values()):
+        each = ", ".join(f"{n} {format_bytes(r)}" for n, r in room.items())
+        why = (
+            f"needs {format_bytes(need)} across its nodes, whose GPUs have {each} for "
+            "models: it can never start"
+        )
+        problems.append((("models", name, "span"), why, True))
     return problems

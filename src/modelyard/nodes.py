@@ -1,12 +1,14 @@
 """Nodes: the gateway drives its own machine in process and the others through their agents.
 
 Both kinds offer the same interface to the scheduler: the node's mode, GPUs and memory
-needs, and start / stop / logs of its instances.
+needs, start / stop / logs of its instances, and start / stop of the parts it holds of a
+model across nodes (an rpc-server each, ``span.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
@@ -17,6 +19,7 @@ from modelyard.config import Config
 from modelyard.engine_log import QUIET, LogItem, follow_lines, parse_sse
 from modelyard.engines.base import Upstream
 from modelyard.engines.catalog import engine_for
+from modelyard.engines.llamacpp import LlamaCppEngine, LlamaCppModel
 from modelyard.errors import AgentError, StartError
 from modelyard.estimate import GgufFacts, need_for
 from modelyard.gguf_file import read_facts
@@ -24,6 +27,7 @@ from modelyard.gpus import inventory
 from modelyard.lifecycle import NodeView
 from modelyard.machine import Machine, MachineSampler
 from modelyard.placement import Gpu, Need
+from modelyard.rpc_part import Parts, RpcPart, part_key
 from modelyard.store import Store
 from modelyard.supervisor import Supervisor
 
@@ -37,8 +41,13 @@ class NodeHandle(Protocol):
     def gpus(self) -> list[Gpu]: ...
     def machine(self) -> Machine | None: ...
     def need(self, model: str) -> Need | None: ...
-    async def start(self, model: str, timeout: float) -> tuple[Upstream, int | None]: ...
+    async def start(
+        self, model: str, timeout: float, parts: Parts | None = None
+    ) -> tuple[Upstream, int | None]: ...
     async def stop(self, model: str, reason: str) -> None: ...
+    async def start_part(self, model: str, timeout: float) -> str: ...
+    async def stop_part(self, model: str, reason: str) -> None: ...
+    def part_running(self, model: str) -> bool: ...
     async def logs(self, model: str, lines: int) -> list[str]: ...
     def follow_logs(self, model: str, lines: int) -> AsyncGenerator[LogItem, None]: ...
     async def set_mode(self, mode: str, stop_models: bool) -> None: ...
@@ -87,12 +96,31 @@ class LocalNode:
     def need(self, model: str) -> Need | None:
         return need_for(self.config, model, self._gpus, self._facts.get(model))
 
-    async def start(self, model: str, timeout: float) -> tuple[Upstream, int | None]:
+    async def start(
+        self, model: str, timeout: float, parts: Parts | None = None
+    ) -> tuple[Upstream, int | None]:
         engine = engine_for(self.config.models[model], self.engine_host, self.config.engines)
+        if parts is not None and isinstance(engine, LlamaCppEngine):
+            engine.rpc, engine.split = parts.rpc, parts.split
         return await self.supervisor.start(model, engine, timeout)
 
     async def stop(self, model: str, reason: str) -> None:
         await self.supervisor.stop(model, reason)
+
+    async def start_part(self, model: str, timeout: float) -> str:
+        """Start the rpc-server that holds this node's part of ``model``; its host:port."""
+        spec = self.config.models[model]
+        assert isinstance(spec, LlamaCppModel) and self.name in spec.span
+        part = RpcPart(spec, self.engine_host, self.config.engines)
+        upstream, _ = await self.supervisor.start(part_key(model), part, timeout)
+        return upstream.base_url
+
+    async def stop_part(self, model: str, reason: str) -> None:
+        await self.supervisor.stop(part_key(model), reason)
+
+    def part_running(self, model: str) -> bool:
+        proc = self.supervisor.processes.get(part_key(model))
+        return proc is not None and proc.proc is not None and proc.proc.returncode is None
 
     async def logs(self, model: str, lines: int) -> list[str]:
         return self.supervisor.log(model).tail(lines)
@@ -163,6 +191,7 @@ class RemoteNode:
         self._machine: Machine | None = None  # its CPU and memory, as its agent reports
         self._needs: dict[str, Need] = {}
         self._instances: dict[str, dict[str, Any]] = {}
+        self._parts: dict[str, bool] = {}  # model → its part here runs (agent's status)
         self.last_seen: float | None = None
         self.relays = 0  # engine log streams relayed from the agent now (follow_logs)
 
@@ -204,13 +233,15 @@ class RemoteNode:
         self.reachable, self.error = False, why
         self._machine = None  # no stale readings for a machine that does not answer
 
-    async def start(self, model: str, timeout: float) -> tuple[Upstream, int | None]:
+    async def start(
+        self, model: str, timeout: float, parts: Parts | None = None
+    ) -> tuple[Upstream, int | None]:
+        asked: dict[str, Any] = {"timeout": timeout}
+        if parts is not None:
+            asked |= {"rpc": list(parts.rpc), "split": list(parts.split)}
         try:
             body = await self._call(
-                "POST",
-                f"/agent/instances/{model}/start",
-                timeout=timeout + 30,
-                json={"timeout": timeout},
+                "POST", f"/agent/instances/{model}/start", timeout=timeout + 30, json=asked
             )
         except AgentError as exc:
             raise StartError(exc.message) from exc
@@ -226,6 +257,29 @@ class RemoteNode:
         except AgentError:
             pass  # unreachable: its engines die with it (they run under the agent)
         self._instances.pop(model, None)
+
+    async def start_part(self, model: str, timeout: float) -> str:
+        try:
+            body = await self._call(
+                "POST",
+                f"/agent/parts/{model}/start",
+                timeout=timeout + 30,
+                json={"timeout": timeout},
+            )
+        except AgentError as exc:
+            raise StartError(f"its part on node {self.name}: {exc.message}") from exc
+        self._parts[model] = True
+        return str(body["address"])
+
+    async def stop_part(self, model: str, reason: str) -> None:
+        with contextlib.suppress(AgentError):  # unreachable: it dies with the agent
+            await self._call(
+                "POST", f"/agent/parts/{model}/stop", timeout=60, json={"reason": reason}
+            )
+        self._parts.pop(model, None)
+
+    def part_running(self, model: str) -> bool:
+        return self.reachable and self._parts.get(model, False)
 
     async def logs(self, model: str, lines: int) -> list[str]:
         body = await self._call("GET", f"/agent/instances/{model}/logs?lines={lines}")
@@ -292,6 +346,8 @@ class RemoteNode:
             m: Need(self.name, {int(k): v for k, v in n["per_gpu"].items()}, n["moe"], n["how"])
             for m, n in status["needs"].items()
         }
+        for model in self._parts:
+            self._parts[model] = bool(status.get("parts", {}).get(model, {}).get("running"))
         for model, before in list(self._instances.items()):
             now = status["instances"].get(model, {"running": False, "exits": 0})
             if now["running"]:

@@ -339,13 +339,15 @@ def _turned_down(
         return FORBIDDEN
     if auto and model.manual_only:
         return MANUAL_ONLY
-    if not cluster.reachable.get(node, True):
-        return f"node {node} is unreachable"
-    mode, kind = cluster.modes.get(node, ("open", "open"))
-    if kind == "drained":
-        return f"node {node} is in mode {mode} (drained)"
-    if kind == "gated" and not forced:
-        return f"node {node} is in mode {mode} (gated) and nothing forces it"
+    for where in (node, *getattr(model, "span", ())):  # its own node, then its parts'
+        of = "node" if where == node else "its part's node"
+        if not cluster.reachable.get(where, True):
+            return f"{of} {where} is unreachable"
+        mode, kind = cluster.modes.get(where, ("open", "open"))
+        if kind == "drained":
+            return f"{of} {where} is in mode {mode} (drained)"
+        if kind == "gated" and not forced:
+            return f"{of} {where} is in mode {mode} (gated) and nothing forces it"
     if name in cluster.remote_down:
         return f"remote down: {cluster.remote_down[name]}"
     if name in cluster.failed:

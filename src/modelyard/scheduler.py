@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from modelyard import span
 from modelyard.config import Config
 from modelyard.engines.base import Upstream
 from modelyard.errors import Code, Refused, StartError
@@ -249,7 +250,8 @@ class Scheduler:
         timeout = model.start_timeout or self.config.scheduler.start_timeout
         began = time.monotonic()
         try:
-            upstream, pid = await self.nodes[inst.node].start(inst.model, timeout)
+            node = inst.node
+            upstream, pid = await span.start(self.nodes, self.config, inst.model, node, timeout)
         except StartError as exc:
             self._post(functools.partial(self._failed, inst, exc))
         else:
@@ -273,7 +275,7 @@ class Scheduler:
 
     async def _stopping(self, inst: Instance, reason: str) -> None:
         try:
-            await self.nodes[inst.node].stop(inst.model, reason)
+            await span.stop(self.nodes, self.config, inst.model, inst.node, reason)
         finally:
             self._post(functools.partial(self._stopped, inst, reason))
 

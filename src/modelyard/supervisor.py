@@ -127,18 +127,36 @@ class EngineProcess:
             if self.proc.returncode is not None:
                 status = describe_exit(self.proc.returncode)
                 raise StartError(f"exited with {status} while starting")
-            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    if resp.status == 200:
-                        return
+            if self.launch.health_path is None:
+                if await self._accepts():
+                    return
+            else:
+                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                    async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                        if resp.status == 200:
+                            return
             if time.monotonic() >= deadline:
-                raise StartError(f"not ready after {timeout:g}s (GET {url} never answered 200)")
+                probe = f"GET {url} never answered 200"
+                if self.launch.health_path is None:
+                    probe = f"{self.host}:{self.port} never accepted a connection"
+                raise StartError(f"not ready after {timeout:g}s ({probe})")
             # Engines print a line when they finish loading; probing on output (at most every
             # 20 ms) sees readiness at once, the 250 ms poll covers the silent ones.
             self._spoke.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._spoke.wait(), 0.25)
             await asyncio.sleep(0.02)
+
+    async def _accepts(self) -> bool:
+        """Does it accept a connection (a server without HTTP: an rpc-server)?"""
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 2)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
 
     async def stop(self, grace: float) -> int | None:
         """SIGTERM to the group, then SIGKILL after ``grace`` seconds; returns the exit code."""

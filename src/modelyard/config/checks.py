@@ -197,6 +197,15 @@ def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
                 )
             )
             continue
+        for i, part in enumerate(getattr(model, "span", ())):
+            where = ("models", name, "span", i)
+            if part not in config.nodes:
+                problems.append(
+                    (where, f"{part!r} is not a node; nodes: {', '.join(config.nodes)}")
+                )
+            elif part == node_name:
+                why = f"{part!r} runs its llama-server: span lists the other nodes, each a part"
+                problems.append((where, why))
         if isinstance(node.gpus, list) and model.gpus:
             known = {g.index for g in node.gpus}
             for i, index in enumerate(model.gpus):

@@ -30,7 +30,7 @@ class Launch:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
-    health_path: str = "/health"
+    health_path: str | None = "/health"  # None: ready when it accepts a connection
 
 
 def missing_program(program: str, hint: str) -> str | None:

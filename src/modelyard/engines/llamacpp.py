@@ -8,7 +8,7 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from modelyard.engines.base import Engine, Launch, Upstream, gpu_env
 from modelyard.model_spec import Arg, ModelBase, Strict
@@ -29,6 +29,28 @@ class LlamaCppModel(ModelBase):
     parallel: int = Field(1, ge=1, le=256, description="Parallel slots, --parallel.")
     args: list[Arg] = Field(default_factory=list, description="Extra llama-server arguments.")
     env: dict[str, Arg] = Field(default_factory=dict)
+    span: list[str] = Field(
+        default_factory=list,
+        description="Other nodes that hold part of it: an rpc-server on each (llama.cpp's RPC "
+        "backend), its layers split by their free memory. llama-server runs on `node`.",
+    )
+
+    @model_validator(mode="after")
+    def _span(self) -> LlamaCppModel:
+        if self.span:
+            if len(set(self.span)) != len(self.span):
+                raise ValueError("span names a node twice")
+            if self.node is not None and self.node in self.span:
+                raise ValueError(
+                    f"span names {self.node!r}, the node that runs llama-server: list only "
+                    "the other nodes that hold a part"
+                )
+            if self.tensor_split is not None:
+                raise ValueError(
+                    "a model across nodes gets its split from each part's free memory: drop "
+                    "tensor_split"
+                )
+        return self
 
     @field_validator("args")
     @classmethod
@@ -109,6 +131,11 @@ class LlamaCppEngine(Engine[LlamaCppModel]):
     kind = "llama.cpp"
     config = LlamaCppModel
 
+    # A model across nodes (``span``): the rpc-servers' addresses, in order, and the share
+    # of the layers of each of their devices then of this node's GPUs (``span.py``).
+    rpc: tuple[str, ...] = ()
+    split: tuple[float, ...] = ()
+
     @property
     def binary(self) -> str | None:
         """The configured llama-server (``engines.llama.cpp.binary``), if any."""
@@ -131,7 +158,10 @@ class LlamaCppEngine(Engine[LlamaCppModel]):
         argv += ["--alias", m.name, "--parallel", str(m.parallel)]
         if m.context is not None:
             argv += ["--ctx-size", str(m.context)]
-        if m.gpus == []:
+        if self.rpc:  # every layer on a GPU or an rpc-server, as the split says
+            argv += ["--rpc", ",".join(self.rpc), "--n-gpu-layers", "999"]
+            argv += ["--tensor-split", ",".join(f"{w:.4g}" for w in self.split)]
+        elif m.gpus == []:
             argv += ["--n-gpu-layers", "0"]  # placed on the CPU
         if m.tensor_split:
             argv += ["--tensor-split", ",".join(f"{w:g}" for w in m.tensor_split)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from modelyard import span
 from modelyard.cluster_watch import ClusterWatch
 from modelyard.config import Config
 from modelyard.conversations import Conversations
@@ -103,6 +104,7 @@ class Gateway:
         if self.wyoming is not None:
             await self.wyoming.close()
         await self.watch.close()
+        await span.close(self.scheduler.nodes, self.config)
         await self.scheduler.close()
         await self.client.close()
         await self.store.close()

@@ -1,0 +1,165 @@
+"""A model across nodes (``models.NAME.span``): its parts start before it and stop after it,
+and it lives only while every part does.
+
+llama.cpp's RPC backend: each node in ``span`` runs an rpc-server (``engines/rpc.py``); the
+model's llama-server, on its own node, gets them with ``--rpc`` and a ``--tensor-split``
+(``split``: each part's devices by their free memory, then its own GPUs). Together they
+are one instance to the scheduler: stopping, swapping and TTL stop the parts too, and
+``watch`` (each round of the cluster watch) fails the instance whose part ended, whose
+part's node is unreachable or gated, and stops parts that outlived their instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from modelyard.config import Config
+from modelyard.engines.base import Upstream
+from modelyard.errors import StartError
+from modelyard.lifecycle import RESIDENT, State
+from modelyard.machine import Machine
+from modelyard.nodes import NodeHandle
+from modelyard.placement import Gpu
+from modelyard.rpc_part import Parts
+from modelyard.units import format_bytes
+
+if TYPE_CHECKING:
+    from modelyard.scheduler import Scheduler
+
+
+def span_of(config: Config, model: str) -> tuple[str, ...]:
+    """The nodes that hold a part of ``model`` (none: it runs on its node alone, or it was
+    removed from the config)."""
+    return tuple(getattr(config.models.get(model), "span", ()))
+
+
+def split(
+    parts: Sequence[tuple[str, Sequence[Gpu], Machine | None]],
+    own: Sequence[Gpu],
+    reserve: Mapping[str, int],
+) -> tuple[float, ...]:
+    """``--tensor-split``: each part's devices (its GPUs, else its CPU), then the model's own
+    node's GPUs, weighted by what is free on each (``reserve`` kept back per node)."""
+    weights: list[float] = []
+    for node, gpus, machine in parts:
+        if gpus:
+            weights += [max(g.total - g.used - reserve.get(node, 0), 1) for g in gpus]
+        else:  # an rpc-server on a machine without GPUs serves its CPU
+            free = machine.memory_available if machine and machine.memory_available else 0
+            weights.append(max(free - reserve.get(node, 0), 1))
+    weights += [max(g.total - g.used, 1) for g in own]
+    total = sum(weights)
+    return tuple(round(w / total, 4) for w in weights)
+
+
+def _free(gpus: Sequence[Gpu], machine: Machine | None) -> int:
+    if gpus:
+        return sum(max(g.total - g.used, 0) for g in gpus)
+    return machine.memory_available if machine and machine.memory_available else 0
+
+
+async def start(
+    nodes: Mapping[str, NodeHandle], config: Config, model: str, node: str, timeout: float
+) -> tuple[Upstream, int | None]:
+    """Start ``model`` on ``node``: its parts first (at once), then its llama-server given
+    them. A part that fails stops the others, and the error names its node."""
+    main = nodes[node]
+    span = span_of(config, model)
+    if not span:
+        return await main.start(model, timeout)
+    for name in span:
+        view = nodes[name].view()
+        if not view.reachable:
+            raise StartError(f"its part on node {name} cannot start: the node is unreachable")
+        if view.kind != "open":
+            raise StartError(f"its part on node {name} cannot start: node in mode {view.mode}")
+    need = config.models[model].memory
+    if need is not None:
+        free = {n: _free(nodes[n].gpus(), nodes[n].machine()) for n in span}
+        own = sum(max(g.total - g.used, 0) for g in main.gpus())
+        if need > sum(free.values()) + own:
+            each = ", ".join(f"{n} {format_bytes(f)}" for n, f in free.items())
+            raise StartError(
+                f"does not fit across its nodes: needs {format_bytes(need)}, free: {each}, "
+                f"{main.name} {format_bytes(own)}"
+            )
+    results = await asyncio.gather(
+        *(nodes[n].start_part(model, timeout) for n in span), return_exceptions=True
+    )
+    failed = [(n, r) for n, r in zip(span, results, strict=True) if isinstance(r, BaseException)]
+    if failed:
+        await stop_parts(nodes, config, model, "another part failed to start")
+        where, exc = failed[0]
+        raise StartError(f"its part on node {where} failed to start: {exc}") from exc
+    addresses = tuple(str(r) for r in results)
+    shares = split(
+        [(n, nodes[n].gpus(), nodes[n].machine()) for n in span],
+        main.gpus() if config.models[model].gpus != [] else [],
+        {n: config.nodes[n].reserve for n in span},
+    )
+    try:
+        return await main.start(model, timeout, Parts(addresses, shares))
+    except BaseException:
+        await stop_parts(nodes, config, model, "its llama-server failed to start")
+        raise
+
+
+async def stop(
+    nodes: Mapping[str, NodeHandle], config: Config, model: str, node: str, reason: str
+) -> None:
+    """Stop ``model``'s llama-server on ``node``, then its parts."""
+    try:
+        await nodes[node].stop(model, reason)
+    finally:
+        await stop_parts(nodes, config, model, reason)
+
+
+async def stop_parts(
+    nodes: Mapping[str, NodeHandle], config: Config, model: str, reason: str
+) -> None:
+    for name in span_of(config, model):
+        with contextlib.suppress(Exception):  # an unreachable node's parts die with its agent
+            await nodes[name].stop_part(model, reason)
+
+
+async def watch(nodes: Mapping[str, NodeHandle], config: Config, scheduler: Scheduler) -> None:
+    """One round: a ready instance whose part is gone (ended, its node unreachable or gated)
+    fails, its llama-server and other parts stopped; parts left without an instance stop."""
+    for model in config.models:
+        span = span_of(config, model)
+        inst = scheduler.instances.get(model)
+        if not span or inst is None:
+            continue
+        if inst.state not in RESIDENT:
+            if any(nodes[n].part_running(model) for n in span):
+                await stop_parts(nodes, config, model, "its instance is not running")
+            continue
+        if inst.state is not State.READY:
+            continue
+        why = _broken(nodes, model, span)
+        if why is not None:
+            await stop(nodes, config, model, inst.node, why)
+            scheduler.on_exit(model, why)
+
+
+def _broken(nodes: Mapping[str, NodeHandle], model: str, span: Sequence[str]) -> str | None:
+    for name in span:
+        view = nodes[name].view()
+        if not view.reachable:
+            return f"its part's node {name} is unreachable"
+        if view.kind in ("gated", "drained"):
+            return f"its part's node {name} entered mode {view.mode}"
+        if not nodes[name].part_running(model):
+            return f"its part on node {name} ended"
+    return None
+
+
+async def close(nodes: Mapping[str, NodeHandle], config: Config) -> None:
+    """The gateway stops: its own node's engines stop with it, so the parts of the models
+    they ran stop too (a model whose llama-server runs on an agent keeps running there)."""
+    local = config.local_node
+    mine = [m for m in config.models if span_of(config, m) and config.node_of(m) == local]
+    await asyncio.gather(*(stop_parts(nodes, config, m, "the gateway stopped") for m in mine))
