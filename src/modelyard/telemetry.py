@@ -13,7 +13,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -90,8 +90,12 @@ class Telemetry:
         nodes: Callable[[], Iterable[NodeReading]],
         models: Callable[[], Collection[str]],
         rules: Callable[[], Collection[str]],
+        gpus_of: Callable[[str, str], Collection[int]] = lambda model, node: (),
     ) -> None:
-        self._models, self._rules = models, rules
+        self._models, self._rules, self._gpus_of = models, rules, gpus_of
+        # The same two figures by node and by GPU (``gpus_of``: the GPUs a model uses there)
+        self.ttft_where: dict[tuple[str, ...], _Histogram] = {}  # (node,) or (node, gpu)
+        self.rate_where: dict[tuple[str, ...], _Histogram] = {}
         self.requests: dict[tuple[str, str], int] = {}  # (model, outcome)
         self.tokens: dict[tuple[str, str], int] = {}  # (model, direction)
         self.speech: dict[tuple[str, str], float] = {}  # (model, unit): speech's usage
@@ -120,8 +124,16 @@ class Telemetry:
         if row.ttft_s is not None and row.outcome == "ok":
             _histogram(self.ttft, model, _LATENCY).observe(row.ttft_s)
             generating = row.duration_s - row.ttft_s
+            rate = None
             if row.tokens_out and row.stream and generating > 0:
-                _histogram(self.rate, model, _RATE).observe(row.tokens_out / generating)
+                rate = row.tokens_out / generating
+                _histogram(self.rate, model, _RATE).observe(rate)
+            if row.node is not None and model != "-":
+                gpus = self._gpus_of(model, row.node)
+                for where in [(row.node,), *((row.node, str(g)) for g in gpus)]:
+                    _histogram(self.ttft_where, where, _LATENCY).observe(row.ttft_s)
+                    if rate is not None:
+                        _histogram(self.rate_where, where, _RATE).observe(rate)
         if row.audio_s:
             key = (model, "audio_seconds")
             self.speech[key] = self.speech.get(key, 0.0) + row.audio_s
@@ -135,6 +147,26 @@ class Telemetry:
             key = (model, "out")
             self.tokens[key] = self.tokens.get(key, 0) + row.tokens_out
 
+    def speeds(self) -> dict[str, list[dict[str, Any]]]:
+        """Mean time to first token and generation speed so far, per node and per GPU (for
+        ``/admin/status`` and ``modelyard top``; ``/metrics`` has the histograms)."""
+        out: dict[str, list[dict[str, Any]]] = {"nodes": [], "gpus": []}
+        for where, ttft in sorted(self.ttft_where.items()):
+            rate = self.rate_where.get(where)
+            answers = sum(ttft.counts)
+            streamed = sum(rate.counts) if rate is not None else 0
+            entry: dict[str, Any] = {
+                "node": where[0],
+                "answers": answers,
+                "ttft_s": round(ttft.sum / answers, 4) if answers else None,
+                "tokens_per_s": round(rate.sum / streamed, 2) if rate and streamed else None,
+            }
+            if len(where) == 2:
+                out["gpus"].append({**entry, "gpu": int(where[1])})
+            else:
+                out["nodes"].append(entry)
+        return out
+
     def observe_lease_wait(self, lease: str, seconds: float) -> None:
         """A request's wait for its turn on a GPU lease (0 when it was free)."""
         _histogram(self.lease_wait, lease, _LATENCY).observe(seconds)
@@ -143,7 +175,7 @@ class Telemetry:
         return generate_latest(self.registry)
 
 
-def _histogram(by: dict[str, _Histogram], label: str, bounds: tuple[float, ...]) -> _Histogram:
+def _histogram(by: dict[Any, _Histogram], label: Any, bounds: tuple[float, ...]) -> _Histogram:
     found = by.get(label)
     if found is None:
         found = by[label] = _Histogram(bounds)
@@ -203,7 +235,25 @@ class _Counted(Collector):
             t.lease_wait,
             "lease",
         )
+        where = (
+            _by_place(
+                f"modelyard_{place}_{metric}",
+                f"{doc}, by {place}" + (" (every GPU the model uses)" if place == "gpu" else ""),
+                {k: h for k, h in by.items() if len(k) == size},
+                labels,
+            )
+            for metric, doc, by in (
+                (
+                    "time_to_first_token_seconds",
+                    "Time to the first byte of each answer",
+                    t.ttft_where,
+                ),
+                ("tokens_per_second", "Generation speed of each streamed answer", t.rate_where),
+            )
+            for place, size, labels in (("node", 1, ["node"]), ("gpu", 2, ["node", "gpu"]))
+        )
         yield from (requests, tokens, speech, decisions, ttft, rate, overhead, lease_wait)
+        yield from where
 
 
 def _by_model(
@@ -212,6 +262,15 @@ def _by_model(
     family = HistogramMetricFamily(name, doc, labels=[label])
     for value, h in sorted(histograms.items()):
         family.add_metric([value], h.buckets(), h.sum)
+    return family
+
+
+def _by_place(
+    name: str, doc: str, histograms: dict[tuple[str, ...], _Histogram], labels: list[str]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc + ".", labels=labels)
+    for key, h in sorted(histograms.items()):
+        family.add_metric(list(key), h.buckets(), h.sum)
     return family
 
 

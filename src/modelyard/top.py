@@ -42,7 +42,29 @@ def frame(status: dict[str, Any], requests: list[dict[str, Any]]) -> RenderableT
     parts: list[RenderableType] = [head, _nodes(status["nodes"]), _instances(status["models"])]
     if status.get("gpu_leases"):  # only while a serial GPU is in use or waited for
         parts.append(_leases(status["gpu_leases"]))
+    speeds = status.get("speeds") or {}
+    if speeds.get("nodes"):  # once answers were counted
+        parts.append(_speeds(speeds))
     return Group(*parts, _recent(requests))
+
+
+def _speeds(speeds: dict[str, list[dict[str, Any]]]) -> Table:
+    """Mean time to first token and tokens/s so far, per node, then per GPU."""
+    table = Table(title="speed", title_justify="left", box=None, pad_edge=False)
+    for col in ("NODE", "GPU", "ANSWERS", "TTFT", "TOK/S"):
+        table.add_column(col)
+    rows = [(s, "all") for s in speeds.get("nodes", [])]
+    rows += [(s, str(s["gpu"])) for s in speeds.get("gpus", [])]
+    for speed, gpu in sorted(rows, key=lambda r: (r[0]["node"], r[1] != "all", r[1])):
+        ttft, rate = speed.get("ttft_s"), speed.get("tokens_per_s")
+        table.add_row(
+            speed["node"],
+            gpu,
+            str(speed.get("answers", 0)),
+            "" if ttft is None else f"{ttft * 1000:.0f} ms",
+            "" if rate is None else f"{rate:.1f}",
+        )
+    return table
 
 
 def _leases(leases: list[dict[str, Any]]) -> Table:

@@ -69,6 +69,12 @@ def test_metrics_request_log_and_top(serve: Any, tmp_path: Path) -> None:
     assert m[("modelyard_queue_depth", (("model", "slow"),))] == 0
     assert m[("modelyard_node_up", (("node", "local"),))] == 1
     assert m[("modelyard_instance_restarts_total", (("model", "slow"),))] == 0
+    # By node (this stub runs on no GPU: no per-GPU figures), and in /admin/status for top.
+    assert m[("modelyard_node_time_to_first_token_seconds_count", (("node", "local"),))] == 5
+    assert not any(n.startswith("modelyard_gpu_time_to_first") for n, _ in m)
+    speeds = gw.admin("GET", "/admin/status").json()["speeds"]
+    assert [(s["node"], s["answers"]) for s in speeds["nodes"]] == [("local", 5)]
+    assert speeds["nodes"][0]["ttft_s"] > 0
     # Each request counted once, whatever path it took.
     assert sum(v for (n, _), v in m.items() if n == "modelyard_requests_total") == 8
 
@@ -109,6 +115,7 @@ def test_metrics_request_log_and_top(serve: Any, tmp_path: Path) -> None:
         env={**os.environ, "MODELYARD_API_KEY": "sk-ops", "COLUMNS": "160"},
     )
     assert top.returncode == 0, top.stderr
-    for text in ("nodes", "local", "instances", "slow", "ready", "recent requests", "alice"):
+    for text in ("nodes", "local", "instances", "slow", "ready", "recent requests", "alice",
+                 "speed", "TTFT", "TOK/S"):  # fmt: skip
         assert text in top.stdout, top.stdout
     assert "504 timeout" in top.stdout and "404 rejected" in top.stdout

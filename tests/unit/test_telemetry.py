@@ -47,7 +47,10 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_counts_render_as_prometheus_client_would() -> None:
     # No scheduler or nodes: only the counted families are rendered, not the live ones.
-    telemetry = Telemetry(None, lambda: [], lambda: {"a", "b"}, lambda: {"r1"})  # type: ignore[arg-type]
+    gpus = {"a": (0, 1), "b": ()}  # a on two GPUs of its node, b on its CPU
+    telemetry = Telemetry(
+        None, lambda: [], lambda: {"a", "b"}, lambda: {"r1"}, lambda m, n: gpus[m]
+    )  # type: ignore[arg-type]
     counted = CollectorRegistry()
     counted.register(_Counted(telemetry))
     reg = CollectorRegistry()
@@ -59,6 +62,14 @@ def test_counts_render_as_prometheus_client_would() -> None:
     )
     rate = Histogram("modelyard_tokens_per_second", "", ["model"], buckets=_RATE, registry=reg)
     overhead = Histogram("modelyard_gateway_overhead_seconds", "", buckets=_OVERHEAD, registry=reg)
+    where = {
+        (metric, labels): Histogram(
+            f"modelyard_{'gpu' if len(labels) == 2 else 'node'}_{metric}", "", list(labels),
+            buckets=_LATENCY if metric.startswith("time") else _RATE, registry=reg,
+        )
+        for metric in ("time_to_first_token_seconds", "tokens_per_second")
+        for labels in (("node",), ("node", "gpu"))
+    }  # fmt: skip
     for i, r in enumerate(ROWS):
         rule = "r1" if i % 3 == 0 else ("unknown" if i % 3 == 1 else None)
         spent = OVERHEADS[i % len(OVERHEADS)]
@@ -70,8 +81,16 @@ def test_counts_render_as_prometheus_client_would() -> None:
         overhead.observe(spent)
         if r.ttft_s is not None and r.outcome == "ok":
             ttft.labels(model).observe(r.ttft_s)
-            if r.tokens_out and r.stream and r.duration_s > r.ttft_s:
+            streamed = r.tokens_out and r.stream and r.duration_s > r.ttft_s
+            if streamed:
                 rate.labels(model).observe(r.tokens_out / (r.duration_s - r.ttft_s))
+            places = [[r.node]] + [[r.node, str(g)] for g in gpus[model]] if model != "-" else []
+            for place in places:
+                labels = ("node",) if len(place) == 1 else ("node", "gpu")
+                where[("time_to_first_token_seconds", labels)].labels(*place).observe(r.ttft_s)
+                if streamed:
+                    speed = r.tokens_out / (r.duration_s - r.ttft_s)
+                    where[("tokens_per_second", labels)].labels(*place).observe(speed)
         if r.tokens_in:
             tokens.labels(model, "in").inc(r.tokens_in)
         if r.tokens_out:
@@ -82,3 +101,16 @@ def test_counts_render_as_prometheus_client_would() -> None:
     )
     assert ours == theirs
     assert ours[("modelyard_requests_total", (("model", "-"), ("outcome", "rejected")))] == 2
+
+
+def test_speeds_by_node_and_gpu_are_the_means_of_what_was_counted() -> None:
+    gpus = {"a": (0, 1), "b": ()}
+    telemetry = Telemetry(None, lambda: [], lambda: {"a", "b"}, lambda: set(), lambda m, n: gpus[m])  # type: ignore[arg-type]
+    for r in ROWS:
+        telemetry.observe(r, None, None)
+    ok = [r for r in ROWS if r.ttft_s is not None and r.outcome == "ok" and r.model in gpus]
+    on_a = [r for r in ok if r.model == "a"]
+    speeds = telemetry.speeds()
+    assert [(s["node"], s["answers"]) for s in speeds["nodes"]] == [("local", len(ok))]
+    assert speeds["nodes"][0]["ttft_s"] == round(sum(r.ttft_s or 0 for r in ok) / len(ok), 4)
+    assert [(s["gpu"], s["answers"]) for s in speeds["gpus"]] == [(0, len(on_a)), (1, len(on_a))]

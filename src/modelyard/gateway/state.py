@@ -60,8 +60,20 @@ class Gateway:
             self._node_readings,
             lambda: self.config.models,
             lambda: self._rule_names,
+            self._gpus_of,
         )
         self.scheduler.gpu_leases.on_wait = self.telemetry.observe_lease_wait
+
+    def _gpus_of(self, model: str, node: str) -> list[int]:
+        """The GPUs ``model`` uses on ``node``: its ``gpus``, else its placement's, else all."""
+        spec = self.config.models.get(model)
+        handle = self.nodes.get(node)
+        if spec is None or handle is None or spec.gpus == []:
+            return []
+        if spec.gpus:
+            return list(spec.gpus)
+        need = handle.need(model)
+        return sorted(need.per_gpu) if need and need.per_gpu else [g.index for g in handle.gpus()]
 
     def _node_readings(self) -> list[NodeReading]:
         return [
@@ -139,10 +151,11 @@ class Gateway:
         return {"added": added, "changed": changed, "removed": removed}
 
     def status(self) -> dict[str, Any]:
-        return status_view(
+        view = status_view(
             self.scheduler,
             self.nodes,
             self.started,
             self.events.subscribers,
             self.store.events(limit=20),
         )
+        return {**view, "speeds": self.telemetry.speeds()}
