@@ -5,8 +5,9 @@ exits; this machine's GPUs and GGUF facts), each model served from a URL that ma
 is probed by its engine, a ``node`` event goes out for each node whose mode or
 reachability changed, a ``sample`` event with every node's CPU, memory and GPU readings
 (only while someone subscribes to them), a model across nodes whose part is gone fails
-(``span.watch``), and the scheduler is poked (placement may have changed) and audits its
-slots. ``cluster()`` is what routing reads of all that.
+(``span.watch``), preload models whose node came up start (``preload.py``), and the
+scheduler is poked (placement may have changed) and audits its slots. ``cluster()`` is what
+routing reads of all that.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from modelyard.engines.base import Http
 from modelyard.engines.catalog import ENGINES, engine_for
 from modelyard.events import Hub
 from modelyard.instance import slots_of, unavailable
-from modelyard.lifecycle import State
+from modelyard.lifecycle import NodeView, State
 from modelyard.machine import Machine
 from modelyard.nodes import NodeHandle
+from modelyard.preload import Preloader
 from modelyard.routing import Cluster
 from modelyard.scheduler import Scheduler
 
@@ -73,6 +75,7 @@ class ClusterWatch:
         # least_busy members: requests routed to them that the scheduler does not count yet
         # (a stream asks for its place a loop turn after its decision)
         self.pending: dict[str, int] = {}
+        self.preloader = Preloader(scheduler, events)
         self._http: Http | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -82,6 +85,7 @@ class ClusterWatch:
         await asyncio.gather(*(node.refresh() for node in self.nodes.values()), self._probe())
 
     def start(self) -> None:
+        self.preloader.round(self._config(), self.views())  # what comes up with the gateway
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
@@ -89,6 +93,7 @@ class ClusterWatch:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.preloader.close()
 
     async def _run(self) -> None:
         while True:
@@ -96,6 +101,7 @@ class ClusterWatch:
             before = self.node_views()
             await asyncio.gather(*(node.refresh() for node in self.nodes.values()), self._probe())
             await span.watch(self.nodes, self._config(), self.scheduler)
+            self.preloader.round(self._config(), self.views())
             self.publish_nodes(before)
             self.publish_sample()
             self.scheduler.poke()
@@ -109,6 +115,9 @@ class ClusterWatch:
         probed = [m for m in self._config().models.values() if ENGINES[m.engine].probes_url]
         found = await asyncio.gather(*(engine_for(m).down(self._http) for m in probed))
         self.down = {m.name: why for m, why in zip(probed, found, strict=True) if why}
+
+    def views(self) -> dict[str, NodeView]:
+        return {name: node.view() for name, node in self.nodes.items()}
 
     def node_views(self) -> dict[str, tuple[str, bool]]:
         """Each node's mode and reachability now."""

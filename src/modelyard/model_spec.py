@@ -82,6 +82,11 @@ class ModelBase(Strict):
     name: str = Field("", description="Filled from the key under `models:`.")
     aliases: list[str] = Field(default_factory=list)
     ttl: Seconds = Field(0.0, description="Idle time before the instance is stopped; 0 = never.")
+    preload: bool = Field(
+        False,
+        description="Started when its node comes up (gateway or agent start, a node that "
+        "answers again) and when its node leaves a mode that stopped it.",
+    )
     pinned: bool = Field(False, description="Never stopped to make room for another model.")
     swap_group: str | None = Field(None, description="Members of a group never run together.")
     serial: str | None = Field(
