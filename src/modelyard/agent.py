@@ -7,7 +7,10 @@ nothing is done.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from modelyard.cluster_watch import POLL_SECONDS
 from modelyard.config import Config
 from modelyard.engine_log import LINES_WANTED, SSE_HEADERS, log_query, sse_stream
 from modelyard.errors import Code, StartError
@@ -27,6 +31,8 @@ from modelyard.rpc_part import Parts, part_key
 from modelyard.store import Store
 from modelyard.supervisor import Supervisor, describe_exit
 from modelyard.views import gpu_view, need_view, node_view
+
+log = logging.getLogger("modelyard.auto_mode")
 
 
 class Agent:
@@ -57,6 +63,7 @@ class Agent:
             **node_view(node, node.config),
             "gpus": [gpu_view(g) for g in node.gpus()],
             "needs": {m: need_view(n) for m, n in needs.items() if n is not None},
+            "auto_mode": node.auto_view(),
             "parts": {
                 m: {"running": node.part_running(m), "exits": self.exits.get(part_key(m), 0)}
                 for m in self.parts()
@@ -73,6 +80,20 @@ class Agent:
                 for m in node.models()
             },
         }
+
+    async def watch(self) -> None:
+        """The node's own round, gateway or not: its auto mode entered or left."""
+        node = self.node
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            with contextlib.suppress(Exception):  # a bad reading must not end the round
+                await node.refresh()
+            if node.auto_change is None:
+                continue
+            (mode, why), node.auto_change = node.auto_change, None
+            log.warning("node %s: mode %s (%s)", node.name, mode, why)
+            self.store.event(f"node:{node.name}", "auto_mode", f"{mode}: {why}")
+            await node.set_mode(mode, node.config.nodes[node.name].modes[mode].stop_models)
 
     def parts(self) -> list[str]:
         """The models across nodes that hold a part here."""
@@ -195,6 +216,7 @@ def create_agent_app(config: Config, node: str) -> Starlette:
         stop_models = body.get("stop_models")
         if stop_models is None:
             stop_models = modes[wanted].stop_models
+        agent.node.gate.set_by_hand(wanted)  # a person's mode wins over the auto mode
         await agent.node.set_mode(wanted, bool(stop_models))
         return JSONResponse(node_view(agent.node, agent.node.config))
 
@@ -202,9 +224,13 @@ def create_agent_app(config: Config, node: str) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await agent.supervisor.reap()  # what a killed run of this agent left: before serving
         await agent.node.refresh()
+        watching = asyncio.create_task(agent.watch())
         try:
             yield
         finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
             await agent.node.close()
             await agent.store.close()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,11 +28,12 @@ from modelyard.events import Hub
 from modelyard.instance import slots_of, unavailable
 from modelyard.lifecycle import NodeView, State
 from modelyard.machine import Machine
-from modelyard.nodes import NodeHandle
+from modelyard.nodes import LocalNode, NodeHandle
 from modelyard.preload import Preloader
 from modelyard.routing import Cluster
 from modelyard.scheduler import Scheduler
 
+log = logging.getLogger("modelyard.auto_mode")
 POLL_SECONDS = 2.0  # how often agents are asked for their status and GPUs are sampled
 
 
@@ -101,6 +103,7 @@ class ClusterWatch:
             before = self.node_views()
             await asyncio.gather(*(node.refresh() for node in self.nodes.values()), self._probe())
             await span.watch(self.nodes, self._config(), self.scheduler)
+            await self._auto_modes()
             self.preloader.round(self._config(), self.views())
             self.publish_nodes(before)
             self.publish_sample()
@@ -115,6 +118,18 @@ class ClusterWatch:
         probed = [m for m in self._config().models.values() if ENGINES[m.engine].probes_url]
         found = await asyncio.gather(*(engine_for(m).down(self._http) for m in probed))
         self.down = {m.name: why for m, why in zip(probed, found, strict=True) if why}
+
+    async def _auto_modes(self) -> None:
+        """The gateway's own node entering or leaving its auto mode (an agent does that for
+        its node itself): through the scheduler, which drains as a person's change would."""
+        for name, node in self.nodes.items():
+            if not isinstance(node, LocalNode) or node.auto_change is None:
+                continue
+            change, node.auto_change = node.auto_change, None
+            mode, why = change
+            log.warning("node %s: mode %s (%s)", name, mode, why)
+            self.scheduler.store.event(f"node:{name}", "auto_mode", f"{mode}: {why}")
+            await self.scheduler.set_mode(name, mode)
 
     def views(self) -> dict[str, NodeView]:
         return {name: node.view() for name, node in self.nodes.items()}

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from modelyard import auto_gate
+from modelyard.auto_gate import AutoGate
 from modelyard.config import Config
 from modelyard.engine_log import QUIET, LogItem, follow_lines, parse_sse
 from modelyard.engines.base import Upstream
@@ -23,7 +25,7 @@ from modelyard.engines.llamacpp import LlamaCppEngine, LlamaCppModel
 from modelyard.errors import AgentError, StartError
 from modelyard.estimate import GgufFacts, need_for
 from modelyard.gguf_file import read_facts
-from modelyard.gpus import inventory
+from modelyard.gpus import inventory, processes
 from modelyard.lifecycle import NodeView
 from modelyard.machine import Machine, MachineSampler
 from modelyard.placement import Gpu, Need
@@ -79,6 +81,10 @@ class LocalNode:
         self._machine_sampler = MachineSampler()  # this machine's CPU and memory
         self._machine = self._machine_sampler.sample()  # the CPU share's baseline
         self._facts: dict[str, GgufFacts | None] = {}  # read in refresh(), off the event loop
+        # The auto mode: found in another mode than its first, the node is left as it is.
+        self.gate = AutoGate(node.initial_mode, manual=self.mode != node.initial_mode)
+        self.auto_change: tuple[str, str] | None = None  # (mode, why) due, from refresh()
+        self.auto_holds: str | None = None  # why its auto mode's conditions hold now
 
     def models(self) -> list[str]:
         return [m for m in self.config.models if self.config.node_of(m) == self.name]
@@ -130,6 +136,15 @@ class LocalNode:
         model's log outlives its engine, so a restart's lines come to the same follower."""
         return follow_lines(self.supervisor.log(model), lines)
 
+    def auto_view(self) -> dict[str, Any] | None:
+        """The auto mode's state, for /admin/nodes and the agent's status."""
+        auto = self.config.nodes[self.name].auto_mode
+        if auto is None:
+            return None
+        g = self.gate
+        return {"mode": auto.mode, "entered": g.entered, "manual": g.manual,
+                "reason": g.reason, "holds": self.auto_holds}  # fmt: skip
+
     async def set_mode(self, mode: str, stop_models: bool) -> None:
         modes = self.config.nodes[self.name].modes
         if mode not in modes:
@@ -144,9 +159,19 @@ class LocalNode:
             await asyncio.gather(*(self.stop(m, f"mode {mode}") for m in running))
 
     async def refresh(self) -> None:
-        if not self._sampled or self.config.nodes[self.name].gpus == "auto":
-            self._gpus = await asyncio.to_thread(inventory, self.name, self.config.nodes[self.name])
+        spec = self.config.nodes[self.name]
+        if not self._sampled or spec.gpus == "auto" or spec.gpus_file is not None:
+            self._gpus = await asyncio.to_thread(inventory, self.name, spec)
             self._sampled = True
+        if spec.auto_mode is not None:
+            ours = {p.pid for p in self.supervisor.processes.values() if p.pid is not None}
+            reading = await asyncio.to_thread(
+                lambda: auto_gate.read(spec.auto_mode, processes(self.name, spec), ours)  # type: ignore[arg-type]
+            )
+            self.auto_holds = auto_gate.why(spec.auto_mode, reading)
+            change = self.gate.step(spec.auto_mode, self.mode, self.auto_holds, time.monotonic())
+            if change is not None:  # until its owner applies it (a later round says None)
+                self.auto_change = change
         self._facts = await asyncio.to_thread(self._read_facts)
         self._machine = self._machine_sampler.sample()  # three small /proc reads: inline
 
@@ -192,6 +217,7 @@ class RemoteNode:
         self._needs: dict[str, Need] = {}
         self._instances: dict[str, dict[str, Any]] = {}
         self._parts: dict[str, bool] = {}  # model → its part here runs (agent's status)
+        self.auto: dict[str, Any] | None = None  # the agent's auto mode state
         self.last_seen: float | None = None
         self.relays = 0  # engine log streams relayed from the agent now (follow_logs)
 
@@ -325,6 +351,7 @@ class RemoteNode:
             return
         self.reachable, self.error, self.last_seen = True, None, time.time()
         self.mode = status["mode"]
+        self.auto = status.get("auto_mode")
         self._machine = Machine.from_dict(status.get("machine"))
         self._gpus = [
             Gpu(

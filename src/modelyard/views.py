@@ -52,9 +52,10 @@ def node_view(node: NodeHandle, config: Config) -> dict[str, Any]:
     out: dict[str, Any] = {"name": node.name}
     if isinstance(node, RemoteNode):
         out |= {"url": node.url, "reachable": node.reachable, "error": node.error,
-                "last_seen": node.last_seen}  # fmt: skip
+                "last_seen": node.last_seen, "auto_mode": node.auto}  # fmt: skip
     else:
-        out |= {"url": None, "reachable": True}
+        auto = node.auto_view() if isinstance(node, LocalNode) else None
+        out |= {"url": None, "reachable": True, "auto_mode": auto}
     return out | {
         "mode": view.mode,
         "kind": view.kind,

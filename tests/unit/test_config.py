@@ -326,7 +326,7 @@ engines:
   llama.cpp: {binary: P/LlamaCppSettings.binary}
 nodes:
   here: {}
-  there: {url: "http://127.0.0.1:9", state_dir: P/Node.state_dir}
+  there: {url: "http://127.0.0.1:9", state_dir: P/Node.state_dir, gpus_file: P/Node.gpus_file}
 models:
   a: {engine: llama.cpp, weights: P/LlamaCppModel.weights}
   b: {engine: command, command: [server, "{port}"], cwd: P/CommandModel.cwd}

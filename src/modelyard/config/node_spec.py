@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from modelyard.model_spec import Bytes, Strict
+from modelyard.model_spec import Bytes, Seconds, Strict
 
 
 class GpuSpec(Strict):
@@ -34,6 +34,21 @@ def _mode_shorthand(value: Any) -> Any:
     return {"kind": value} if isinstance(value, str) else value
 
 
+class AutoMode(Strict):
+    """A mode the node enters by itself while another program uses its GPU, and leaves once
+    that program is gone for ``leave_after``. A mode a person sets always wins."""
+
+    mode: str = Field(description="The mode entered: one of the node's, gated or drained.")
+    other_gpu_memory: Bytes | None = Field(
+        None, description="Enter when programs not modelyard's use more than this on a GPU."
+    )
+    processes: list[str] = Field(
+        default_factory=list,
+        description="Or when a process by one of these names runs (glob: `steam`, `*.exe`).",
+    )
+    leave_after: Seconds = Field(60.0, ge=0, description="Left once none holds for this long.")
+
+
 class Node(Strict):
     """A machine. The one without ``url`` is the gateway's own; the others run an agent."""
 
@@ -50,6 +65,13 @@ class Node(Strict):
         description="GPUs whose models take turns: while one generates, the others wait.",
     )
     state_dir: Path | None = Field(None, description="The agent's state; default: state_dir/NAME.")
+    gpus_file: Path | None = Field(
+        None,
+        description="GPU readings another program writes (a machine without NVML), read each "
+        "round in place of NVML: JSON {gpus: [{index, name, memory, used, utilization}], "
+        "processes: [{pid, name, gpu, used}]}.",
+    )
+    auto_mode: AutoMode | None = None
 
     @model_validator(mode="after")
     def _modes_known(self) -> Node:
@@ -60,6 +82,16 @@ class Node(Strict):
                 f"default_mode {self.default_mode!r} is not one of its modes: "
                 + ", ".join(self.modes)
             )
+        auto = self.auto_mode
+        if auto is not None:
+            if auto.mode not in self.modes or self.modes[auto.mode].kind == "open":
+                gated = [m for m, spec in self.modes.items() if spec.kind != "open"]
+                raise ValueError(
+                    f"auto_mode.mode {auto.mode!r} must be one of its gated or drained modes: "
+                    + (", ".join(gated) or "it has none")
+                )
+            if auto.other_gpu_memory is None and not auto.processes:
+                raise ValueError("auto_mode needs other_gpu_memory, processes, or both")
         if isinstance(self.gpus, list):
             indices = [g.index for g in self.gpus]
             if len(set(indices)) != len(indices):

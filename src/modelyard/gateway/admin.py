@@ -25,6 +25,7 @@ from modelyard.gateway import events_api
 from modelyard.gateway.body import CLOSE, read_body
 from modelyard.gateway.errors import error_response, openai_error
 from modelyard.gateway.state import Gateway
+from modelyard.nodes import LocalNode
 from modelyard.openai_body import features
 from modelyard.routing import route
 from modelyard.units import parse_duration
@@ -157,6 +158,9 @@ async def set_mode(request: Request) -> Response:
             400, f'expected {{"mode": NAME}} with NAME one of: {", ".join(modes)}', param="mode"
         )
     before = gw.watch.node_views()
+    node = gw.nodes[name]
+    if isinstance(node, LocalNode):
+        node.gate.set_by_hand(wanted)  # a person's mode wins over the auto mode
     try:
         await gw.scheduler.set_mode(name, wanted)
     except AgentError as exc:
