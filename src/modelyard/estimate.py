@@ -135,9 +135,9 @@ def _span_problems(
     """A model across nodes: what its rpc-servers expose, and whether its declared memory
     fits in all its nodes' declared GPUs (else it is checked at start, on what is free)."""
     exposed = (
-        f"its parts' rpc-servers on {', '.join(span)} listen on those agents' addresses with "
-        "no authentication: whoever reaches their ports can use those devices; keep them on "
-        "a trusted network (docs/multi-node.md)"
+        f"its parts' rpc-servers on {', '.join(span)} listen on those nodes' addresses (an "
+        "agent's host, or nodes.NAME.address) with no authentication: whoever reaches their "
+        "ports can use those devices; keep them on a trusted network (docs/multi-node.md)"
     )
     problems: list[tuple[tuple[str | int, ...], str, bool]] = [
         (("models", name, "span"), exposed, False)

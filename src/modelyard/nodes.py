@@ -117,7 +117,8 @@ class LocalNode:
         """Start the rpc-server that holds this node's part of ``model``; its host:port."""
         spec = self.config.models[model]
         assert isinstance(spec, LlamaCppModel) and self.name in spec.span
-        part = RpcPart(spec, self.engine_host, self.config.engines)
+        host = self.config.nodes[self.name].address or self.engine_host
+        part = RpcPart(spec, host, self.config.engines)
         upstream, _ = await self.supervisor.start(part_key(model), part, timeout)
         return upstream.base_url
 

@@ -206,6 +206,12 @@ def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
             elif part == node_name:
                 why = f"{part!r} runs its llama-server: span lists the other nodes, each a part"
                 problems.append((where, why))
+            elif config.nodes[part].url is None and config.nodes[part].address is None:
+                why = (
+                    f"{part!r} is the gateway's own node: set nodes.{part}.address to where "
+                    f"{node_name!r} reaches it, for its rpc-server to listen there"
+                )
+                problems.append((where, why))
         if isinstance(node.gpus, list) and model.gpus:
             known = {g.index for g in node.gpus}
             for i, index in enumerate(model.gpus):

@@ -54,6 +54,11 @@ class Node(Strict):
 
     url: str | None = Field(None, description="The agent's base URL, e.g. http://gamer:9100.")
     token: str | None = Field(None, description="Bearer token the agent requires.")
+    address: str | None = Field(
+        None,
+        description="Where other nodes reach this machine: the gateway's own node needs it "
+        "to hold a part of a model across nodes (its rpc-server listens there).",
+    )
     gpus: Literal["auto"] | list[GpuSpec] = "auto"
     modes: dict[str, Annotated[ModeSpec, BeforeValidator(_mode_shorthand)]] = Field(
         default_factory=lambda: {"open": ModeSpec(kind="open"), "drained": ModeSpec(kind="drained")}
