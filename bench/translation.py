@@ -38,6 +38,8 @@ one pace it cancels (the pace sets the wall time), in ratios it does not.
 
     .venv/bin/python bench/translation.py [--requests 1000] [--streams 200] [--chunks 100,400]
         [--fronts chat,anthropic-native,anthropic,responses-native,responses,ollama]
+        (also chat-native: Chat Completions to the model that speaks all three, and
+        chat-again: the baseline once more; both say what the run's noise is)
         [--gap 0] [--concurrency 16] [--warmup 300] [--stream-warmup 50] [--idle 0]
 
 About one and a half minutes per front-end unpaced, three paced as above with ``--streams 20``
@@ -334,8 +336,13 @@ FRONTS = {
         Front("responses", "/v1/responses", "plain", "responses; translated",
               b"response.completed"),
         Front("ollama", "/api/chat", "plain", None, b'"done":true'),
+        # The run's own noise: Chat Completions again, to the other model and in a gateway
+        # of its own (not in the default list).
+        Front("chat-native", CHAT, "native", None, b"data: [DONE]"),
+        Front("chat-again", CHAT, "plain", None, b"data: [DONE]"),
     )
 }  # fmt: skip
+DEFAULT_FRONTS = "chat,anthropic-native,anthropic,responses-native,responses,ollama"
 
 # --------------------------------------------------------------------------- counting
 
@@ -545,7 +552,7 @@ def main() -> None:
     parser.add_argument("--chunks", default="100,400", help="the two stream sizes")
     parser.add_argument("--warmup", type=int, default=300, help="non-streamed, before counting")
     parser.add_argument("--stream-warmup", type=int, default=50, help="per stream size")
-    parser.add_argument("--fronts", default=",".join(FRONTS))
+    parser.add_argument("--fronts", default=DEFAULT_FRONTS)
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
     parser.add_argument(
         "--gap", type=float, default=0.0, help="seconds between a stream's writes (0: none)"
