@@ -112,13 +112,17 @@ def create_agent_app(config: Config, node: str) -> Starlette:
         given = request.headers.get("authorization", "")
         return hmac.compare_digest(given.encode(), f"Bearer {agent.token}".encode())
 
-    def model_of(request: Request) -> str | Response:
+    def named(request: Request, known: list[str], missing: str) -> str | Response:
+        """The path's model, if the token is right and it is one of ``known``."""
         if not authorized(request):
             return error_response(401, "wrong or missing agent token (Authorization: Bearer …)")
         name = str(request.path_params["name"])
-        if name not in agent.node.models():
-            return error_response(404, f"model {name!r} does not run on node {node}")
+        if name not in known:
+            return error_response(404, f"model {name!r} {missing} on node {node}")
         return name
+
+    def model_of(request: Request) -> str | Response:
+        return named(request, agent.node.models(), "does not run")
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "node": node})
@@ -136,8 +140,18 @@ def create_agent_app(config: Config, node: str) -> Starlette:
         body = await _json(request)
         timeout = float(body.get("timeout") or config.scheduler.start_timeout)
         parts = None
-        if isinstance(body.get("rpc"), list) and isinstance(body.get("split"), list):
-            parts = Parts(tuple(map(str, body["rpc"])), tuple(map(float, body["split"])))
+        if "rpc" in body or "split" in body:
+            rpc, split = body.get("rpc"), body.get("split")
+            if not (
+                isinstance(rpc, list)
+                and isinstance(split, list)
+                and rpc
+                and all(isinstance(a, str) and a for a in rpc)
+                and all(isinstance(w, int | float) and w >= 0 for w in split)
+            ):
+                why = "`rpc` (HOST:PORT strings) and `split` (numbers), together, or neither"
+                return error_response(400, why, param="rpc")
+            parts = Parts(tuple(rpc), tuple(float(w) for w in split))
         try:
             upstream, pid = await agent.node.start(name, timeout, parts)
         except StartError as exc:
@@ -155,12 +169,7 @@ def create_agent_app(config: Config, node: str) -> Starlette:
         )
 
     def part_of(request: Request) -> str | Response:
-        if not authorized(request):
-            return error_response(401, "wrong or missing agent token (Authorization: Bearer …)")
-        name = str(request.path_params["name"])
-        if name not in agent.parts():
-            return error_response(404, f"model {name!r} has no part on node {node} (span)")
-        return name
+        return named(request, agent.parts(), "has no part (span)")
 
     async def start_part(request: Request) -> Response:
         name = part_of(request)

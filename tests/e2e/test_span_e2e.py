@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -75,6 +76,17 @@ def test_a_model_across_two_agents_rpc_servers(span) -> None:  # type: ignore[no
     gw, agents, ports = span
     before = set(rpc_servers())
     client = gw.client
+
+    # The agent's parts API: the token, a model with a part there, and well-formed parts.
+    agent = f"http://127.0.0.1:{ports['left']}"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.post(f"{agent}/agent/parts/gemma-split/start", timeout=10).status_code == 401
+    wrong = httpx.post(f"{agent}/agent/parts/gemma-whole/start", headers=auth, timeout=10)
+    assert wrong.status_code == 404 and "has no part" in wrong.json()["error"]["message"]
+    elsewhere = httpx.post(f"{agent}/agent/instances/gemma-split/start", headers=auth,
+                           json={"rpc": ["a:1"], "split": [1]}, timeout=10)  # fmt: skip
+    assert elsewhere.status_code == 404  # its llama-server runs on the gateway's node
+    assert set(rpc_servers()) == before  # nothing started by any of that
 
     said = client.chat.completions.with_raw_response.create(
         model="split", messages=HELLO, max_tokens=8

@@ -272,29 +272,6 @@ class Wyoming(Strict):
         "the listener's requests are made inside the gateway).",
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _tier_blocks(cls, value: Any) -> Any:
-        """``tiers.NAME: {members, pick}`` → its list in ``tiers``, its pick in
-        ``tier_picks`` (the list alone means ``pick: first``)."""
-        if not isinstance(value, Mapping) or not isinstance(value.get("tiers"), Mapping):
-            return value
-        tiers, picks = {}, dict(value.get("tier_picks") or {})
-        for name, spec in value["tiers"].items():
-            if isinstance(spec, Mapping):
-                unknown = set(spec) - {"members", "pick"}
-                if unknown or "members" not in spec:
-                    raise ValueError(
-                        f"tiers.{name}: a list of models, or {{members: [...], pick: "
-                        f"first|least_busy|round_robin}}; got keys {', '.join(map(str, spec))}"
-                    )
-                tiers[name] = spec["members"]
-                if "pick" in spec:
-                    picks[name] = spec["pick"]
-            else:
-                tiers[name] = spec
-        return {**value, "tiers": tiers, "tier_picks": picks}
-
     @field_validator("listen", mode="before")
     @classmethod
     def _host_port(cls, value: Any) -> Any:
