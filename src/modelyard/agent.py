@@ -98,8 +98,11 @@ class Agent:
     def parts(self) -> list[str]:
         """The models across nodes that hold a part here."""
         config = self.node.config
+        here = self.node.name
         return [
-            m for m, spec in config.models.items() if self.node.name in getattr(spec, "span", ())
+            m
+            for m, spec in config.models.items()
+            if here in spec.parts_on or (spec.spans_auto and config.node_of(m) != here)
         ]
 
 

@@ -99,7 +99,11 @@ def placement_problems(config: Config) -> list[tuple[tuple[str | int, ...], str,
     """
     problems: list[tuple[tuple[str | int, ...], str, bool]] = []
     for name in config.models:
-        span = tuple(getattr(config.models[name], "span", ()))
+        spec = config.models[name]
+        span = spec.parts_on or (
+            (n for n in config.nodes if n != config.node_of(name)) if spec.spans_auto else ()
+        )
+        span = tuple(span)
         if span:
             problems += _span_problems(config, name, span)
             continue
@@ -145,8 +149,10 @@ def _span_problems(
     need = config.models[name].memory
     nodes = [config.node_of(name), *span]
     declared = [config.nodes.get(n) for n in nodes]
-    if need is None or any(d is None or not isinstance(d.gpus, list) for d in declared):
-        return problems
+    if need is None or any(
+        d is None or not isinstance(d.gpus, list) or not d.gpus for d in declared
+    ):
+        return problems  # GPUs read at run time, or a part in RAM: checked at start
     room = {
         n: sum(max(g.memory - d.reserve, 0) for g in d.gpus)
         for n, d in zip(nodes, declared, strict=True)

@@ -171,6 +171,16 @@ class ModelBase(Strict):
         return frozenset(self.protocols) if self.protocols is not None else self.engine_protocols
 
     @property
+    def parts_on(self) -> tuple[str, ...]:
+        """The nodes named to hold parts of it (a model across nodes); none, or ``auto``."""
+        return ()
+
+    @property
+    def spans_auto(self) -> bool:
+        """``span: auto``: the nodes that hold its parts are chosen at each start."""
+        return False
+
+    @property
     def engine_protocols(self) -> frozenset[str]:
         """The protocols besides Chat Completions its engine's server speaks."""
         return frozenset()

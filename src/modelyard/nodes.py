@@ -116,7 +116,7 @@ class LocalNode:
     async def start_part(self, model: str, timeout: float) -> str:
         """Start the rpc-server that holds this node's part of ``model``; its host:port."""
         spec = self.config.models[model]
-        assert isinstance(spec, LlamaCppModel) and self.name in spec.span
+        assert isinstance(spec, LlamaCppModel) and (self.name in spec.parts_on or spec.spans_auto)
         host = self.config.nodes[self.name].address or self.engine_host
         part = RpcPart(spec, host, self.config.engines)
         upstream, _ = await self.supervisor.start(part_key(model), part, timeout)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 
 from modelyard.units import format_bytes
 
@@ -212,3 +213,27 @@ def split(total: int, gpus: Sequence[int], tensor_split: Sequence[float] | None)
     weights = list(tensor_split) if tensor_split else [1.0] * len(gpus)
     whole = sum(weights)
     return {g: int(total * w / whole) for g, w in zip(gpus, weights, strict=True)}
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What another node offers a part of a model across nodes (``span: auto``)."""
+
+    node: str
+    free: int  # bytes its part may take: its GPUs' free memory, or its RAM without GPUs
+    gbps: float | None = None  # its link, as the config says (None: not said)
+
+
+def choose_parts(need: int, own: int, offers: Sequence[Offer]) -> tuple[str, ...] | str:
+    """The nodes whose parts, with ``own`` (what the model's node holds), make room for
+    ``need``: the fewest; among as many, the one whose slowest link is fastest (a link not
+    said counts as slowest), then the most free. Or why no choice does."""
+    if need <= own:
+        return ()
+    for k in range(1, len(offers) + 1):
+        fits = [c for c in combinations(offers, k) if own + sum(o.free for o in c) >= need]
+        if fits:
+            best = max(fits, key=lambda c: (min(o.gbps or 0.0 for o in c), sum(o.free for o in c)))
+            return tuple(o.node for o in best)
+    each = ", ".join(f"{o.node} {format_bytes(o.free)}" for o in offers) or "no other node open"
+    return f"needs {format_bytes(need)}; its node has {format_bytes(own)} free, the others: {each}"

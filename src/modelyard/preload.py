@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 def nodes_of(config: Config, model: str) -> tuple[str, ...]:
     """Its node, and the nodes that hold its parts."""
-    return (config.node_of(model), *getattr(config.models[model], "span", ()))
+    return (config.node_of(model), *config.models[model].parts_on)
 
 
 class Preloader:

@@ -339,7 +339,7 @@ def _turned_down(
         return FORBIDDEN
     if auto and model.manual_only:
         return MANUAL_ONLY
-    for where in (node, *getattr(model, "span", ())):  # its own node, then its parts'
+    for where in (node, *model.parts_on):  # its own node, then its parts'
         of = "node" if where == node else "its part's node"
         if not cluster.reachable.get(where, True):
             return f"{of} {where} is unreachable"

@@ -66,6 +66,7 @@ class Scheduler:
         self.store = store  # read for typical load times; state changes go to ``events``
         self.events = events
         self.instances: dict[str, Instance] = {}
+        self.parts: span.Chosen = {}  # a model across nodes: where its parts run now
         self._waiters: list[_Waiter] = []
         self._took: dict[str, deque[float]] = {}  # recent requests' seconds on a slot
         self.leaks: dict[str, int] = {}  # places found held by finished requests, per model
@@ -249,9 +250,9 @@ class Scheduler:
         model = self.config.models[inst.model]
         timeout = model.start_timeout or self.config.scheduler.start_timeout
         began = time.monotonic()
+        starting = span.start(self.nodes, self.config, inst.model, inst.node, timeout, self.parts)
         try:
-            node = inst.node
-            upstream, pid = await span.start(self.nodes, self.config, inst.model, node, timeout)
+            upstream, pid = await starting
         except StartError as exc:
             self._post(functools.partial(self._failed, inst, exc))
         else:
@@ -275,7 +276,7 @@ class Scheduler:
 
     async def _stopping(self, inst: Instance, reason: str) -> None:
         try:
-            await span.stop(self.nodes, self.config, inst.model, inst.node, reason)
+            await span.stop(self.nodes, self.config, inst.model, inst.node, reason, self.parts)
         finally:
             self._post(functools.partial(self._stopped, inst, reason))
 

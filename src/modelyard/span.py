@@ -1,7 +1,7 @@
 """A model across nodes (``models.NAME.span``): its parts start before it and stop after it,
 and it lives only while every part does.
 
-llama.cpp's RPC backend: each node in ``span`` runs an rpc-server (``engines/rpc.py``); the
+llama.cpp's RPC backend: each node in ``span`` runs an rpc-server (``rpc_part.py``); the
 model's llama-server, on its own node, gets them with ``--rpc`` and a ``--tensor-split``
 (``split``: each part's devices by their free memory, then its own GPUs). Together they
 are one instance to the scheduler: stopping, swapping and TTL stop the parts too, and
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -22,18 +23,35 @@ from modelyard.errors import StartError
 from modelyard.lifecycle import RESIDENT, State
 from modelyard.machine import Machine
 from modelyard.nodes import NodeHandle
-from modelyard.placement import Gpu
+from modelyard.placement import Gpu, Offer, choose_parts
 from modelyard.rpc_part import Parts
 from modelyard.units import format_bytes
 
 if TYPE_CHECKING:
     from modelyard.scheduler import Scheduler
 
+log = logging.getLogger("modelyard.span")
 
-def span_of(config: Config, model: str) -> tuple[str, ...]:
-    """The nodes that hold a part of ``model`` (none: it runs on its node alone, or it was
-    removed from the config)."""
-    return tuple(getattr(config.models.get(model), "span", ()))
+
+Chosen = dict[str, tuple[str, ...]]  # model → the nodes of its parts now (the scheduler's)
+
+
+def span_of(config: Config, model: str, chosen: Chosen) -> tuple[str, ...]:
+    """The nodes that hold a part of ``model`` now: its ``span``, or what ``span: auto``
+    chose at its start (none: it runs on its node alone, or it left the config)."""
+    spec = config.models.get(model)
+    if spec is None or not spec.spans_auto:
+        return spec.parts_on if spec is not None else chosen.get(model, ())
+    return chosen.get(model, ())
+
+
+def candidates(config: Config, model: str) -> tuple[str, ...]:
+    """The nodes that may hold a part of ``model``: its ``span``, or for ``auto`` every
+    other node."""
+    spec = config.models.get(model)
+    if spec is None or not spec.spans_auto:
+        return spec.parts_on if spec is not None else ()
+    return tuple(n for n in config.nodes if n != config.node_of(model))
 
 
 def split(
@@ -62,12 +80,22 @@ def _free(gpus: Sequence[Gpu], machine: Machine | None) -> int:
 
 
 async def start(
-    nodes: Mapping[str, NodeHandle], config: Config, model: str, node: str, timeout: float
+    nodes: Mapping[str, NodeHandle],
+    config: Config,
+    model: str,
+    node: str,
+    timeout: float,
+    chosen: Chosen,
 ) -> tuple[Upstream, int | None]:
     """Start ``model`` on ``node``: its parts first (at once), then its llama-server given
     them. A part that fails stops the others, and the error names its node."""
     main = nodes[node]
-    span = span_of(config, model)
+    spec = config.models[model]
+    own = sum(max(g.total - g.used, 0) for g in main.gpus()) if spec.gpus != [] else 0
+    if spec.spans_auto:
+        span = _choose(nodes, config, model, node, own)
+    else:
+        span = spec.parts_on
     if not span:
         return await main.start(model, timeout)
     for name in span:
@@ -76,22 +104,22 @@ async def start(
             raise StartError(f"its part on node {name} cannot start: the node is unreachable")
         if view.kind != "open":
             raise StartError(f"its part on node {name} cannot start: node in mode {view.mode}")
-    need = config.models[model].memory
-    if need is not None:
+    need = spec.memory
+    if need is not None and not spec.spans_auto:
         free = {n: _free(nodes[n].gpus(), nodes[n].machine()) for n in span}
-        own = sum(max(g.total - g.used, 0) for g in main.gpus())
         if need > sum(free.values()) + own:
             each = ", ".join(f"{n} {format_bytes(f)}" for n, f in free.items())
             raise StartError(
                 f"does not fit across its nodes: needs {format_bytes(need)}, free: {each}, "
                 f"{main.name} {format_bytes(own)}"
             )
+    chosen[model] = span
     results = await asyncio.gather(
         *(nodes[n].start_part(model, timeout) for n in span), return_exceptions=True
     )
     failed = [(n, r) for n, r in zip(span, results, strict=True) if isinstance(r, BaseException)]
     if failed:
-        await stop_parts(nodes, config, model, "another part failed to start")
+        await stop_parts(nodes, config, model, "another part failed to start", chosen)
         where, exc = failed[0]
         raise StartError(f"its part on node {where} failed to start: {exc}") from exc
     addresses = tuple(str(r) for r in results)
@@ -103,45 +131,87 @@ async def start(
     try:
         return await main.start(model, timeout, Parts(addresses, shares))
     except BaseException:
-        await stop_parts(nodes, config, model, "its llama-server failed to start")
+        await stop_parts(nodes, config, model, "its llama-server failed to start", chosen)
         raise
 
 
+def _choose(
+    nodes: Mapping[str, NodeHandle], config: Config, model: str, node: str, own: int
+) -> tuple[str, ...]:
+    """``span: auto``: the other open nodes that make room for its ``memory``, fewest and
+    fastest first (``placement.choose_parts``); a slow link is warned of in the log."""
+    need = config.models[model].memory
+    assert need is not None, "validated: span: auto needs memory"
+    offers = []
+    for name in candidates(config, model):
+        view = nodes[name].view()
+        if view.reachable and view.kind == "open":
+            free = _free(nodes[name].gpus(), nodes[name].machine()) - config.nodes[name].reserve
+            offers.append(Offer(name, max(free, 0), config.nodes[name].link_gbps))
+    picked = choose_parts(need, own, offers)
+    if isinstance(picked, str):
+        raise StartError(f"does not fit across the open nodes: {picked}")
+    floor = config.placement.min_link_gbps
+    for name in picked:
+        gbps = config.nodes[name].link_gbps
+        if gbps is not None and gbps < floor:
+            log.warning(
+                "%s: its part on node %s crosses a %g Gbit/s link (slower than "
+                "placement.min_link_gbps %g): every token waits on it",
+                model, name, gbps, floor,
+            )  # fmt: skip
+    return picked
+
+
 async def stop(
-    nodes: Mapping[str, NodeHandle], config: Config, model: str, node: str, reason: str
+    nodes: Mapping[str, NodeHandle],
+    config: Config,
+    model: str,
+    node: str,
+    reason: str,
+    chosen: Chosen,
 ) -> None:
     """Stop ``model``'s llama-server on ``node``, then its parts."""
     try:
         await nodes[node].stop(model, reason)
     finally:
-        await stop_parts(nodes, config, model, reason)
+        await stop_parts(nodes, config, model, reason, chosen)
 
 
 async def stop_parts(
-    nodes: Mapping[str, NodeHandle], config: Config, model: str, reason: str
+    nodes: Mapping[str, NodeHandle],
+    config: Config,
+    model: str,
+    reason: str,
+    chosen: Chosen,
+    where: Sequence[str] | None = None,
 ) -> None:
-    for name in span_of(config, model):
+    """Stop ``model``'s parts: on the nodes that hold them now, or ``where``."""
+    for name in span_of(config, model, chosen) if where is None else where:
         with contextlib.suppress(Exception):  # an unreachable node's parts die with its agent
             await nodes[name].stop_part(model, reason)
+    chosen.pop(model, None)
 
 
 async def watch(nodes: Mapping[str, NodeHandle], config: Config, scheduler: Scheduler) -> None:
     """One round: a ready instance whose part is gone (ended, its node unreachable or gated)
     fails, its llama-server and other parts stopped; parts left without an instance stop."""
+    chosen = scheduler.parts
     for model in config.models:
-        span = span_of(config, model)
+        may = candidates(config, model)
         inst = scheduler.instances.get(model)
-        if not span or inst is None:
+        if not may or inst is None:
             continue
         if inst.state not in RESIDENT:
-            if any(nodes[n].part_running(model) for n in span):
-                await stop_parts(nodes, config, model, "its instance is not running")
+            left = [n for n in may if nodes[n].part_running(model)]
+            if left:
+                await stop_parts(nodes, config, model, "its instance is not running", chosen, left)
             continue
         if inst.state is not State.READY:
             continue
-        why = _broken(nodes, model, span)
+        why = _broken(nodes, model, span_of(config, model, chosen))
         if why is not None:
-            await stop(nodes, config, model, inst.node, why)
+            await stop(nodes, config, model, inst.node, why, chosen)
             scheduler.on_exit(model, why)
 
 
@@ -157,9 +227,13 @@ def _broken(nodes: Mapping[str, NodeHandle], model: str, span: Sequence[str]) ->
     return None
 
 
-async def close(nodes: Mapping[str, NodeHandle], config: Config) -> None:
+async def close(nodes: Mapping[str, NodeHandle], config: Config, chosen: Chosen) -> None:
     """The gateway stops: its own node's engines stop with it, so the parts of the models
     they ran stop too (a model whose llama-server runs on an agent keeps running there)."""
     local = config.local_node
-    mine = [m for m in config.models if span_of(config, m) and config.node_of(m) == local]
-    await asyncio.gather(*(stop_parts(nodes, config, m, "the gateway stopped") for m in mine))
+    mine = [m for m in config.models if candidates(config, m) and config.node_of(m) == local]
+    stopping = (
+        stop_parts(nodes, config, m, "the gateway stopped", chosen, candidates(config, m))
+        for m in mine
+    )
+    await asyncio.gather(*stopping)

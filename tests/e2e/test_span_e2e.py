@@ -44,9 +44,10 @@ def span(
         "(scripts/setup.sh does)"
     )
     ports = {"left": free_port(), "right": free_port()}
+    links = {"left": 1, "right": 10}  # Gbit/s: span: auto takes the faster
     agents_yaml = "".join(
         f"  {name}:\n    url: http://127.0.0.1:{port}\n    token: {TOKEN}\n    gpus: []\n"
-        f"    state_dir: {tmp_path / name}\n"
+        f"    state_dir: {tmp_path / name}\n    link_gbps: {links[name]}\n"
         for name, port in ports.items()
     )
     model = (
@@ -58,6 +59,9 @@ def span(
         f"listen: 127.0.0.1:{free_port()}\nstate_dir: {tmp_path / 'gateway'}\n"
         f"nodes:\n  server: {{gpus: []}}\n{agents_yaml}"
         f"models:\n  gemma-split:\n{model}    span: [left, right]\n  gemma-whole:\n{model}"
+        f"  gemma-auto:\n{model}    span: auto\n    memory: 300MiB\n"
+        f"  gemma-huge:\n{model}    span: auto\n    memory: 64TiB\n"
+        "placement: {min_link_gbps: 2.5}\n"
         "tiers:\n  split: [gemma-split, gemma-whole]\n",
         encoding="utf-8",
     )
@@ -129,3 +133,25 @@ def test_a_model_across_two_agents_rpc_servers(span) -> None:  # type: ignore[no
 
     wait_for(serves, timeout=60)
     assert len(set(rpc_servers()) - before) == 2
+
+
+def test_span_auto_takes_the_fewest_fastest_nodes(span, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    gw, _, _ = span
+    before = set(rpc_servers())
+    # One node's RAM holds 300 MiB: one part, on right (10 Gbit/s) rather than left (1).
+    said = gw.client.chat.completions.create(model="gemma-auto", messages=HELLO, max_tokens=4)
+    assert said.choices[0].message.content is not None
+    log = gw.admin("GET", "/admin/models/gemma-auto/logs?lines=400").text
+    started = next(line for line in log.splitlines() if "starting:" in line)
+    assert started.count("--rpc 127.0.0.1:") == 1 and "--tensor-split 1 " in started, started
+    assert (tmp_path / "right" / "logs" / "gemma-auto@rpc.log").is_file()
+    assert not (tmp_path / "left" / "logs" / "gemma-auto@rpc.log").exists()
+    # Stopped: its part goes with it.
+    gw.admin("POST", "/admin/models/gemma-auto/stop").raise_for_status()
+    wait_for(lambda: not (set(rpc_servers()) - before))
+    # 64 TiB fits nowhere: refused at start with what each node has free.
+    with pytest.raises(openai.APIStatusError) as refused:
+        gw.client.chat.completions.create(model="gemma-huge", messages=HELLO, max_tokens=4)
+    message = str(refused.value)
+    assert "does not fit across the open nodes: needs 64 TiB" in message
+    assert "left" in message and "right" in message

@@ -33,7 +33,9 @@ from modelyard.placement import (
     Gpu,
     Inventory,
     Need,
+    Offer,
     Resident,
+    choose_parts,
     free_on,
     plan_eviction,
     slow_link,
@@ -1185,3 +1187,34 @@ def test_moe_on_slow_link_can_be_only_a_warning() -> None:
     model = "  m: {engine: llama.cpp, weights: m.gguf, gpus: [0, 1], memory: 16GiB, moe: true}\n"
     config = parse_config(head + "models:\n" + model, "/etc/modelyard/test.yaml", {})
     assert len(config.warnings) == 1 and "PCIe 3.0 x4" in config.warnings[0]
+
+
+# -- a model across nodes, span: auto (placement.choose_parts) ---------------------------------
+
+GB = 1024**3
+
+
+@pytest.mark.parametrize(
+    ("need", "own", "offers", "chosen"),
+    [
+        (8 * GB, 10 * GB, [Offer("a", 20 * GB, 10)], ()),  # its own node holds it: no parts
+        # the fewest: one node that holds the rest beats two faster ones
+        (30 * GB, 10 * GB, [Offer("a", 12 * GB, 10), Offer("b", 12 * GB, 10),
+                            Offer("c", 25 * GB, 1)], ("c",)),
+        # as many: the faster slowest link, then the more free
+        (20 * GB, 10 * GB, [Offer("a", 12 * GB, 1), Offer("b", 11 * GB, 10),
+                            Offer("c", 30 * GB, None)], ("b",)),
+        (20 * GB, 0, [Offer("a", 12 * GB, 2.5), Offer("b", 9 * GB, 2.5),
+                      Offer("c", 11 * GB, 2.5)], ("a", "c")),
+    ],
+)  # fmt: skip
+def test_choose_parts(need: int, own: int, offers: list[Offer], chosen: tuple[str, ...]) -> None:
+    assert choose_parts(need, own, offers) == chosen
+
+
+def test_choose_parts_says_what_is_free_when_nothing_holds_it() -> None:
+    why = choose_parts(64 * GB, 8 * GB, [Offer("a", 12 * GB), Offer("b", 4 * GB)])
+    assert why == "needs 64 GiB; its node has 8 GiB free, the others: a 12 GiB, b 4 GiB"
+    assert choose_parts(9 * GB, 8 * GB, []) == (
+        "needs 9 GiB; its node has 8 GiB free, the others: no other node open"
+    )

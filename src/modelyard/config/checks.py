@@ -197,7 +197,7 @@ def cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
                 )
             )
             continue
-        for i, part in enumerate(getattr(model, "span", ())):
+        for i, part in enumerate(model.parts_on):
             where = ("models", name, "span", i)
             if part not in config.nodes:
                 problems.append(

@@ -70,6 +70,9 @@ class Node(Strict):
         description="GPUs whose models take turns: while one generates, the others wait.",
     )
     state_dir: Path | None = Field(None, description="The agent's state; default: state_dir/NAME.")
+    link_gbps: float | None = Field(
+        None, gt=0, description="Its network link to the other nodes, Gbit/s (span: auto)."
+    )
     gpus_file: Path | None = Field(
         None,
         description="GPU readings another program writes (a machine without NVML), read each "

@@ -94,6 +94,9 @@ class Placement(Strict):
     )
     slow_link_width: int = Field(8, ge=1, description="PCIe links narrower than this are slow.")
     moe_on_slow_link: Literal["refuse", "warn"] = "refuse"
+    min_link_gbps: float = Field(
+        1.0, gt=0, description="A part of a model across nodes on a slower link is warned of."
+    )
 
 
 class Condition(Strict):

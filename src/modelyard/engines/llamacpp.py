@@ -29,27 +29,29 @@ class LlamaCppModel(ModelBase):
     parallel: int = Field(1, ge=1, le=256, description="Parallel slots, --parallel.")
     args: list[Arg] = Field(default_factory=list, description="Extra llama-server arguments.")
     env: dict[str, Arg] = Field(default_factory=dict)
-    span: list[str] = Field(
+    span: list[str] | Literal["auto"] = Field(
         default_factory=list,
         description="Other nodes that hold part of it: an rpc-server on each (llama.cpp's RPC "
-        "backend), its layers split by their free memory. llama-server runs on `node`.",
+        "backend), its layers split by their free memory; `auto`: as few other nodes as it "
+        "needs, fastest links first, chosen at each start. llama-server runs on `node`.",
     )
 
     @model_validator(mode="after")
     def _span(self) -> LlamaCppModel:
-        if self.span:
-            if len(set(self.span)) != len(self.span):
-                raise ValueError("span names a node twice")
-            if self.node is not None and self.node in self.span:
-                raise ValueError(
-                    f"span names {self.node!r}, the node that runs llama-server: list only "
-                    "the other nodes that hold a part"
-                )
-            if self.tensor_split is not None:
-                raise ValueError(
-                    "a model across nodes gets its split from each part's free memory: drop "
-                    "tensor_split"
-                )
+        if self.span == "auto" and self.memory is None:
+            raise ValueError("span: auto needs `memory`: the need it spreads over the nodes")
+        if isinstance(self.span, list) and len(set(self.span)) != len(self.span):
+            raise ValueError("span names a node twice")
+        if isinstance(self.span, list) and self.node is not None and self.node in self.span:
+            raise ValueError(
+                f"span names {self.node!r}, the node that runs llama-server: list only "
+                "the other nodes that hold a part"
+            )
+        if self.span and self.tensor_split is not None:
+            raise ValueError(
+                "a model across nodes gets its split from each part's free memory: drop "
+                "tensor_split"
+            )
         return self
 
     @field_validator("args")
@@ -62,6 +64,14 @@ class LlamaCppModel(ModelBase):
                     f"{arg!r} is set by modelyard; use `weights`, `aliases` and `listen` instead"
                 )
         return value
+
+    @property
+    def parts_on(self) -> tuple[str, ...]:
+        return tuple(self.span) if isinstance(self.span, list) else ()
+
+    @property
+    def spans_auto(self) -> bool:
+        return self.span == "auto"
 
     @property
     def embedding_server(self) -> bool:

@@ -116,7 +116,7 @@ class Gateway:
         if self.wyoming is not None:
             await self.wyoming.close()
         await self.watch.close()
-        await span.close(self.scheduler.nodes, self.config)
+        await span.close(self.scheduler.nodes, self.config, self.scheduler.parts)
         await self.scheduler.close()
         await self.client.close()
         await self.store.close()
