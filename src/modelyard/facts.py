@@ -21,7 +21,9 @@ def model_facts(config: Config, nodes: Mapping[str, NodeHandle]) -> dict[str, Mo
     facts = {}
     for name, m in config.models.items():
         node = config.node_of(name)
-        need = nodes[node].need(name)
+        # A model across nodes: its node holds only its share, which span.start checks with
+        # the parts' (its whole need on its node's GPUs alone would refuse it everywhere).
+        need = None if m.parts_on or m.spans_auto else nodes[node].need(name)
         blocked = None
         if need is not None:
             problem = slow_link(need, nodes[node].gpus(), config.placement.slow_link_width)

@@ -1218,3 +1218,31 @@ def test_choose_parts_says_what_is_free_when_nothing_holds_it() -> None:
     assert choose_parts(9 * GB, 8 * GB, []) == (
         "needs 9 GiB; its node has 8 GiB free, the others: no other node open"
     )
+
+
+def test_a_model_across_nodes_is_not_refused_for_its_whole_need_on_its_own_node() -> None:
+    from modelyard.facts import model_facts
+
+    text = (
+        "nodes:\n  server: {address: 10.0.0.1, gpus: [{index: 0, memory: 8GiB}]}\n"
+        "  gamer: {url: 'http://10.0.0.2:9100', gpus: [{index: 0, memory: 24GiB}]}\n"
+        "models:\n"
+        "  big: {engine: llama.cpp, weights: /m.gguf, node: gamer, span: [server], memory: 27GiB}\n"
+    )
+    config = parse_config(text, "/etc/modelyard/test.yaml", {})
+    with pytest.raises(ConfigError, match="it can never start"):  # on the gamer alone: never
+        parse_config(text.replace(" span: [server],", ""), "/etc/modelyard/test.yaml", {})
+
+    class Node:  # what model_facts reads of a node
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def gpus(self) -> list[Gpu]:
+            return [Gpu(self.name, 0, "GPU", 24 * GB)]
+
+        def need(self, model: str) -> Need:
+            return need_for(config, model, self.gpus(), None)
+
+    facts = model_facts(config, {"server": Node("server"), "gamer": Node("gamer")})  # type: ignore[dict-item]
+    # Its share on the gamer is checked with its parts at start (span.start), not there.
+    assert facts["big"].need is None
