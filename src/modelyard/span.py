@@ -106,13 +106,14 @@ async def start(
             raise StartError(f"its part on node {name} cannot start: node in mode {view.mode}")
     need = spec.memory
     if need is not None and not spec.spans_auto:
-        free = {n: _free(nodes[n].gpus(), nodes[n].machine()) for n in span}
-        if need > sum(free.values()) + own:
-            each = ", ".join(f"{n} {format_bytes(f)}" for n, f in free.items())
-            raise StartError(
-                f"does not fit across its nodes: needs {format_bytes(need)}, free: {each}, "
-                f"{main.name} {format_bytes(own)}"
+        free = {n: _free(nodes[n].gpus(), nodes[n].machine()) for n in span} | {node: own}
+        room = sum(free.values())
+        if need > room:  # each node's share of the need, as the split would give it
+            each = ", ".join(
+                f"{n} {format_bytes(int(need * f / max(room, 1)))} of {format_bytes(f)} free"
+                for n, f in free.items()
             )
+            raise StartError(f"does not fit across its nodes: needs {format_bytes(need)}: {each}")
     chosen[model] = span
     results = await asyncio.gather(
         *(nodes[n].start_part(model, timeout) for n in span), return_exceptions=True
