@@ -86,6 +86,17 @@ class Scheduler(Strict):
 
 
 Pick = Literal["first", "least_busy", "round_robin"]  # how a tier picks among its members
+PICKS = ("first", "least_busy", "round_robin")
+
+
+def _tier_block(spec: Any) -> bool:
+    """Is ``spec`` a well-formed ``{members: [...], pick: ...}`` tier block?"""
+    return (
+        isinstance(spec, Mapping)
+        and set(spec) <= {"members", "pick"}
+        and isinstance(spec.get("members"), list)
+        and spec.get("pick", "first") in PICKS
+    )
 
 
 class Placement(Strict):
@@ -317,24 +328,34 @@ class Config(Strict):
     @classmethod
     def _tier_blocks(cls, value: Any) -> Any:
         """``tiers.NAME: {members, pick}`` → its list in ``tiers``, its pick in
-        ``tier_picks`` (the list alone means ``pick: first``)."""
+        ``tier_picks`` (the list alone means ``pick: first``). A block that is not one is
+        left for ``_tiers`` to report where it is."""
         if not isinstance(value, Mapping) or not isinstance(value.get("tiers"), Mapping):
             return value
         tiers, picks = {}, dict(value.get("tier_picks") or {})
         for name, spec in value["tiers"].items():
-            if isinstance(spec, Mapping):
-                unknown = set(spec) - {"members", "pick"}
-                if unknown or "members" not in spec:
-                    raise ValueError(
-                        f"tiers.{name}: a list of models, or {{members: [...], pick: "
-                        f"first|least_busy|round_robin}}; got keys {', '.join(map(str, spec))}"
-                    )
+            if _tier_block(spec):
                 tiers[name] = spec["members"]
                 if "pick" in spec:
                     picks[name] = spec["pick"]
             else:
                 tiers[name] = spec
         return {**value, "tiers": tiers, "tier_picks": picks}
+
+    @field_validator("tiers", mode="before")
+    @classmethod
+    def _tiers(cls, value: Any) -> Any:
+        bad = [
+            f"{name}: {dict(spec)!r}"
+            for name, spec in (value.items() if isinstance(value, Mapping) else ())
+            if isinstance(spec, Mapping)
+        ]
+        if bad:
+            raise ValueError(
+                f"a tier is a list of models, or {{members: [...], pick: {'|'.join(PICKS)}}}; "
+                f"not so: {'; '.join(bad)}"
+            )
+        return value
 
     @field_validator("listen", mode="before")
     @classmethod
