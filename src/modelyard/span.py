@@ -91,7 +91,9 @@ async def start(
     them. A part that fails stops the others, and the error names its node."""
     main = nodes[node]
     spec = config.models[model]
-    own = sum(max(g.total - g.used, 0) for g in main.gpus()) if spec.gpus != [] else 0
+    # Its own GPUs: the ones it may use there (CUDA_VISIBLE_DEVICES shows it those alone).
+    mine = [g for g in main.gpus() if spec.gpus is None or g.index in spec.gpus]
+    own = sum(max(g.total - g.used, 0) for g in mine)
     if spec.spans_auto:
         span = _choose(nodes, config, model, node, own)
     else:
@@ -124,11 +126,8 @@ async def start(
         where, exc = failed[0]
         raise StartError(f"its part on node {where} failed to start: {exc}") from exc
     addresses = tuple(str(r) for r in results)
-    shares = split(
-        [(n, nodes[n].gpus(), nodes[n].machine()) for n in span],
-        main.gpus() if config.models[model].gpus != [] else [],
-        {n: config.nodes[n].reserve for n in span},
-    )
+    parts = [(n, nodes[n].gpus(), nodes[n].machine()) for n in span]
+    shares = split(parts, mine, {n: config.nodes[n].reserve for n in span})
     try:
         return await main.start(model, timeout, Parts(addresses, shares))
     except BaseException:
