@@ -84,6 +84,23 @@ def test_least_busy_spreads_a_storm_and_sends_to_the_idler(gw: ServedGateway) ->
     assert pick and pick[0]["why"].startswith("least_busy: b (b 0/2 slots, 0 queued; a 1/2"), pick
     long.join()
 
+    # Clients that leave at every moment (before their answer, mid-stream) leave nothing
+    # counted behind: once all is idle, the next decision compares empty members.
+    for n in range(8):
+        sock = socket.create_connection((host, port), timeout=30)
+        sock.sendall(request)
+        if n % 2:
+            sock.recv(200)  # its headers came: it leaves mid-stream
+        sock.close()
+    deadline = time.monotonic() + 20
+    while gw.model("a")["in_flight"] or gw.model("b")["in_flight"]:
+        assert time.monotonic() < deadline, (gw.model("a"), gw.model("b"))
+        time.sleep(0.1)
+    resp = ask(gw, "pool", 0.05, stream=False)
+    decision = gw.admin("GET", f"/admin/decisions/{resp.headers['x-modelyard-decision']}").json()
+    why = next(s["why"] for s in decision["trail"] if s["kind"] == "pick")
+    assert why == "least_busy: a (a 0/2 slots, 0 queued; b 0/2 slots, 0 queued)", why
+
 
 def test_round_robin_takes_the_members_in_turn(gw: ServedGateway) -> None:
     served = [ask(gw, "turns", 0.05, stream=False).headers["x-modelyard-model"] for _ in range(4)]
