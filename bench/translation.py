@@ -70,7 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a pack
 from gateway import command_model, launch_gateway, write_config
 from harness import CHAT, PROMPT, free_port, http_json, log, stop_process
 from instructions import VALGRIND
-from upstream_stub import BAD_REQUEST, HEALTH, NOT_FOUND, StubProtocol, listening_socket
+from upstream_stub import BAD_REQUEST, StubProtocol, listening_socket
 
 MODEL = "stub-model"
 MESSAGES = b"/v1/messages"
@@ -227,36 +227,23 @@ class ProtocolStub(StubProtocol):
         super().__init__(b"", [])
         self._gap = gap  # seconds between a stream's writes (0: all at once)
 
-    def on_message_complete(self) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        method = self._parser.get_method()
-        path = self._url.split(b"?", 1)[0]
-        if method == b"GET" and path == b"/health":
-            transport.write(HEALTH)
-        elif method == b"POST" and path in (CHAT.encode(), MESSAGES, RESPONSES):
-            try:
-                request = orjson.loads(b"".join(self._body))
-            except orjson.JSONDecodeError:
-                request = None
-            if isinstance(request, dict):
-                limit = request.get("max_output_tokens" if path == RESPONSES else "max_tokens")
-                chunks = limit if isinstance(limit, int) and 0 < limit <= 100_000 else 32
-                asks = request.get("stream_options")
-                usage = isinstance(asks, dict) and asks.get("include_usage") is True
-                writes = answer(path, chunks, request.get("stream") is True, usage)
-                if self._gap > 0 and len(writes) > 2:
-                    self._pace(transport, writes)
-                    return  # the last write closes the connection if it is not kept alive
-                for piece in writes:
-                    transport.write(piece)
-            else:
-                transport.write(BAD_REQUEST)
-        else:
-            transport.write(NOT_FOUND)
-        if not self._parser.should_keep_alive():
-            transport.close()
+    paths = (CHAT.encode(), MESSAGES, RESPONSES)
+
+    def respond(self, transport: asyncio.Transport, path: bytes, request: object) -> bool:
+        if not isinstance(request, dict):
+            transport.write(BAD_REQUEST)
+            return False
+        limit = request.get("max_output_tokens" if path == RESPONSES else "max_tokens")
+        chunks = limit if isinstance(limit, int) and 0 < limit <= 100_000 else 32
+        asks = request.get("stream_options")
+        usage = isinstance(asks, dict) and asks.get("include_usage") is True
+        writes = answer(path, chunks, request.get("stream") is True, usage)
+        if self._gap > 0 and len(writes) > 2:
+            self._pace(transport, writes)
+            return True  # the last write closes the connection if it is not kept alive
+        for piece in writes:
+            transport.write(piece)
+        return False
 
     def _pace(self, transport: asyncio.Transport, writes: tuple[bytes, ...]) -> None:
         """The head and first event now, each further event ``gap`` seconds after the one

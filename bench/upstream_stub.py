@@ -127,23 +127,30 @@ class StubProtocol(asyncio.Protocol):
             transport.write(piece)
         return False
 
+    paths: tuple[bytes, ...] = (CHAT_PATH,)  # what it answers POSTs on
+
+    def respond(self, transport: asyncio.Transport, path: bytes, request: object) -> bool:
+        """Write the answer to the JSON ``request`` POSTed on ``path``; True if keep-alive
+        is decided later (once a stream is written)."""
+        if isinstance(request, dict) and request.get("stream") is True:
+            return self.send_stream(transport)
+        transport.write(self._plain)
+        return False
+
     def on_message_complete(self) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             return
         method = self._parser.get_method()
         path = self._url.split(b"?", 1)[0]
-        if method == b"POST" and path == CHAT_PATH:
+        if method == b"POST" and path in self.paths:
             try:
                 request = orjson.loads(b"".join(self._body))
             except orjson.JSONDecodeError:
                 transport.write(BAD_REQUEST)
             else:
-                if isinstance(request, dict) and request.get("stream") is True:
-                    if self.send_stream(transport):
-                        return  # keep-alive is decided once the stream is written
-                else:
-                    transport.write(self._plain)
+                if self.respond(transport, path, request):
+                    return  # keep-alive is decided once the stream is written
         elif method == b"GET" and path == b"/health":
             transport.write(HEALTH)
         else:
