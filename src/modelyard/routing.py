@@ -143,6 +143,12 @@ class Decision:
     def model(self) -> str | None:
         return self.candidates[0] if self.candidates else None
 
+    @property
+    def edits(self) -> bool:
+        """Does the request change on its way (a persona's prompt and defaults, prompt tags
+        stripped)? Without edits it may go upstream as it came."""
+        return self.persona is not None or bool(self.strip)
+
     def degraded(self) -> str | None:
         """The first candidate turned down for its health (not by policy), if any."""
         for step in self.trail:

@@ -90,8 +90,7 @@ async def _serve(
         return decision
     if count:
         target = dispatch.first_model(gw, decision)
-        edited = decision.persona is not None or decision.strip
-        if target is None or "anthropic" not in target.speaks or edited:
+        if target is None or "anthropic" not in target.speaks or decision.edits:
             # No engine to ask: the gateway's own estimate, as routing counted it.
             estimate = {"input_tokens": found.tokens}
             return JSONResponse(estimate, headers={"x-modelyard-estimate": "true"})

@@ -121,12 +121,9 @@ class _Body:
         self._call, self._decision = call, decision
         self._chat: dict[str, Any] | None = None
         self._translated: dict[str, Any] | None = None  # before the decision's edits
-        self._as_came = call.native is None  # no edits: the client's bytes can go
-        if call.native is not None:
-            # Only a persona or stripped tags edit a body: without them no translation is
-            # needed to know that the request may go as it came.
-            edits = decision.persona is not None or bool(decision.strip)
-            self._as_came = not edits or self.chat() is self._translated
+        # Without edits it goes as it came, untranslated; with them, it does only if they
+        # changed nothing (a strip pattern that matched no tag).
+        self._as_came = not decision.edits or self.chat() is self._translated
 
     def native_for(self, spec: ModelBase) -> Native | None:
         """The request as it came, if ``spec``'s engine speaks its protocol and no decision
