@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from modelyard import span
@@ -153,24 +153,13 @@ class ClusterWatch:
     def cluster(self) -> Cluster:
         """What routing reads of the cluster now."""
         views = {name: node.view() for name, node in self.nodes.items()}
-        config = self._config()
-        balanced = [
-            member
-            for tier, how in config.tier_picks.items()
-            if how == "least_busy"
-            for member in config.tier_models(tier)
-        ]
-        queued = self.scheduler.waiting() if balanced else {}
         return Cluster(
             modes={n: (v.mode, v.kind) for n, v in views.items()},
             reachable={n: v.reachable for n, v in views.items()},
             failed=unavailable(self.scheduler.instances.values(), time.monotonic()),
             remote_down=dict(self.down),
-            loads={
-                m: self._load(config, m, queued.get(m, 0) + self.pending.get(m, 0))
-                for m in balanced
-            },
-            turns=dict(self.turns),
+            loads=_Loads(self, self._config()),  # read only for a least_busy tier's members
+            turns=self.turns,  # read, not kept: routing is done before anything changes it
         )
 
     def routed(self, tier: str | None, first: str | None) -> Claim:
@@ -187,7 +176,7 @@ class ClusterWatch:
         self.pending[first] = self.pending.get(first, 0) + 1
         return Claim(self.pending, first)
 
-    def _load(self, config: Config, model: str, queued: int) -> Load:
+    def load(self, config: Config, model: str, queued: int) -> Load:
         """``model``'s live load: its instance's slots in use, its queue, its GPUs' use."""
         inst = self.scheduler.instances.get(model)
         spec = config.models[model]
@@ -218,3 +207,29 @@ def sample_of(node: NodeHandle) -> dict[str, Any]:
     ]  # fmt: skip
     return {"name": node.name, "reachable": node.view().reachable,
             "machine": machine.as_dict(), "gpus": gpus}  # fmt: skip
+
+
+class _Loads(Mapping[str, Load]):
+    """The live load of each model, read when routing asks for one: only a least_busy
+    tier's members are asked for, so other requests pay nothing for it."""
+
+    def __init__(self, watch: ClusterWatch, config: Config) -> None:
+        self._watch, self._config = watch, config
+        self._queued: dict[str, int] | None = None
+        self._read: dict[str, Load] = {}  # one reading per model per decision
+
+    def __getitem__(self, model: str) -> Load:
+        if model not in self._config.models:
+            raise KeyError(model)
+        if model not in self._read:
+            if self._queued is None:
+                self._queued = self._watch.scheduler.waiting()
+            waiting = self._queued.get(model, 0) + self._watch.pending.get(model, 0)
+            self._read[model] = self._watch.load(self._config, model, waiting)
+        return self._read[model]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._config.models)
+
+    def __len__(self) -> int:
+        return len(self._config.models)
