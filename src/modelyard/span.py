@@ -33,16 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("modelyard.span")
 
 
-Chosen = dict[str, tuple[str, ...]]  # model → the nodes of its parts now (the scheduler's)
-
-
-def span_of(config: Config, model: str, chosen: Chosen) -> tuple[str, ...]:
-    """The nodes that hold a part of ``model`` now: its ``span``, or what ``span: auto``
-    chose at its start (none: it runs on its node alone, or it left the config)."""
-    spec = config.models.get(model)
-    if spec is None or not spec.spans_auto:
-        return spec.parts_on if spec is not None else chosen.get(model, ())
-    return chosen.get(model, ())
+# model → the nodes its parts run on now, recorded at its start (the scheduler keeps it)
+Chosen = dict[str, tuple[str, ...]]
 
 
 def candidates(config: Config, model: str) -> tuple[str, ...]:
@@ -54,29 +46,21 @@ def candidates(config: Config, model: str) -> tuple[str, ...]:
     return tuple(n for n in config.nodes if n != config.node_of(model))
 
 
-def split(
-    parts: Sequence[tuple[str, Sequence[Gpu], Machine | None]],
-    own: Sequence[Gpu],
-    reserve: Mapping[str, int],
-) -> tuple[float, ...]:
-    """``--tensor-split``: each part's devices (its GPUs, else its CPU), then the model's own
-    node's GPUs, weighted by what is free on each (``reserve`` kept back per node)."""
-    weights: list[float] = []
-    for node, gpus, machine in parts:
-        if gpus:
-            weights += [max(g.total - g.used - reserve.get(node, 0), 1) for g in gpus]
-        else:  # an rpc-server on a machine without GPUs serves its CPU
-            free = machine.memory_available if machine and machine.memory_available else 0
-            weights.append(max(free - reserve.get(node, 0), 1))
-    weights += [max(g.total - g.used, 1) for g in own]
+def room(gpus: Sequence[Gpu], machine: Machine | None, reserve: int) -> list[int]:
+    """What each device of a node may take of a model across nodes: each GPU's free memory
+    less the node's reserve; without GPUs, its one CPU device: available RAM less it."""
+    if gpus:
+        return [max(g.total - g.used - reserve, 0) for g in gpus]
+    ram = machine.memory_available if machine and machine.memory_available else 0
+    return [max(ram - reserve, 0)]
+
+
+def tensor_split(parts: Sequence[Sequence[int]], own: Sequence[int]) -> tuple[float, ...]:
+    """llama-server's ``--tensor-split``: each part's devices (in ``--rpc`` order), then its
+    own GPUs, weighted by what each may take (``room``)."""
+    weights = [max(w, 1) for devices in (*parts, own) for w in devices]
     total = sum(weights)
     return tuple(round(w / total, 4) for w in weights)
-
-
-def _free(gpus: Sequence[Gpu], machine: Machine | None) -> int:
-    if gpus:
-        return sum(max(g.total - g.used, 0) for g in gpus)
-    return machine.memory_available if machine and machine.memory_available else 0
 
 
 async def start(
@@ -93,9 +77,9 @@ async def start(
     spec = config.models[model]
     # Its own GPUs: the ones it may use there (CUDA_VISIBLE_DEVICES shows it those alone).
     mine = [g for g in main.gpus() if spec.gpus is None or g.index in spec.gpus]
-    own = sum(max(g.total - g.used, 0) for g in mine)
+    own = room(mine, None, config.nodes[node].reserve) if mine else []
     if spec.spans_auto:
-        span = _choose(nodes, config, model, node, own)
+        span = _choose(nodes, config, model, sum(own))
     else:
         span = spec.parts_on
     if not span:
@@ -106,13 +90,14 @@ async def start(
             raise StartError(f"its part on node {name} cannot start: the node is unreachable")
         if view.kind != "open":
             raise StartError(f"its part on node {name} cannot start: node in mode {view.mode}")
+    parts = [room(nodes[n].gpus(), nodes[n].machine(), config.nodes[n].reserve) for n in span]
     need = spec.memory
     if need is not None and not spec.spans_auto:
-        free = {n: _free(nodes[n].gpus(), nodes[n].machine()) for n in span} | {node: own}
-        room = sum(free.values())
-        if need > room:  # each node's share of the need, as the split would give it
+        free = {n: sum(devices) for n, devices in zip((*span, node), (*parts, own), strict=True)}
+        total = sum(free.values())
+        if need > total:  # each node's share of the need, as the split would give it
             each = ", ".join(
-                f"{n} {format_bytes(int(need * f / max(room, 1)))} of {format_bytes(f)} free"
+                f"{n} {format_bytes(int(need * f / max(total, 1)))} of {format_bytes(f)} free"
                 for n, f in free.items()
             )
             raise StartError(f"does not fit across its nodes: needs {format_bytes(need)}: {each}")
@@ -126,17 +111,15 @@ async def start(
         where, exc = failed[0]
         raise StartError(f"its part on node {where} failed to start: {exc}") from exc
     addresses = tuple(str(r) for r in results)
-    parts = [(n, nodes[n].gpus(), nodes[n].machine()) for n in span]
-    shares = split(parts, mine, {n: config.nodes[n].reserve for n in span})
     try:
-        return await main.start(model, timeout, Parts(addresses, shares))
+        return await main.start(model, timeout, Parts(addresses, tensor_split(parts, own)))
     except BaseException:
         await stop_parts(nodes, config, model, "its llama-server failed to start", chosen)
         raise
 
 
 def _choose(
-    nodes: Mapping[str, NodeHandle], config: Config, model: str, node: str, own: int
+    nodes: Mapping[str, NodeHandle], config: Config, model: str, own: int
 ) -> tuple[str, ...]:
     """``span: auto``: the other open nodes that make room for its ``memory``, fewest and
     fastest first (``placement.choose_parts``); a slow link is warned of in the log."""
@@ -144,10 +127,10 @@ def _choose(
     assert need is not None, "validated: span: auto needs memory"
     offers = []
     for name in candidates(config, model):
-        view = nodes[name].view()
+        view, spec = nodes[name].view(), config.nodes[name]
         if view.reachable and view.kind == "open":
-            free = _free(nodes[name].gpus(), nodes[name].machine()) - config.nodes[name].reserve
-            offers.append(Offer(name, max(free, 0), config.nodes[name].link_gbps))
+            free = sum(room(nodes[name].gpus(), nodes[name].machine(), spec.reserve))
+            offers.append(Offer(name, free, spec.link_gbps))
     picked = choose_parts(need, own, offers)
     if isinstance(picked, str):
         raise StartError(f"does not fit across the open nodes: {picked}")
@@ -187,7 +170,7 @@ async def stop_parts(
     where: Sequence[str] | None = None,
 ) -> None:
     """Stop ``model``'s parts: on the nodes that hold them now, or ``where``."""
-    for name in span_of(config, model, chosen) if where is None else where:
+    for name in chosen.get(model, ()) if where is None else where:
         with contextlib.suppress(Exception):  # an unreachable node's parts die with its agent
             await nodes[name].stop_part(model, reason)
     chosen.pop(model, None)
@@ -209,7 +192,7 @@ async def watch(nodes: Mapping[str, NodeHandle], config: Config, scheduler: Sche
             continue
         if inst.state is not State.READY:
             continue
-        why = _broken(nodes, model, span_of(config, model, chosen))
+        why = _broken(nodes, model, chosen.get(model, ()))
         if why is not None:
             await stop(nodes, config, model, inst.node, why, chosen)
             scheduler.on_exit(model, why)

@@ -13,7 +13,7 @@ from modelyard.errors import StartError
 from modelyard.lifecycle import NodeView
 from modelyard.machine import Machine
 from modelyard.placement import Gpu
-from modelyard.span import split, start
+from modelyard.span import room, start, tensor_split
 
 GIB = 1024**3
 CONFIG = """\
@@ -60,21 +60,20 @@ def refused(span: str, memory: str, server_up: bool = True) -> str:
     return str(caught.value)
 
 
-def test_the_split_weights_each_part_by_what_is_free() -> None:
-    parts = [
-        ("server", nodes()["server"].gpus(), None),
-        ("lab", [], Machine(memory_available=12 * GIB)),
-    ]
-    own = nodes()["gamer"].gpus()
-    # server: 8 - 3 used - 1 reserved = 4; lab: 12 of RAM; gamer: 24 - 8 = 16 (of 32)
-    assert split(parts, own, {"server": GIB}) == (0.125, 0.375, 0.5)
+def test_the_split_weights_each_device_by_what_it_may_take() -> None:
+    server = room(nodes()["server"].gpus(), None, GIB)  # 8 - 3 used - 1 reserved
+    lab = room([], Machine(memory_available=12 * GIB), 0)  # no GPU: its RAM
+    own = room(nodes()["gamer"].gpus(), None, 0)  # 24 - 8 used
+    assert (server, lab, own) == ([4 * GIB], [12 * GIB], [16 * GIB])
+    assert tensor_split([server, lab], own) == (0.125, 0.375, 0.5)
 
 
 def test_a_named_span_that_cannot_fit_names_each_node_s_share_and_free_memory() -> None:
-    # 25 GiB fits the declared GPUs (check passes); with what is used now it does not.
+    # 25 GiB fits the declared GPUs (check passes); with what is used now, and the server's
+    # reserve kept, it does not.
     said = refused("[server]", "25GiB")
     assert said.startswith("does not fit across its nodes: needs 25 GiB: server "), said
-    assert " of 5 GiB free, gamer " in said and said.endswith(" of 16 GiB free"), said
+    assert " of 4 GiB free, gamer " in said and said.endswith(" of 16 GiB free"), said
 
 
 def test_a_part_s_node_that_is_away_is_named() -> None:
