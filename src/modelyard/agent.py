@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,8 +30,6 @@ from modelyard.rpc_part import Parts, part_key
 from modelyard.store import Store
 from modelyard.supervisor import Supervisor, describe_exit
 from modelyard.views import gpu_view, need_view, node_view
-
-log = logging.getLogger("modelyard.auto_mode")
 
 
 class Agent:
@@ -88,12 +85,9 @@ class Agent:
             await asyncio.sleep(POLL_SECONDS)
             with contextlib.suppress(Exception):  # a bad reading must not end the round
                 await node.refresh()
-            if node.auto_change is None:
-                continue
-            (mode, why), node.auto_change = node.auto_change, None
-            log.warning("node %s: mode %s (%s)", node.name, mode, why)
-            self.store.event(f"node:{node.name}", "auto_mode", f"{mode}: {why}")
-            await node.set_mode(mode, node.config.nodes[node.name].modes[mode].stop_models)
+            mode = node.auto_due()
+            if mode is not None:
+                await node.set_mode(mode, node.config.nodes[node.name].modes[mode].stop_models)
 
     def parts(self) -> list[str]:
         """The models across nodes that hold a part here."""

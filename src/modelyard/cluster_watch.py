@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -33,7 +32,6 @@ from modelyard.preload import Preloader
 from modelyard.routing import Cluster
 from modelyard.scheduler import Scheduler
 
-log = logging.getLogger("modelyard.auto_mode")
 POLL_SECONDS = 2.0  # how often agents are asked for their status and GPUs are sampled
 
 
@@ -123,13 +121,9 @@ class ClusterWatch:
         """The gateway's own node entering or leaving its auto mode (an agent does that for
         its node itself): through the scheduler, which drains as a person's change would."""
         for name, node in self.nodes.items():
-            if not isinstance(node, LocalNode) or node.auto_change is None:
-                continue
-            change, node.auto_change = node.auto_change, None
-            mode, why = change
-            log.warning("node %s: mode %s (%s)", name, mode, why)
-            self.scheduler.store.event(f"node:{name}", "auto_mode", f"{mode}: {why}")
-            await self.scheduler.set_mode(name, mode)
+            mode = node.auto_due() if isinstance(node, LocalNode) else None
+            if mode is not None:
+                await self.scheduler.set_mode(name, mode)
 
     def views(self) -> dict[str, NodeView]:
         return {name: node.view() for name, node in self.nodes.items()}

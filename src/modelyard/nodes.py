@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
@@ -32,6 +33,8 @@ from modelyard.placement import Gpu, Need
 from modelyard.rpc_part import Parts, RpcPart, part_key
 from modelyard.store import Store
 from modelyard.supervisor import Supervisor
+
+auto_log = logging.getLogger("modelyard.auto_mode")
 
 
 class NodeHandle(Protocol):
@@ -83,7 +86,7 @@ class LocalNode:
         self._facts: dict[str, GgufFacts | None] = {}  # read in refresh(), off the event loop
         # The auto mode: found in another mode than its first, the node is left as it is.
         self.gate = AutoGate(node.initial_mode, manual=self.mode != node.initial_mode)
-        self.auto_change: tuple[str, str] | None = None  # (mode, why) due, from refresh()
+        self._auto_change: tuple[str, str] | None = None  # (mode, why) due, from refresh()
         self.auto_holds: str | None = None  # why its auto mode's conditions hold now
 
     def models(self) -> list[str]:
@@ -137,6 +140,17 @@ class LocalNode:
         model's log outlives its engine, so a restart's lines come to the same follower."""
         return follow_lines(self.supervisor.log(model), lines)
 
+    def auto_due(self) -> str | None:
+        """The mode its auto mode calls for now, if any; taken (it is said once), and its
+        reason logged and kept as an event. Its owner applies it: the agent, or the
+        gateway through its scheduler."""
+        if self._auto_change is None:
+            return None
+        (mode, why), self._auto_change = self._auto_change, None
+        auto_log.warning("node %s: mode %s (%s)", self.name, mode, why)
+        self.store.event(f"node:{self.name}", "auto_mode", f"{mode}: {why}")
+        return mode
+
     def auto_view(self) -> dict[str, Any] | None:
         """The auto mode's state, for /admin/nodes and the agent's status."""
         auto = self.config.nodes[self.name].auto_mode
@@ -172,7 +186,7 @@ class LocalNode:
             self.auto_holds = auto_gate.why(spec.auto_mode, reading)
             change = self.gate.step(spec.auto_mode, self.mode, self.auto_holds, time.monotonic())
             if change is not None:  # until its owner applies it (a later round says None)
-                self.auto_change = change
+                self._auto_change = change
         self._facts = await asyncio.to_thread(self._read_facts)
         self._machine = self._machine_sampler.sample()  # three small /proc reads: inline
 
