@@ -75,7 +75,7 @@ class ClusterWatch:
         # least_busy members: requests routed to them that the scheduler does not count yet
         # (a stream asks for its place a loop turn after its decision)
         self.pending: dict[str, int] = {}
-        self.preloader = Preloader(scheduler, events)
+        self.preloader = Preloader(scheduler)
         self._http: Http | None = None
         self._task: asyncio.Task[None] | None = None
 

@@ -23,7 +23,6 @@ from modelyard.errors import Refused
 from modelyard.lifecycle import RESIDENT, NodeView, State
 
 if TYPE_CHECKING:
-    from modelyard.events import Hub
     from modelyard.scheduler import Scheduler
 
 
@@ -35,8 +34,8 @@ def nodes_of(config: Config, model: str) -> tuple[str, ...]:
 class Preloader:
     """Which preload models are wanted up now, and their start attempts."""
 
-    def __init__(self, scheduler: Scheduler, events: Hub) -> None:
-        self.scheduler, self.events = scheduler, events
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
         self._seen: dict[str, tuple[bool, str]] | None = None  # node → (reachable, kind)
         self.wanted: dict[str, float] = {}  # model → when it may be tried (monotonic)
         self._tries: dict[str, int] = {}  # model → failed starts in a row
@@ -78,26 +77,23 @@ class Preloader:
             timing = config.scheduler
             if tries >= timing.max_restarts:
                 self.wanted.pop(name, None)
-                self._said(config, name, f"preload gave up after {tries} tries: {exc.reason}")
+                self._said(name, f"preload gave up after {tries} tries: {exc.reason}")
             else:
                 wait = min(timing.restart_backoff * 2 ** (tries - 1), timing.restart_backoff_max)
                 self.wanted[name] = time.monotonic() + wait
-                self._said(config, name, f"preload failed, tried again in {wait:g}s: {exc.reason}")
+                self._said(name, f"preload failed, tried again in {wait:g}s: {exc.reason}")
         else:
             self.wanted.pop(name, None)
             self._tries.pop(name, None)
-            self._said(config, name, "preloaded")
+            self._said(name, "preloaded")
         finally:
             self._running.pop(name, None)
 
-    def _said(self, config: Config, name: str, detail: str) -> None:
+    def _said(self, name: str, detail: str) -> None:
         """An instance event (the store keeps it; /admin/status and top show it)."""
         inst = self.scheduler.instances.get(name)
-        self.events.publish(
-            "instance", model=name, event="preload", detail=detail, seconds=None,
-            state=inst.state.value if inst is not None else "stopped", instance=None,
-            node=config.node_of(name),
-        )  # fmt: skip
+        if inst is not None:
+            self.scheduler.said(inst, "preload", detail)
 
     async def close(self) -> None:
         for task in list(self._running.values()):

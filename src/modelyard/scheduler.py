@@ -181,7 +181,7 @@ class Scheduler:
         self._rules = None
         self._kick()
 
-    def _said(
+    def said(
         self, inst: Instance, event: str, detail: str = "", seconds: float | None = None
     ) -> None:
         """Publish what became of ``inst`` (the store records it; subscribers see it)."""
@@ -235,14 +235,14 @@ class Scheduler:
             inst.generation += 1
             inst.node = self.config.node_of(inst.model)
             expected = self.store.typical_load_seconds(inst.model)  # for a progress bar
-            self._said(inst, "starting", action.reason, expected)
+            self.said(inst, "starting", action.reason, expected)
             inst.task = asyncio.create_task(self._starting(inst))
         elif isinstance(action, Drain):
             inst.state = State.DRAINING
-            self._said(inst, "draining", action.reason)
+            self.said(inst, "draining", action.reason)
         elif isinstance(action, Stop):
             inst.state = State.STOPPING
-            self._said(inst, "stopping", action.reason)
+            self.said(inst, "stopping", action.reason)
             inst.task = asyncio.create_task(self._stopping(inst, action.reason))
         self._pulse()
 
@@ -263,7 +263,7 @@ class Scheduler:
         inst.upstream, inst.pid = upstream, pid
         inst.state, inst.since, inst.last_used = State.READY, now, now
         inst.failures, inst.retry_at, inst.restart, inst.error = 0, None, False, None
-        self._said(inst, "ready", f"pid {inst.pid}", now - began)
+        self.said(inst, "ready", f"pid {inst.pid}", now - began)
 
     def _failed(self, inst: Instance, exc: StartError) -> None:
         inst.failures += 1
@@ -272,7 +272,7 @@ class Scheduler:
         inst.state, inst.since, inst.stop_wanted = State.FAILED, time.monotonic(), False
         gave_up = inst.failures >= self.timing.max_restarts
         inst.retry_at = None if gave_up else inst.since + self.timing.backoff(inst.failures)
-        self._said(inst, "failed", "\n".join([str(exc), *exc.tail]))
+        self.said(inst, "failed", "\n".join([str(exc), *exc.tail]))
 
     async def _stopping(self, inst: Instance, reason: str) -> None:
         try:
@@ -284,7 +284,7 @@ class Scheduler:
         inst.state, inst.since = State.STOPPED, time.monotonic()
         inst.upstream, inst.pid, inst.stop_wanted = None, None, False
         inst.keep_alive = None  # a client's keep_alive was for that run
-        self._said(inst, "stopped", reason)
+        self.said(inst, "stopped", reason)
         if self._retired.pop(inst.model, None) is not None:
             del self.instances[inst.model]  # removed from the config: gone for good
             self._rules = None
@@ -304,7 +304,7 @@ class Scheduler:
         inst.error, inst.restart = why, True
         gave_up = inst.failures >= self.timing.max_restarts
         inst.retry_at = None if gave_up else now + self.timing.backoff(inst.failures)
-        self._said(inst, "crashed", why)
+        self.said(inst, "crashed", why)
 
     def on_gone(self, model: str, why: str) -> None:
         """An engine was stopped on its node without us (a mode change there, an agent restart)."""
@@ -321,7 +321,7 @@ class Scheduler:
             None,
         )
         inst.reason, inst.keep_alive = why, None
-        self._said(inst, "stopped", why)
+        self.said(inst, "stopped", why)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -421,7 +421,7 @@ class Scheduler:
             inst = lease.instance
             found.append(inst.model)
             self.leaks[inst.model] = self.leaks.get(inst.model, 0) + 1
-            self._said(inst, "leak", f"a place of {inst.id} handed back")
+            self.said(inst, "leak", f"a place of {inst.id} handed back")
             self.release(lease)
         return {"leaks_found": found, "leaks_total": sum(self.leaks.values())}
 
