@@ -1,6 +1,6 @@
 """Anthropic's Messages API requests in Chat Completions terms (pure: no I/O).
 
-``read``: what routing reads of a ``POST /v1/messages`` body (``openai_body.Said``), or what
+``read``: what routing reads of a ``POST /v1/messages`` body (``openai_body.BodyFeatures``), or what
 is wrong with it and where: every check, no translation, so that a request passed as it
 came to an engine that speaks Messages pays for none. ``translate``: the Chat Completions
 body an engine that does not speak Messages is sent (system, content blocks, images, tools
@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from modelyard.openai_body import Said
+from modelyard.openai_body import BodyFeatures
 
 Problem = tuple[str, str]  # what is wrong, and the field at fault
 
@@ -53,13 +53,13 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any] | Problem:
 # -- reading: the checks, and what routing needs ----------------------------------------------
 
 
-def read(body: dict[str, Any]) -> Said | Problem:
+def read(body: dict[str, Any]) -> BodyFeatures | Problem:
     """What routing reads of a Messages ``body``, counted as its translation would be (the
     same features either way), or the problem with it."""
     max_tokens = body.get("max_tokens")
     if type(max_tokens) is not int or max_tokens < 1:
         return "`max_tokens` is required: a whole number of at least 1", "max_tokens"
-    said = Said("", 0, 0, False, False, max_tokens)
+    said = BodyFeatures("", 0, 0, False, False, max_tokens)
     system = body.get("system")
     if system is not None:
         text = _text_of(system)
@@ -92,7 +92,7 @@ def read(body: dict[str, Any]) -> Said | Problem:
     return said
 
 
-def _read_message(message: Any, i: int, said: Said) -> Problem | None:
+def _read_message(message: Any, i: int, said: BodyFeatures) -> Problem | None:
     """A message read into ``said``, or the problem with it."""
     if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
         return (

@@ -64,10 +64,11 @@ def _messages(messages: Any) -> tuple[str, str] | None:
 
 
 @dataclass(slots=True)  # not frozen: made for every request, and frozen costs 3x
-class Said:
-    """What routing reads of a request's words, whatever its protocol: the front-end of
-    another protocol reads it off its own body (``anthropic_request.read``, ...), where
-    translating it only for that would cost every request passed through as it came."""
+class BodyFeatures:
+    """The request features routing takes from a body, whatever its protocol (the model
+    and the headers come apart): an OpenAI body's by ``body_features``; another protocol's
+    front-end reads them off its own body (``anthropic_body.read``, ``responses_body.read``),
+    where translating it only for that would cost every request passed through as it came."""
 
     last_user: str  # the last user message's text
     chars: int  # of every message's text, the system prompt's included
@@ -77,7 +78,7 @@ class Said:
     max_tokens: int  # asked for; 0: not said
 
 
-def said(body: Mapping[str, Any]) -> Said:
+def body_features(body: Mapping[str, Any]) -> BodyFeatures:
     """What an OpenAI chat, completions or embeddings body says."""
     messages = body.get("messages")
     chars = count = 0
@@ -98,7 +99,7 @@ def said(body: Mapping[str, Any]) -> Said:
         chars, count = len(last_user), 1
     tools = bool(body.get("tools") or body.get("functions"))
     limit = _int(body.get("max_completion_tokens", body.get("max_tokens")))
-    return Said(last_user, chars, count, images, tools, limit)
+    return BodyFeatures(last_user, chars, count, images, tools, limit)
 
 
 def features(
@@ -108,15 +109,15 @@ def features(
     endpoint: str = "chat",
     header_count: int = 0,
     header_bytes: int = 0,
-    words: Said | None = None,
+    text: BodyFeatures | None = None,
 ) -> Features:
     """Features of an OpenAI chat, completions or embeddings body, read without changing it
-    (``words``: what another protocol's front-end read of its own body instead).
+    (``text``: what another protocol's front-end read of its own body instead).
 
     ``keep``: the (lower-case) header names to keep, e.g. ``header_names(config)``; None
     keeps every header. ``header_count`` and ``header_bytes`` summarise them all.
     """
-    read = said(body) if words is None else words
+    read = body_features(body) if text is None else text
     return Features(
         model=str(body.get("model", "")),
         headers=(

@@ -1,6 +1,6 @@
 """OpenAI's Responses API requests in Chat Completions terms (pure: no I/O).
 
-``read``: what routing reads of a ``POST /v1/responses`` body (``openai_body.Said``), or
+``read``: what routing reads of a ``POST /v1/responses`` body (``openai_body.BodyFeatures``), or
 what is wrong with it and where: every check, no translation, so that a request passed as
 it came to an engine that speaks Responses pays for none. ``translate``: the Chat
 Completions body an engine that does not speak Responses is sent (input items,
@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from modelyard.openai_body import Said
+from modelyard.openai_body import BodyFeatures
 
 Problem = tuple[str, str]  # what is wrong, and the field at fault
 
@@ -59,7 +59,7 @@ def declined_tools(body: dict[str, Any]) -> list[str]:
 # -- reading: the checks, and what routing needs ----------------------------------------------
 
 
-def read(body: dict[str, Any]) -> Said | Problem:
+def read(body: dict[str, Any]) -> BodyFeatures | Problem:
     """What routing reads of a Responses ``body``, counted as its translation would be (the
     same features either way), or the problem with it."""
     for key, what in _STORED.items():
@@ -74,7 +74,7 @@ def read(body: dict[str, Any]) -> Said | Problem:
         return "`instructions` must be a string", "instructions"
     given = body.get("input")
     if isinstance(given, str) and given:
-        said = Said(given, chars + len(given), count + 1, False, False, 0)
+        said = BodyFeatures(given, chars + len(given), count + 1, False, False, 0)
     else:
         items = _read_input(given)
         if isinstance(items, tuple):
@@ -102,11 +102,11 @@ def read(body: dict[str, Any]) -> Said | Problem:
     return said
 
 
-def _read_input(given: Any) -> Said | Problem:
+def _read_input(given: Any) -> BodyFeatures | Problem:
     """What routing reads of an ``input`` list of items (not a string)."""
     if not isinstance(given, list) or not given:
         return "`input` is required: a string or a list of items", "input"
-    said = Said("", 0, 0, False, False, 0)
+    said = BodyFeatures("", 0, 0, False, False, 0)
     last = None  # the role of the last Chat Completions message: calls join an assistant's
     for i, item in enumerate(given):
         if not isinstance(item, dict):
@@ -137,7 +137,7 @@ def _read_input(given: Any) -> Said | Problem:
     return said
 
 
-def _read_message(item: dict[str, Any], i: int, said: Said) -> Problem | str | None:
+def _read_message(item: dict[str, Any], i: int, said: BodyFeatures) -> Problem | str | None:
     """A message item read into ``said``: its Chat Completions role (None: it has nothing to
     send), or the problem with it."""
     role, content = item.get("role"), item.get("content")

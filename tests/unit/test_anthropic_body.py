@@ -9,7 +9,7 @@ import pytest
 
 from modelyard.anthropic_answer import MessagesAnswer, message
 from modelyard.anthropic_body import error, read, to_chat
-from modelyard.openai_body import features, said
+from modelyard.openai_body import body_features, features
 
 BASE = {"model": "claude-3-5-haiku-latest", "max_tokens": 64}
 PNG = {"type": "base64", "media_type": "image/png", "data": "AAA"}
@@ -135,8 +135,8 @@ def test_what_routing_reads_is_what_it_reads_of_the_translation(body: dict[str, 
     # translation: the same features, so a request routes the same either way.
     read_off = read({**BASE, **body})
     assert not isinstance(read_off, tuple), read_off
-    assert read_off == said(chat(**body))
-    assert features({**BASE, **body}, {}, words=read_off) == features(chat(**body), {})
+    assert read_off == body_features(chat(**body))
+    assert features({**BASE, **body}, {}, text=read_off) == features(chat(**body), {})
 
 
 def test_thinking_maps_onto_the_template() -> None:

@@ -13,8 +13,7 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from modelyard.openai_body import features
-from modelyard.openai_body import said as said_of
+from modelyard.openai_body import body_features, features
 from modelyard.responses_answer import response
 from modelyard.responses_body import declined_tools, read, to_chat
 from modelyard.responses_stream import ResponsesAnswer
@@ -214,8 +213,8 @@ def test_what_routing_reads_is_what_it_reads_of_the_translation(body: dict[str, 
     # translation: the same features, so a request routes the same either way.
     read_off = read({**HI, **body})
     assert not isinstance(read_off, tuple), read_off
-    assert read_off == said_of(chat(**body))
-    assert features({**HI, **body}, {}, words=read_off) == features(chat(**body), {})
+    assert read_off == body_features(chat(**body))
+    assert features({**HI, **body}, {}, text=read_off) == features(chat(**body), {})
 
 
 @pytest.mark.parametrize(

@@ -78,7 +78,7 @@ async def _serve(
         problem = Refusal(Code.INVALID_REQUEST, said[0], param=said[1])
         return refused(gw, path, began, key, problem, render)
     head = head_size(request.scope)
-    found = features(body, request.headers, gw.routing_headers, "chat", *head, words=said)
+    found = features(body, request.headers, gw.routing_headers, "chat", *head, text=said)
     native = Native("anthropic", path, raw, LAST_EVENT, lambda: translate(body))
     call = Call(
         path if count else "/chat/completions", "chat", asked, body, None, stream,

@@ -60,7 +60,7 @@ async def _serve(
         return refused(gw, PATH, began, key, problem, openai_error)
     stream = body.get("stream") is True
     head = head_size(request.scope)
-    found = features(body, request.headers, gw.routing_headers, "chat", *head, words=said)
+    found = features(body, request.headers, gw.routing_headers, "chat", *head, text=said)
     call = Call(
         "/chat/completions", "chat", asked, body, None, stream, request.headers, found,
         apply_edits, key, began, me,
