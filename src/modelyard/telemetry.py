@@ -10,7 +10,7 @@ list, nodes and GPUs from the inventory.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
@@ -94,8 +94,10 @@ class Telemetry:
     ) -> None:
         self._models, self._rules, self._gpus_of = models, rules, gpus_of
         # The same two figures by node and by GPU (``gpus_of``: the GPUs a model uses there)
-        self.ttft_where: dict[tuple[str, ...], _Histogram] = {}  # (node,) or (node, gpu)
-        self.rate_where: dict[tuple[str, ...], _Histogram] = {}
+        self.ttft_node: dict[str, _Histogram] = {}
+        self.rate_node: dict[str, _Histogram] = {}
+        self.ttft_gpu: dict[tuple[str, str], _Histogram] = {}  # (node, GPU index)
+        self.rate_gpu: dict[tuple[str, str], _Histogram] = {}
         self.requests: dict[tuple[str, str], int] = {}  # (model, outcome)
         self.tokens: dict[tuple[str, str], int] = {}  # (model, direction)
         self.speech: dict[tuple[str, str], float] = {}  # (model, unit): speech's usage
@@ -129,11 +131,16 @@ class Telemetry:
                 rate = row.tokens_out / generating
                 _histogram(self.rate, model, _RATE).observe(rate)
             if row.node is not None and model != "-":
-                gpus = self._gpus_of(model, row.node)
-                for where in [(row.node,), *((row.node, str(g)) for g in gpus)]:
-                    _histogram(self.ttft_where, where, _LATENCY).observe(row.ttft_s)
+                node = row.node
+                places: list[tuple[dict[Any, _Histogram], dict[Any, _Histogram], Any]] = [
+                    (self.ttft_node, self.rate_node, node),
+                    *((self.ttft_gpu, self.rate_gpu, (node, str(g)))
+                      for g in self._gpus_of(model, node)),
+                ]  # fmt: skip
+                for ttfts, rates, key in places:
+                    _histogram(ttfts, key, _LATENCY).observe(row.ttft_s)
                     if rate is not None:
-                        _histogram(self.rate_where, where, _RATE).observe(rate)
+                        _histogram(rates, key, _RATE).observe(rate)
         if row.audio_s:
             key = (model, "audio_seconds")
             self.speech[key] = self.speech.get(key, 0.0) + row.audio_s
@@ -150,22 +157,15 @@ class Telemetry:
     def speeds(self) -> dict[str, list[dict[str, Any]]]:
         """Mean time to first token and generation speed so far, per node and per GPU (for
         ``/admin/status`` and ``modelyard top``; ``/metrics`` has the histograms)."""
-        out: dict[str, list[dict[str, Any]]] = {"nodes": [], "gpus": []}
-        for where, ttft in sorted(self.ttft_where.items()):
-            rate = self.rate_where.get(where)
-            answers = sum(ttft.counts)
-            streamed = sum(rate.counts) if rate is not None else 0
-            entry: dict[str, Any] = {
-                "node": where[0],
-                "answers": answers,
-                "ttft_s": round(ttft.sum / answers, 4) if answers else None,
-                "tokens_per_s": round(rate.sum / streamed, 2) if rate and streamed else None,
-            }
-            if len(where) == 2:
-                out["gpus"].append({**entry, "gpu": int(where[1])})
-            else:
-                out["nodes"].append(entry)
-        return out
+        nodes = [
+            {"node": node, **_speed(ttft, self.rate_node.get(node))}
+            for node, ttft in sorted(self.ttft_node.items())
+        ]
+        gpus = [
+            {"node": node, "gpu": int(gpu), **_speed(ttft, self.rate_gpu.get((node, gpu)))}
+            for (node, gpu), ttft in sorted(self.ttft_gpu.items())
+        ]
+        return {"nodes": nodes, "gpus": gpus}
 
     def observe_lease_wait(self, lease: str, seconds: float) -> None:
         """A request's wait for its turn on a GPU lease (0 when it was free)."""
@@ -173,6 +173,17 @@ class Telemetry:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _speed(ttft: _Histogram, rate: _Histogram | None) -> dict[str, Any]:
+    """Answers counted, their mean time to first token and mean tokens/s (streamed ones)."""
+    answers = sum(ttft.counts)
+    streamed = sum(rate.counts) if rate is not None else 0
+    return {
+        "answers": answers,
+        "ttft_s": round(ttft.sum / answers, 4) if answers else None,
+        "tokens_per_s": round(rate.sum / streamed, 2) if rate and streamed else None,
+    }
 
 
 def _histogram(by: dict[Any, _Histogram], label: Any, bounds: tuple[float, ...]) -> _Histogram:
@@ -212,13 +223,13 @@ class _Counted(Collector):
         )  # fmt: skip
         for rule, n in sorted(t.decisions.items()):
             decisions.add_metric([rule], n)
-        ttft = _by_model(
+        ttft = _family(
             "modelyard_time_to_first_byte_seconds",
             "From a request's arrival to the first byte of its answer (first token of a "
             "stream), queue and load included.",
             t.ttft,
         )
-        rate = _by_model(
+        rate = _family(
             "modelyard_tokens_per_second",
             "Generation speed of each answer: tokens out over the time after the first byte.",
             t.rate,
@@ -229,48 +240,51 @@ class _Counted(Collector):
             "for a slot or a load excluded).",
         )
         overhead.add_metric([], t.overhead.buckets(), t.overhead.sum)
-        lease_wait = _by_model(
+        lease_wait = _family(
             "modelyard_gpu_lease_wait_seconds",
             "Time a request waited for its turn on a serial GPU (a GPU lease), after its slot.",
             t.lease_wait,
-            "lease",
-        )
-        where = (
-            _by_place(
-                f"modelyard_{place}_{metric}",
-                f"{doc}, by {place}" + (" (every GPU the model uses)" if place == "gpu" else ""),
-                {k: h for k, h in by.items() if len(k) == size},
-                labels,
-            )
-            for metric, doc, by in (
-                (
-                    "time_to_first_token_seconds",
-                    "Time to the first byte of each answer",
-                    t.ttft_where,
-                ),
-                ("tokens_per_second", "Generation speed of each streamed answer", t.rate_where),
-            )
-            for place, size, labels in (("node", 1, ["node"]), ("gpu", 2, ["node", "gpu"]))
+            ["lease"],
         )
         yield from (requests, tokens, speech, decisions, ttft, rate, overhead, lease_wait)
-        yield from where
+        first, speed = (
+            "Time to the first byte of each answer",
+            "Generation speed of each streamed answer",
+        )
+        every = " (every GPU the model uses)"
+        yield from (
+            _family(
+                "modelyard_node_time_to_first_token_seconds",
+                f"{first}, by node.",
+                t.ttft_node,
+                ["node"],
+            ),
+            _family(
+                "modelyard_node_tokens_per_second", f"{speed}, by node.", t.rate_node, ["node"]
+            ),
+            _family(
+                "modelyard_gpu_time_to_first_token_seconds",
+                f"{first}, by GPU{every}.",
+                t.ttft_gpu,
+                ["node", "gpu"],
+            ),
+            _family(
+                "modelyard_gpu_tokens_per_second",
+                f"{speed}, by GPU{every}.",
+                t.rate_gpu,
+                ["node", "gpu"],
+            ),
+        )
 
 
-def _by_model(
-    name: str, doc: str, histograms: dict[str, _Histogram], label: str = "model"
+def _family(
+    name: str, doc: str, histograms: Mapping[Any, _Histogram], labels: list[str] | None = None
 ) -> HistogramMetricFamily:
-    family = HistogramMetricFamily(name, doc, labels=[label])
-    for value, h in sorted(histograms.items()):
-        family.add_metric([value], h.buckets(), h.sum)
-    return family
-
-
-def _by_place(
-    name: str, doc: str, histograms: dict[tuple[str, ...], _Histogram], labels: list[str]
-) -> HistogramMetricFamily:
-    family = HistogramMetricFamily(name, doc + ".", labels=labels)
+    """A histogram family keyed by one label (``model`` unless said) or by several (keys are
+    then tuples of their values)."""
+    family = HistogramMetricFamily(name, doc, labels=labels or ["model"])
     for key, h in sorted(histograms.items()):
-        family.add_metric(list(key), h.buckets(), h.sum)
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], h.buckets(), h.sum)
     return family
 
 
