@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from modelyard import span
 from modelyard.config import Config
 from modelyard.instance import slots_of
 from modelyard.lifecycle import ModelFacts
@@ -22,7 +23,8 @@ def model_facts(config: Config, nodes: Mapping[str, NodeHandle]) -> dict[str, Mo
     for name, m in config.models.items():
         node = config.node_of(name)
         # A model across nodes: its node holds only its share, which span.start checks with
-        # the parts' (its whole need on its node's GPUs alone would refuse it everywhere).
+        # the parts' (its whole need on its node's GPUs alone would refuse it everywhere);
+        # once it runs, what it holds on each node is a resident's (``Scheduler.parts``).
         need = None if m.parts_on or m.spans_auto else nodes[node].need(name)
         blocked = None
         if need is not None:
@@ -30,8 +32,9 @@ def model_facts(config: Config, nodes: Mapping[str, NodeHandle]) -> dict[str, Mo
             if problem and config.placement.moe_on_slow_link == "refuse":
                 blocked = f"{name} refused: {problem} (placement.moe_on_slow_link: refuse)"
         facts[name] = ModelFacts(
-            name, m.swap_group, m.pinned, m.ttl, node, need, blocked, slots_of(m), m.queue
-        )
+            name, m.swap_group, m.pinned, m.ttl, node, need, blocked, slots_of(m), m.queue,
+            span.candidates(config, name),
+        )  # fmt: skip
     return facts
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from modelyard.config import Model
 from modelyard.engines.base import Upstream
 from modelyard.lifecycle import InstanceView, State
+from modelyard.placement import Need
 
 
 @dataclass
@@ -48,7 +49,9 @@ class Instance:
         """Requests running on it: the places they hold, so the count cannot drift."""
         return len(self.leases)
 
-    def view(self) -> InstanceView:
+    def view(self, parts: tuple[Need, ...] = ()) -> InstanceView:
+        """What ``decide`` sees of it; ``parts``: what it holds on its nodes' GPUs, for a
+        model across nodes (the scheduler records them: ``Scheduler.parts``)."""
         return InstanceView(
             self.model,
             self.state,
@@ -61,6 +64,7 @@ class Instance:
             self.stop_wanted,
             self.error,
             self.keep_alive,
+            parts,
         )
 
 

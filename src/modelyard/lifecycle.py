@@ -57,6 +57,7 @@ class ModelFacts:
     blocked: str | None = None  # a standing reason it may not start (MoE on a slow link)
     slots: int | None = None  # requests it serves at once; None: no limit
     queue: int = 100  # requests that may wait beyond its free slots
+    spans: tuple[str, ...] = ()  # a model across nodes: the nodes that may hold its parts
 
     def room(self, in_flight: int) -> int:
         """Waiters it takes now: its free slots plus its queue."""
@@ -104,6 +105,7 @@ class InstanceView:
     stop_wanted: bool = False  # an admin asked for it to stop
     error: str | None = None
     keep_alive: float | None = None  # a client's idle time for it (Ollama); None: the ttl
+    parts: tuple[Need, ...] = ()  # a model across nodes: what it holds on its nodes' GPUs
 
 
 @dataclass(frozen=True)
@@ -184,18 +186,7 @@ def decide(
     def view(name: str) -> InstanceView:
         return instances.get(name) or InstanceView(name)
 
-    residents = {
-        name: Resident(
-            name,
-            models[name].pinned,
-            models[name].swap_group,
-            models[name].need,
-            v.in_flight > 0,
-            v.last_used,
-        )
-        for name, v in instances.items()
-        if v.state in RESIDENT and name in models
-    }
+    residents = residents_of(models, instances)
 
     live: list[Waiter] = []
     counted: dict[str, int] = {}
@@ -246,6 +237,25 @@ def decide(
             if now < v.retry_at:
                 plan.wake(v.retry_at)
     return plan
+
+
+def residents_of(
+    models: Mapping[str, ModelFacts], instances: Mapping[str, InstanceView]
+) -> dict[str, Resident]:
+    """What holds memory now: every instance starting, ready, draining or stopping."""
+    return {
+        name: Resident(
+            name,
+            models[name].pinned,
+            models[name].swap_group,
+            models[name].need,
+            v.in_flight > 0,
+            v.last_used,
+            v.parts,
+        )
+        for name, v in instances.items()
+        if v.state in RESIDENT and name in models
+    }
 
 
 def granted_at_once(rule: ModelFacts, v: InstanceView, node: NodeView, w: Waiter) -> bool:
@@ -346,13 +356,17 @@ def _queue_full(w: Waiter, rule: ModelFacts, v: InstanceView) -> Refuse:
     return Refuse(w.id, w.model, Code.MODEL_UNAVAILABLE, why)
 
 
-def _resources(rule: ModelFacts) -> set[tuple[str, ...]]:
-    """What a start occupies: one start at a time per swap group and per GPU."""
+def _resources(rule: ModelFacts, inventory: Inventory | None) -> set[tuple[str, ...]]:
+    """What a start occupies: one start at a time per swap group and per GPU. A model
+    across nodes splits itself by what is free on every GPU of its nodes when it starts,
+    so it occupies them all (two starts must not count the same free memory)."""
     keys: set[tuple[str, ...]] = {("model", rule.name)}
     if rule.swap_group:
         keys.add(("group", rule.swap_group))
     if rule.need is not None:
         keys |= {("gpu", rule.need.node, str(i)) for i in rule.need.per_gpu}
+    for node in (rule.node, *rule.spans) if rule.spans else ():
+        keys |= {("gpu", node, str(g.index)) for g in (inventory.of(node) if inventory else ())}
     return keys
 
 
@@ -372,7 +386,7 @@ def _next_starts(
     busy: set[tuple[str, ...]] = set()
     for name, rule in models.items():
         if get(name).state is State.STARTING:
-            busy |= _resources(rule)
+            busy |= _resources(rule, inventory)
     candidates = [
         waiting[0]
         for name, waiting in by_model.items()
@@ -386,7 +400,7 @@ def _next_starts(
     chosen: list[Waiter] = []
     for w in sorted(candidates, key=_served_first):
         rule = models[w.model]
-        keys = _resources(rule)
+        keys = _resources(rule, inventory)
         if keys & busy:
             continue  # wait: one start at a time per group and per GPU
         busy |= keys

@@ -59,6 +59,13 @@ class Resident:
     need: Need | None = None
     busy: bool = False
     last_used: float = 0.0
+    parts: tuple[Need, ...] = ()  # a model across nodes: what it holds on each node's GPUs
+
+    def on(self, node: str, index: int) -> int | None:
+        """Bytes it holds on GPU ``index`` of ``node``; None where it does not use it."""
+        needs = (self.need, *self.parts) if self.need is not None else self.parts
+        held = [n.per_gpu[index] for n in needs if n.node == node and index in n.per_gpu]
+        return sum(held) if held else None
 
 
 @dataclass(frozen=True)
@@ -95,11 +102,7 @@ class Inventory:
 
 def held_by(gpu: Gpu, residents: Iterable[Resident]) -> int:
     """Bytes our ``residents`` need on ``gpu``."""
-    return sum(
-        r.need.per_gpu.get(gpu.index, 0)
-        for r in residents
-        if r.need is not None and r.need.node == gpu.node
-    )
+    return sum(r.on(gpu.node, gpu.index) or 0 for r in residents)
 
 
 def other_programs(gpu: Gpu, residents: Iterable[Resident]) -> int:
@@ -164,16 +167,12 @@ def plan_eviction(
         short = wanted - free_on(gpu, staying, reserve, outside)
         if short <= 0:
             continue
-        sharing = [
-            r
-            for r in staying
-            if r.need is not None and r.need.node == need.node and index in r.need.per_gpu
-        ]
+        sharing = [r for r in staying if r.on(need.node, index) is not None]
         for r in sorted(sharing, key=lambda r: (r.pinned, r.busy, r.last_used)):
             if short <= 0 or r.pinned:
                 break
             victims.append(r.model)
-            short -= r.need.per_gpu[index] if r.need else 0
+            short -= r.on(need.node, index) or 0
         if short > 0:
             left = [r for m, r in others.items() if m not in victims]
             free = free_on(gpu, left, reserve, outside)

@@ -15,7 +15,7 @@ import asyncio
 import functools
 import itertools
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +32,7 @@ from modelyard.lifecycle import (
     Action,
     Drain,
     Grant,
+    InstanceView,
     ModelFacts,
     Refuse,
     Start,
@@ -43,6 +44,7 @@ from modelyard.lifecycle import (
     granted_at_once,
     queue_wait,
     quiet_release,
+    residents_of,
 )
 from modelyard.nodes import NodeHandle
 from modelyard.store import Store
@@ -147,7 +149,7 @@ class Scheduler:
             now = time.monotonic()
             plan = decide(
                 self.rules(),
-                {n: i.view() for n, i in self.instances.items()},
+                self._views(),
                 [w.waiter for w in self._waiters],
                 self.timing,
                 now,
@@ -172,6 +174,11 @@ class Scheduler:
         if self._rules is None:
             self._rules = {**self._retired, **model_facts(self.config, self.nodes)}
         return self._rules
+
+    def _views(self) -> dict[str, InstanceView]:
+        """What decide sees of every instance, with what each model across nodes holds."""
+        held = {m: placed.needs for m, placed in self.parts.items()}
+        return {n: i.view(held.get(n, ())) for n, i in self.instances.items()}
 
     def _kick(self) -> None:
         self._wake.set()
@@ -250,7 +257,10 @@ class Scheduler:
         model = self.config.models[inst.model]
         timeout = model.start_timeout or self.config.scheduler.start_timeout
         began = time.monotonic()
-        starting = span.start(self.nodes, self.config, inst.model, inst.node, timeout, self.parts)
+        held = residents_of(self.rules(), self._views()).values()  # the split leaves them theirs
+        starting = span.start(
+            self.nodes, self.config, inst.model, inst.node, timeout, self.parts, held
+        )
         try:
             upstream, pid = await starting
         except StartError as exc:
@@ -314,13 +324,8 @@ class Scheduler:
         inst = self.instances.get(model)
         if inst is None or inst.state not in (State.READY, State.DRAINING):
             return
-        inst.state, inst.since, inst.upstream, inst.pid = (
-            State.STOPPED,
-            time.monotonic(),
-            None,
-            None,
-        )
-        inst.reason, inst.keep_alive = why, None
+        inst.state, inst.since = State.STOPPED, time.monotonic()
+        inst.upstream, inst.pid, inst.reason, inst.keep_alive = None, None, why, None
         self.said(inst, "stopped", why)
 
     # -- requests ---------------------------------------------------------------------------
@@ -466,11 +471,7 @@ class Scheduler:
 
     def waiting(self) -> dict[str, int]:
         """Requests waiting for each model (admin starts not counted)."""
-        out: dict[str, int] = {}
-        for w in self._waiters:
-            if not w.admin:
-                out[w.waiter.model] = out.get(w.waiter.model, 0) + 1
-        return out
+        return dict(Counter(w.waiter.model for w in self._waiters if not w.admin))
 
     def keep_alive(self, model: str, seconds: float | None) -> None:
         """A client's idle time for ``model``'s running instance (Ollama's ``keep_alive``):

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from modelyard.config import Config
@@ -23,7 +24,7 @@ from modelyard.errors import StartError
 from modelyard.lifecycle import RESIDENT, State
 from modelyard.machine import Machine
 from modelyard.nodes import NodeHandle
-from modelyard.placement import Gpu, Offer, choose_parts
+from modelyard.placement import Gpu, Need, Offer, Resident, choose_parts, free_on
 from modelyard.rpc_part import Parts
 from modelyard.units import format_bytes
 
@@ -33,8 +34,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("modelyard.span")
 
 
-# model → the nodes its parts run on now, recorded at its start (the scheduler keeps it)
-Chosen = dict[str, tuple[str, ...]]
+@dataclass(frozen=True)
+class Placed:
+    """Where a model across nodes runs now, recorded at its start: the nodes of its parts
+    (``--rpc`` order), and what it holds on the GPUs of each node, its own included, by
+    the split (a resident's ``parts`` to placement: what other models fit beside, and
+    what to stop to make room)."""
+
+    nodes: tuple[str, ...]
+    needs: tuple[Need, ...] = ()
+
+
+Chosen = dict[str, Placed]  # model → where it runs now (the scheduler keeps it)
 
 
 def candidates(config: Config, model: str) -> tuple[str, ...]:
@@ -46,13 +57,35 @@ def candidates(config: Config, model: str) -> tuple[str, ...]:
     return tuple(n for n in config.nodes if n != config.node_of(model))
 
 
-def room(gpus: Sequence[Gpu], machine: Machine | None, reserve: int) -> list[int]:
+def room(
+    gpus: Sequence[Gpu], machine: Machine | None, reserve: int, held: Iterable[Resident] = ()
+) -> list[int]:
     """What each device of a node may take of a model across nodes: each GPU's free memory
-    less the node's reserve; without GPUs, its one CPU device: available RAM less it."""
+    less the node's reserve and what our models hold there (``held``: declared GPUs read no
+    use); without GPUs, its one CPU device: available RAM less the reserve."""
     if gpus:
-        return [max(g.total - g.used - reserve, 0) for g in gpus]
+        held = list(held)
+        return [max(free_on(g, held, reserve), 0) for g in gpus]
     ram = machine.memory_available if machine and machine.memory_available else 0
     return [max(ram - reserve, 0)]
+
+
+def devices(gpus: Sequence[Gpu]) -> list[int | None]:
+    """A node's devices in ``room``'s order: its GPUs' indices, or its one CPU device."""
+    return [g.index for g in gpus] if gpus else [None]
+
+
+def holds(
+    total: int | None, where: Sequence[tuple[str, int | None]], split: Sequence[float]
+) -> tuple[Need, ...]:
+    """What a model across nodes holds on each node's GPUs: ``total`` by each device's share of the
+    ``split`` (``where``: each device's node and GPU, in its order); RAM is not placed."""
+    how = f"its share of {format_bytes(total)} by the split" if total else "unknown: no `memory`"
+    per_node: dict[str, dict[int, int]] = {}
+    for (node, index), share in zip(where, split, strict=True):
+        if index is not None:
+            per_node.setdefault(node, {})[index] = int((total or 0) * share)
+    return tuple(Need(node, per_gpu, how=how) for node, per_gpu in per_node.items())
 
 
 def tensor_split(parts: Sequence[Sequence[int]], own: Sequence[int]) -> tuple[float, ...]:
@@ -70,16 +103,19 @@ async def start(
     node: str,
     timeout: float,
     chosen: Chosen,
+    held: Iterable[Resident] = (),
 ) -> tuple[Upstream, int | None]:
     """Start ``model`` on ``node``: its parts first (at once), then its llama-server given
-    them. A part that fails stops the others, and the error names its node."""
+    them. A part that fails stops the others, and the error names its node. ``held``: what
+    our other models hold now, which the split leaves them."""
     main = nodes[node]
     spec = config.models[model]
+    others = [r for r in held if r.model != model]
     # Its own GPUs: the ones it may use there (CUDA_VISIBLE_DEVICES shows it those alone).
     mine = [g for g in main.gpus() if spec.gpus is None or g.index in spec.gpus]
-    own = room(mine, None, config.nodes[node].reserve) if mine else []
+    own = room(mine, None, config.nodes[node].reserve, others) if mine else []
     if spec.spans_auto:
-        span = _choose(nodes, config, model, sum(own))
+        span = _choose(nodes, config, model, sum(own), others)
     else:
         span = spec.parts_on
     if not span:
@@ -90,36 +126,47 @@ async def start(
             raise StartError(f"its part on node {name} cannot start: the node is unreachable")
         if view.kind != "open":
             raise StartError(f"its part on node {name} cannot start: node in mode {view.mode}")
-    parts = [room(nodes[n].gpus(), nodes[n].machine(), config.nodes[n].reserve) for n in span]
-    need = spec.memory
-    if need is not None and not spec.spans_auto:
-        free = {n: sum(devices) for n, devices in zip((*span, node), (*parts, own), strict=True)}
-        total = sum(free.values())
-        if need > total:  # each node's share of the need, as the split would give it
-            each = ", ".join(
-                f"{n} {format_bytes(int(need * f / max(total, 1)))} of {format_bytes(f)} free"
-                for n, f in free.items()
-            )
-            raise StartError(f"does not fit across its nodes: needs {format_bytes(need)}: {each}")
-    chosen[model] = span
+    parts = [
+        room(nodes[n].gpus(), nodes[n].machine(), config.nodes[n].reserve, others) for n in span
+    ]
+    if spec.memory is not None and not spec.spans_auto:
+        _fits(spec.memory, dict(zip((*span, node), map(sum, (*parts, own)), strict=True)))
+    split = tensor_split(parts, own)
+    where = [(n, i) for n in span for i in devices(nodes[n].gpus())]
+    where += [(node, g.index) for g in mine]
+    estimate = main.need(model)  # the whole model's on its node's GPUs (GGUF), if it has any
+    total = spec.memory or (sum(estimate.per_gpu.values()) if estimate else None)
+    chosen[model] = Placed(span, holds(total, where, split))
     results = await asyncio.gather(
         *(nodes[n].start_part(model, timeout) for n in span), return_exceptions=True
     )
     failed = [(n, r) for n, r in zip(span, results, strict=True) if isinstance(r, BaseException)]
     if failed:
         await stop_parts(nodes, config, model, "another part failed to start", chosen)
-        where, exc = failed[0]
-        raise StartError(f"its part on node {where} failed to start: {exc}") from exc
+        part, exc = failed[0]
+        raise StartError(f"its part on node {part} failed to start: {exc}") from exc
     addresses = tuple(str(r) for r in results)
     try:
-        return await main.start(model, timeout, Parts(addresses, tensor_split(parts, own)))
+        return await main.start(model, timeout, Parts(addresses, split))
     except BaseException:
         await stop_parts(nodes, config, model, "its llama-server failed to start", chosen)
         raise
 
 
+def _fits(need: int, free: Mapping[str, int]) -> None:
+    """Refuse a named span whose nodes' ``free`` memory cannot hold ``need``, naming each
+    node's share of it (as the split would give it) and what it has free."""
+    total = sum(free.values())
+    if need > total:
+        each = ", ".join(
+            f"{n} {format_bytes(int(need * f / max(total, 1)))} of {format_bytes(f)} free"
+            for n, f in free.items()
+        )
+        raise StartError(f"does not fit across its nodes: needs {format_bytes(need)}: {each}")
+
+
 def _choose(
-    nodes: Mapping[str, NodeHandle], config: Config, model: str, own: int
+    nodes: Mapping[str, NodeHandle], config: Config, model: str, own: int, held: list[Resident]
 ) -> tuple[str, ...]:
     """``span: auto``: the other open nodes that make room for its ``memory``, fewest and
     fastest first (``placement.choose_parts``); a slow link is warned of in the log."""
@@ -129,7 +176,7 @@ def _choose(
     for name in candidates(config, model):
         view, spec = nodes[name].view(), config.nodes[name]
         if view.reachable and view.kind == "open":
-            free = sum(room(nodes[name].gpus(), nodes[name].machine(), spec.reserve))
+            free = sum(room(nodes[name].gpus(), nodes[name].machine(), spec.reserve, held))
             offers.append(Offer(name, free, spec.link_gbps))
     picked = choose_parts(need, own, offers)
     if isinstance(picked, str):
@@ -170,7 +217,8 @@ async def stop_parts(
     where: Sequence[str] | None = None,
 ) -> None:
     """Stop ``model``'s parts: on the nodes that hold them now, or ``where``."""
-    for name in chosen.get(model, ()) if where is None else where:
+    placed = chosen.get(model)
+    for name in (placed.nodes if placed else ()) if where is None else where:
         with contextlib.suppress(Exception):  # an unreachable node's parts die with its agent
             await nodes[name].stop_part(model, reason)
     chosen.pop(model, None)
@@ -192,7 +240,8 @@ async def watch(nodes: Mapping[str, NodeHandle], config: Config, scheduler: Sche
             continue
         if inst.state is not State.READY:
             continue
-        why = _broken(nodes, model, chosen.get(model, ()))
+        placed = chosen.get(model)
+        why = _broken(nodes, model, placed.nodes if placed else ())
         if why is not None:
             await stop(nodes, config, model, inst.node, why, chosen)
             scheduler.on_exit(model, why)

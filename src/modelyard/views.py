@@ -21,6 +21,7 @@ from modelyard.placement import Gpu, Need
 
 if TYPE_CHECKING:
     from modelyard.scheduler import Scheduler
+    from modelyard.span import Placed
 
 
 def gpu_view(gpu: Gpu) -> dict[str, Any]:
@@ -128,7 +129,19 @@ def model_view(sched: Scheduler, name: str) -> dict[str, Any]:
         "pinned": model.pinned,
         "ttl_s": model.ttl,
         "need": need_view(need) if need is not None else None,  # GPUs and memory it takes
+        "parts": parts_view(sched.parts.get(name)),
         **instance_view(sched, sched.instances[name]),
+    }
+
+
+def parts_view(placed: Placed | None) -> dict[str, Any] | None:
+    """A model across nodes that runs: its parts' nodes, and what it holds on each node's
+    GPUs (placement counts it there); None otherwise."""
+    if placed is None:
+        return None
+    return {
+        "nodes": list(placed.nodes),
+        "holds": {n.node: need_view(n) for n in placed.needs},
     }
 
 

@@ -103,6 +103,8 @@ def test_a_model_across_two_agents_rpc_servers(span) -> None:  # type: ignore[no
     log = gw.admin("GET", "/admin/models/gemma-split/logs?lines=400").text
     started = next(line for line in log.splitlines() if "starting:" in line)
     assert "--rpc 127.0.0.1:" in started and "--tensor-split 0.5,0.5" in started, started
+    # Where it runs, as placement counts it: parts in RAM hold no GPU.
+    assert gw.model("gemma-split")["parts"] == {"nodes": ["left", "right"], "holds": {}}
 
     # The agent of one part dies (SIGKILL: no goodbye). Its rpc-server dies with it, the
     # instance fails, the other part is stopped, and the tier serves from gemma-whole.
@@ -146,9 +148,11 @@ def test_span_auto_takes_the_fewest_fastest_nodes(span, tmp_path: Path) -> None:
     assert started.count("--rpc 127.0.0.1:") == 1 and "--tensor-split 1 " in started, started
     assert (tmp_path / "right" / "logs" / "gemma-auto@rpc.log").is_file()
     assert not (tmp_path / "left" / "logs" / "gemma-auto@rpc.log").exists()
+    assert gw.model("gemma-auto")["parts"]["nodes"] == ["right"]
     # Stopped: its part goes with it.
     gw.admin("POST", "/admin/models/gemma-auto/stop").raise_for_status()
     wait_for(lambda: not (set(rpc_servers()) - before))
+    assert gw.model("gemma-auto")["parts"] is None
     # 64 TiB fits nowhere: refused at start with what each node has free.
     with pytest.raises(openai.APIStatusError) as refused:
         gw.client.chat.completions.create(model="gemma-huge", messages=HELLO, max_tokens=4)

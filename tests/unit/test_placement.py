@@ -1246,3 +1246,115 @@ def test_a_model_across_nodes_is_not_refused_for_its_whole_need_on_its_own_node(
     facts = model_facts(config, {"server": Node("server"), "gamer": Node("gamer")})  # type: ignore[dict-item]
     # Its share on the gamer is checked with its parts at start (span.start), not there.
     assert facts["big"].need is None
+
+
+# --- a model across nodes, once it runs ----------------------------------------------------
+# S2: the 32B across the gamer's 3090 (its node) and the server's 3070. Its parts hold
+# memory on both nodes' GPUs (span.start records them): other models see less free there,
+# and may make room by stopping it, as they would any resident.
+
+SERVER_GPU = Gpu("server", 0, "RTX 3070", 8 * GiB)
+GAMER_GPU = Gpu("gamer", 0, "RTX 3090", 24 * GiB)
+S2 = inventory(SERVER_GPU, GAMER_GPU)
+BIG_PARTS = (Need("server", {0: 4 * GiB}), Need("gamer", {0: 14 * GiB}))
+
+
+def big(*, pinned: bool = False, busy: bool = False, last_used: float = 0.0) -> Resident:
+    return Resident("big", pinned, None, None, busy, last_used, BIG_PARTS)
+
+
+@pytest.mark.parametrize(
+    ("gpu", "expected"),
+    [
+        pytest.param(SERVER_GPU, 4 * GiB, id="declared: what its part holds is not free"),
+        pytest.param(GAMER_GPU, 10 * GiB, id="its own node's share too"),
+        pytest.param(
+            Gpu("server", 0, "RTX 3070", 8 * GiB, used=5 * GiB, measured=True),
+            3 * GiB,
+            id="NVML: its part is ours, the rest other programs'",
+        ),
+        pytest.param(Gpu("lab", 0, "A4000", 16 * GiB), 16 * GiB, id="a node it does not span"),
+    ],
+)
+def test_free_on_counts_what_a_model_across_nodes_holds(gpu: Gpu, expected: int) -> None:
+    assert free_on(gpu, [big()]) == expected
+
+
+@pytest.mark.parametrize(
+    ("held", "need", "expected"),
+    [
+        pytest.param([big()], 2 * GiB, Eviction("coder"), id="fits beside its part"),
+        pytest.param(
+            [big()], 6 * GiB, Eviction("coder", ("big",)), id="an idle one stops to make room"
+        ),
+        pytest.param(
+            [big(busy=True), res("small", {0: 2 * GiB}, node="server")],
+            3 * GiB,
+            Eviction("coder", ("small",)),
+            id="idle before busy, as for any resident",
+        ),
+        pytest.param(
+            [big(last_used=1), res("small", {0: 2 * GiB}, node="server", last_used=5)],
+            3 * GiB,
+            Eviction("coder", ("big",)),
+            id="least recently used first",
+        ),
+        pytest.param(
+            [big(pinned=True)],
+            6 * GiB,
+            Eviction(
+                "coder",
+                blocked_by=("big",),
+                reason="coder does not fit on GPU 0 (RTX 3070) on server: needs 6 GiB "
+                "(declared), 4 GiB free of 8 GiB; pinned big stay(s)",
+            ),
+            id="a pinned one stays, and is named",
+        ),
+    ],
+)
+def test_a_model_across_nodes_is_a_resident_of_every_node_it_holds(
+    held: list[Resident], need: int, expected: Eviction
+) -> None:
+    wanted = Need("server", {0: need}, how="declared")
+    assert plan_eviction("coder", None, residents(*held), wanted, S2) == expected
+
+
+def test_decide_stops_an_idle_model_across_nodes_for_a_model_on_its_part_s_node() -> None:
+    models = {
+        "big": ModelFacts("big", node="gamer", spans=("server",)),
+        "coder": ModelFacts("coder", node="server", need=Need("server", {0: 6 * GiB})),
+    }
+    ready = {"big": InstanceView("big", State.READY, parts=BIG_PARTS)}
+    plan = decide(models, ready, [Waiter(1, "coder", 0)], T, 0, {}, S2)
+    assert plan.actions == [Drain("big", "swap to coder")]
+    # Without what its parts hold, the server's GPU looks empty: both would run, over 8 GiB.
+    plan = decide(
+        models, {"big": InstanceView("big", State.READY)}, [Waiter(1, "coder", 0)], T, 0, {}, S2
+    )
+    assert plan.actions == [Start("coder", "request waiting")]
+
+
+@pytest.mark.parametrize(
+    ("starting", "waiting", "expected"),
+    [
+        pytest.param("big", "coder", [], id="a model on its part's GPU waits for its start"),
+        pytest.param("coder", "big", [], id="it waits for a start on a GPU of its nodes"),
+        pytest.param(
+            "lab", "big", [Start("big", "request waiting")], id="a start elsewhere is no matter"
+        ),
+    ],
+)
+def test_a_model_across_nodes_starts_alone_on_its_nodes_gpus(
+    starting: str, waiting: str, expected: list[Action]
+) -> None:
+    # Its split is worked out from what is free on every GPU of its nodes when it starts:
+    # two starts there at once would both count the same free memory.
+    models = {
+        "big": ModelFacts("big", node="gamer", spans=("server",)),
+        "coder": ModelFacts("coder", node="server", need=Need("server", {0: 2 * GiB})),
+        "lab": ModelFacts("lab", node="lab", need=Need("lab", {0: 2 * GiB})),
+    }
+    lab = inventory(SERVER_GPU, GAMER_GPU, Gpu("lab", 0, "A4000", 16 * GiB))
+    instances = {starting: InstanceView(starting, State.STARTING)}
+    plan = decide(models, instances, [Waiter(1, waiting, 0)], T, 0, {}, lab)
+    assert plan.actions == expected

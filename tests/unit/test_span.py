@@ -1,5 +1,5 @@
-"""A model across nodes before anything starts (modelyard.span): the split, and the
-refusals that name each node (nodes stood in for: only what span reads of them)."""
+"""A model across nodes at its start (modelyard.span): the split, what it records it holds,
+and the refusals that name each node (nodes stood in for: only what span reads of them)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 
 from modelyard.config import parse_config
+from modelyard.engines.base import Upstream
 from modelyard.errors import StartError
 from modelyard.lifecycle import NodeView
 from modelyard.machine import Machine
-from modelyard.placement import Gpu
-from modelyard.span import room, start, tensor_split
+from modelyard.placement import Gpu, Need, Resident
+from modelyard.rpc_part import Parts
+from modelyard.span import Chosen, room, start, tensor_split
 
 GIB = 1024**3
 CONFIG = """\
@@ -86,3 +88,41 @@ def test_span_auto_that_cannot_fit_says_what_each_open_node_has() -> None:
     said = refused("auto", "64GiB")
     assert said.startswith("does not fit across the open nodes: needs 64 GiB; its node has 16 GiB")
     assert "server 4 GiB" in said and "lab 12 GiB" in said
+
+
+class Up(Node):
+    """A node whose part and llama-server start: it keeps what it was given."""
+
+    def __init__(self, name: str, gpus: list[Gpu]) -> None:
+        super().__init__(name, gpus)
+        self.given: Parts | None = None
+
+    async def start_part(self, model: str, timeout: float) -> str:
+        return f"{self.name}:50052"
+
+    def need(self, model: str) -> None:
+        return None  # its memory is declared
+
+    async def start(self, model: str, timeout: float, parts: Parts) -> tuple[Upstream, int]:
+        self.given = parts
+        return Upstream("http://gamer:8080"), 1
+
+
+def test_it_leaves_what_other_models_hold_and_records_what_it_holds_on_each_gpu() -> None:
+    config = parse_config(CONFIG.format(span="[server]", memory="14GiB"), "/etc/m.yaml", {})
+    server = Up("server", [Gpu("server", 0, "3070", 8 * GIB)])  # declared: no use read
+    gamer = Up("gamer", [Gpu("gamer", 0, "3090", 24 * GIB)])
+    small = Resident("small", False, None, Need("server", {0: 3 * GIB}))  # runs on the server
+    chosen: Chosen = {}
+    asyncio.run(
+        start({"server": server, "gamer": gamer}, config, "big", "gamer", 10, chosen, [small])
+    )
+    # The server's GPU has 8 GiB, less its 1 GiB reserve and the 3 GiB small holds: 4 of 28.
+    assert gamer.given == Parts(("server:50052",), (0.1429, 0.8571))
+    placed = chosen["big"]
+    assert placed.nodes == ("server",)
+    assert [(n.node, n.per_gpu) for n in placed.needs] == [
+        ("server", {0: int(14 * GIB * 0.1429)}),
+        ("gamer", {0: int(14 * GIB * 0.8571)}),
+    ]
+    assert placed.needs[0].how == "its share of 14 GiB by the split"
