@@ -118,6 +118,16 @@ def create_agent_app(config: Config, node: str) -> Starlette:
             return error_response(404, f"model {name!r} {missing} on node {node}")
         return name
 
+    def timeout_of(body: dict[str, Any]) -> float | Response:
+        """A start's ``timeout``: seconds, positive and finite; else the config's."""
+        given = body.get("timeout")
+        if given is None:
+            return config.scheduler.start_timeout
+        if isinstance(given, bool) or not isinstance(given, int | float) or not 0 < given < 1e6:
+            why = f"`timeout` must be a positive number of seconds, not {given!r}"
+            return error_response(400, why[:200], param="timeout")
+        return float(given)
+
     def model_of(request: Request) -> str | Response:
         return named(request, agent.node.models(), "does not run")
 
@@ -135,7 +145,9 @@ def create_agent_app(config: Config, node: str) -> Starlette:
         if isinstance(name, Response):
             return name
         body = await _json(request)
-        timeout = float(body.get("timeout") or config.scheduler.start_timeout)
+        timeout = timeout_of(body)
+        if isinstance(timeout, Response):
+            return timeout
         parts = None
         if "rpc" in body or "split" in body:
             rpc, split = body.get("rpc"), body.get("split")
@@ -172,8 +184,9 @@ def create_agent_app(config: Config, node: str) -> Starlette:
         name = part_of(request)
         if isinstance(name, Response):
             return name
-        body = await _json(request)
-        timeout = float(body.get("timeout") or config.scheduler.start_timeout)
+        timeout = timeout_of(await _json(request))
+        if isinstance(timeout, Response):
+            return timeout
         try:
             address = await agent.node.start_part(name, timeout)
         except StartError as exc:

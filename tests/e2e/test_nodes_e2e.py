@@ -174,6 +174,12 @@ def test_agent_token_and_crash_on_a_remote_node(cluster) -> None:  # type: ignor
         assert resp.status_code == 401
     status = httpx.get(url + "/agent/status", headers={"Authorization": f"Bearer {TOKEN}"})
     assert status.json()["mode"] == "normal"  # nothing was done
+    bad = httpx.post(url + "/agent/instances/gemma-big/start", json={"timeout": "1m"},
+                     headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+    assert bad.status_code == 400, bad.text
+    assert (
+        bad.json()["error"]["message"] == "`timeout` must be a positive number of seconds, not '1m'"
+    )
 
     gw.client.chat.completions.create(model="gemma-big", messages=HELLO, max_tokens=4)
     pid = gw.model("gemma-big")["pid"]

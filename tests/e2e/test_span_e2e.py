@@ -87,6 +87,10 @@ def test_a_model_across_two_agents_rpc_servers(span) -> None:  # type: ignore[no
     assert httpx.post(f"{agent}/agent/parts/gemma-split/start", timeout=10).status_code == 401
     wrong = httpx.post(f"{agent}/agent/parts/gemma-whole/start", headers=auth, timeout=10)
     assert wrong.status_code == 404 and "has no part" in wrong.json()["error"]["message"]
+    for timeout in ("soon", -1, 0, True, 1e300):
+        bad = httpx.post(f"{agent}/agent/parts/gemma-split/start", headers=auth,
+                         json={"timeout": timeout}, timeout=10)  # fmt: skip
+        assert bad.status_code == 400 and "`timeout` must be a positive number" in bad.text
     elsewhere = httpx.post(f"{agent}/agent/instances/gemma-split/start", headers=auth,
                            json={"rpc": ["a:1"], "split": [1]}, timeout=10)  # fmt: skip
     assert elsewhere.status_code == 404  # its llama-server runs on the gateway's node
