@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
 
 import aiohttp
+import orjson
 
 from modelyard import auto_gate
 from modelyard.auto_gate import AutoGate
@@ -261,11 +262,7 @@ class RemoteNode:
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 **kw,
             ) as resp:
-                body = await resp.json(content_type=None)
-                if resp.status >= 400:
-                    message = (body or {}).get("error", {}).get("message", str(body))
-                    raise AgentError(resp.status, message)
-                return body
+                return await _answer(resp, self.name)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self._lost(f"{type(exc).__name__}: {exc}")
             raise AgentError(503, f"node {self.name} is unreachable ({self.url}): {exc}") from exc
@@ -341,9 +338,7 @@ class RemoteNode:
         self.relays += 1
         try:
             if resp.status >= 400:
-                body = await resp.json(content_type=None)
-                message = (body or {}).get("error", {}).get("message", str(body))
-                raise AgentError(resp.status, message)
+                await _answer(resp, self.name)  # raises its error
             async for item in parse_sse(resp.content.iter_any()):
                 yield item
         except (aiohttp.ClientError, TimeoutError, ValueError):
@@ -403,3 +398,23 @@ class RemoteNode:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+async def _answer(resp: aiohttp.ClientResponse, node: str) -> Any:
+    """An agent's JSON answer; AgentError for an error status, or for an answer that is not
+    JSON (a crash's plain-text 500, a proxy's page): the agent answered, so the node is not
+    lost for it, and the error quotes what came."""
+    raw = await resp.read()
+    try:
+        body = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        said = raw[:200].decode("utf-8", "replace").strip()
+        status = resp.status if resp.status >= 400 else 502
+        raise AgentError(
+            status, f"node {node}'s agent answered HTTP {resp.status}, not JSON: {said!r}"
+        ) from None
+    if resp.status >= 400:
+        error = body.get("error") if isinstance(body, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        raise AgentError(resp.status, str(message or body))
+    return body

@@ -5,6 +5,7 @@ leaves no follower behind (``log_followers`` in ``GET /admin/status``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 import time
@@ -127,6 +128,30 @@ def _far_config(tmp_path: Path, port: int) -> Path:
     return config
 
 
+@contextlib.contextmanager
+def serving(app: Any, port: int) -> Iterator[None]:
+    """An agent's app served in this process (its state readable here), on ``port``."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+async def reached(config: Any) -> RemoteNode:
+    """The gateway's side of node ``far``, once its agent answers."""
+    node = RemoteNode("far", config, lambda m, why: None, lambda m, why: None)
+    for _ in range(100):
+        await node.refresh()
+        if node.reachable:
+            break
+        await asyncio.sleep(0.1)
+    return node
+
+
 def _reachable(gw: ServedGateway, node: str) -> bool:
     nodes = gw.admin("GET", "/admin/nodes").json()["nodes"]
     return bool(next(n for n in nodes if n["name"] == node)["reachable"])
@@ -162,18 +187,10 @@ def test_a_relay_that_is_closed_lets_go_of_the_agents_follower(tmp_path: Path) -
     config = load_config(_far_config(tmp_path, port))
     app = create_agent_app(config, "far")
     agent = app.state.agent
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
 
     async def scenario() -> None:
-        node = RemoteNode("far", config, lambda m, why: None, lambda m, why: None)
+        node = await reached(config)
         try:
-            for _ in range(100):
-                await node.refresh()
-                if node.reachable:
-                    break
-                await asyncio.sleep(0.1)
             _, pid = await node.start("far-slow", 30)
             stream = node.follow_logs("far-slow", 10)
             assert await anext(stream) is None  # open: the agent answered
@@ -192,8 +209,5 @@ def test_a_relay_that_is_closed_lets_go_of_the_agents_follower(tmp_path: Path) -
         finally:
             await node.close()
 
-    try:
+    with serving(app, port):
         asyncio.run(scenario())
-    finally:
-        server.should_exit = True
-        thread.join(30)
