@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from modelyard.placement import Gpu, Need, slow_link, split
+from modelyard.placement import Gpu, Need, slow_link, slow_parts, split
 from modelyard.units import format_bytes
 
 if TYPE_CHECKING:  # the config's loader checks placement with this module: no cycle
@@ -146,6 +146,10 @@ def _span_problems(
     problems: list[tuple[tuple[str | int, ...], str, bool]] = [
         (("models", name, "span"), exposed, False)
     ]
+    if config.models[name].parts_on:  # ``auto`` chooses at start, and warns then
+        links = {n: config.nodes[n].link_gbps for n in span if n in config.nodes}
+        slow = slow_parts(links, config.placement.min_link_gbps)
+        problems += [(("models", name, "span"), why, False) for why in slow]
     need = config.models[name].memory
     nodes = [config.node_of(name), *span]
     declared = [config.nodes.get(n) for n in nodes]

@@ -214,6 +214,17 @@ def split(total: int, gpus: Sequence[int], tensor_split: Sequence[float] | None)
     return {g: int(total * w / whole) for g, w in zip(gpus, weights, strict=True)}
 
 
+def slow_parts(links: Mapping[str, float | None], floor: float) -> list[str]:
+    """What a model across nodes is told of each part whose node's link (``links``: as the
+    config says, None where it does not) is slower than ``floor`` Gbit/s."""
+    return [
+        f"its part on node {node} crosses a {gbps:g} Gbit/s link (slower than "
+        f"placement.min_link_gbps {floor:g}): every token waits on it"
+        for node, gbps in links.items()
+        if gbps is not None and gbps < floor
+    ]
+
+
 @dataclass(frozen=True)
 class Offer:
     """What another node offers a part of a model across nodes (``span: auto``)."""

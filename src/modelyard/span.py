@@ -24,7 +24,7 @@ from modelyard.errors import StartError
 from modelyard.lifecycle import RESIDENT, State
 from modelyard.machine import Machine
 from modelyard.nodes import NodeHandle
-from modelyard.placement import Gpu, Need, Offer, Resident, choose_parts, free_on
+from modelyard.placement import Gpu, Need, Offer, Resident, choose_parts, free_on, slow_parts
 from modelyard.rpc_part import Parts
 from modelyard.units import format_bytes
 
@@ -120,6 +120,9 @@ async def start(
         span = spec.parts_on
     if not span:
         return await main.start(model, timeout)
+    links = {n: config.nodes[n].link_gbps for n in span}
+    for slow in slow_parts(links, config.placement.min_link_gbps):
+        log.warning("%s: %s", model, slow)
     for name in span:
         view = nodes[name].view()
         if not view.reachable:
@@ -169,7 +172,7 @@ def _choose(
     nodes: Mapping[str, NodeHandle], config: Config, model: str, own: int, held: list[Resident]
 ) -> tuple[str, ...]:
     """``span: auto``: the other open nodes that make room for its ``memory``, fewest and
-    fastest first (``placement.choose_parts``); a slow link is warned of in the log."""
+    fastest first (``placement.choose_parts``)."""
     need = config.models[model].memory
     assert need is not None, "validated: span: auto needs memory"
     offers = []
@@ -181,15 +184,6 @@ def _choose(
     picked = choose_parts(need, own, offers)
     if isinstance(picked, str):
         raise StartError(f"does not fit across the open nodes: {picked}")
-    floor = config.placement.min_link_gbps
-    for name in picked:
-        gbps = config.nodes[name].link_gbps
-        if gbps is not None and gbps < floor:
-            log.warning(
-                "%s: its part on node %s crosses a %g Gbit/s link (slower than "
-                "placement.min_link_gbps %g): every token waits on it",
-                model, name, gbps, floor,
-            )  # fmt: skip
     return picked
 
 

@@ -126,3 +126,22 @@ def test_it_leaves_what_other_models_hold_and_records_what_it_holds_on_each_gpu(
         ("gamer", {0: int(14 * GIB * 0.8571)}),
     ]
     assert placed.needs[0].how == "its share of 14 GiB by the split"
+
+
+@pytest.mark.parametrize(
+    ("span", "floor", "slow"),
+    [
+        pytest.param("[lab]", 20, ["lab"], id="a part's said link under the minimum"),
+        pytest.param("[lab]", 2.5, [], id="fast enough"),
+        pytest.param("[server, lab]", 20, ["lab"], id="a link not said is not warned of"),
+        pytest.param("auto", 20, [], id="auto: warned of at start, once chosen"),
+    ],
+)
+def test_check_warns_of_a_named_part_on_a_slow_link(
+    span: str, floor: float, slow: list[str]
+) -> None:
+    text = CONFIG.format(span=span, memory="20GiB") + f"placement: {{min_link_gbps: {floor}}}\n"
+    config = parse_config(text, "/etc/m.yaml", {})
+    said = [w for w in config.warnings if "Gbit/s" in w]
+    assert [w.split("its part on node ")[1].split(" ")[0] for w in said] == slow
+    assert all(f"slower than placement.min_link_gbps {floor:g}" in w for w in said)
