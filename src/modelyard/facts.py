@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from modelyard import span
 from modelyard.config import Config
 from modelyard.instance import slots_of
-from modelyard.lifecycle import ModelFacts
+from modelyard.lifecycle import ModelFacts, Timing
 from modelyard.nodes import NodeHandle
 from modelyard.placement import Inventory, slow_link
 
@@ -43,3 +43,11 @@ def inventory(config: Config, nodes: Mapping[str, NodeHandle]) -> Inventory:
     gpus = {(g.node, g.index): g for node in nodes.values() for g in node.gpus()}
     reserve = {name: spec.reserve for name, spec in config.nodes.items()}
     return Inventory(gpus, reserve)
+
+
+def timing(config: Config) -> Timing:
+    """The scheduler's clocks, from ``config.scheduler``."""
+    s = config.scheduler
+    return Timing(
+        s.drain_timeout, s.max_swap_delay, s.restart_backoff, s.restart_backoff_max, s.max_restarts
+    )

@@ -25,7 +25,7 @@ from modelyard.config import Config
 from modelyard.engines.base import Upstream
 from modelyard.errors import Code, Refused, StartError
 from modelyard.events import Hub
-from modelyard.facts import inventory, model_facts
+from modelyard.facts import inventory, model_facts, timing
 from modelyard.gpu_lease import GpuLeases
 from modelyard.instance import Instance, Lease, orphaned
 from modelyard.lifecycle import (
@@ -38,7 +38,6 @@ from modelyard.lifecycle import (
     Start,
     State,
     Stop,
-    Timing,
     Waiter,
     decide,
     granted_at_once,
@@ -97,14 +96,7 @@ class Scheduler:
         """
         old = self.rules() if changed or removed else {}
         self.config = config
-        s = config.scheduler
-        self.timing = Timing(
-            s.drain_timeout,
-            s.max_swap_delay,
-            s.restart_backoff,
-            s.restart_backoff_max,
-            s.max_restarts,
-        )
+        self.timing = timing(config)
         for name in config.models:
             self.instances.setdefault(name, Instance(name))
         for name in [*changed, *removed]:
@@ -455,15 +447,21 @@ class Scheduler:
     async def stop(self, model: str) -> None:
         """Stop ``model`` once its in-flight requests finish (bounded by the drain timeout)."""
         inst = self.instances[model]
+        run = inst.generation
 
         def wanted() -> None:
+            nonlocal run
+            run = inst.generation  # the run it stops (the loop may have started one since)
             if inst.state is State.FAILED:  # not running: no retry either
                 inst.state, inst.retry_at, inst.restart = State.STOPPED, None, False
             elif inst.state is not State.STOPPED:
                 inst.stop_wanted = True
 
         await self._applied(wanted)
-        await self._until(lambda: inst.state in (State.STOPPED, State.FAILED))
+        # That run ended: stopped, failed, or followed by the next (waiters start it at once)
+        await self._until(
+            lambda: inst.state in (State.STOPPED, State.FAILED) or inst.generation > run
+        )
 
     async def _until(self, done: Callable[[], bool]) -> None:
         while not done():

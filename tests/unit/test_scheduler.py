@@ -267,3 +267,41 @@ def test_a_model_removed_while_it_answers_finishes_then_goes(tmp_path: Path) -> 
 
     asyncio.run(scenario())
     gw.store.db.close()
+
+
+def test_a_stop_returns_when_its_run_ends_though_waiting_requests_start_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests wait while an admin stop drains the model: once it has stopped, the loop
+    starts it again for them in the same turn. The stop still returns: its run ended (it
+    never sees the state ``stopped``, but the next run's generation)."""
+    gw = _one_slot(tmp_path)
+    sched, inst = gw.scheduler, gw.scheduler.instances["m"]
+    inst.generation = 1
+
+    async def started(*args: Any) -> tuple[Upstream, int]:
+        return Upstream("http://127.0.0.1:9/v1"), 42
+
+    async def stopped(*args: Any) -> None:
+        pass
+
+    monkeypatch.setattr("modelyard.scheduler.span.start", started)
+    monkeypatch.setattr("modelyard.scheduler.span.stop", stopped)
+
+    async def scenario() -> None:
+        sched.start_loop()
+        running = await sched.acquire("m")
+        stopping = asyncio.ensure_future(sched.stop("m"))
+        await asyncio.sleep(0.05)
+        assert inst.state is State.DRAINING
+        waiting = asyncio.ensure_future(sched.acquire("m"))
+        await asyncio.sleep(0.05)
+        sched.release(running)  # drained: it stops, and starts again for the waiter
+        lease = await asyncio.wait_for(waiting, 5)
+        await asyncio.wait_for(stopping, 5)
+        assert (lease.instance.generation, inst.state) == (2, State.READY)
+        sched.release(lease)
+        await sched.close()
+
+    asyncio.run(scenario())
+    gw.store.db.close()
