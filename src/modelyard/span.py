@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -151,9 +152,26 @@ async def start(
     addresses = tuple(str(r) for r in results)
     try:
         return await main.start(model, timeout, Parts(addresses, split))
-    except BaseException:
+    except BaseException as exc:
         await stop_parts(nodes, config, model, "its llama-server failed to start", chosen)
+        unanswered = _unanswered(exc, dict(zip(addresses, span, strict=True)), node)
+        if unanswered is not None:
+            raise StartError(unanswered, getattr(exc, "tail", None)) from exc
         raise
+
+
+def _unanswered(exc: BaseException, parts: Mapping[str, str], node: str) -> str | None:
+    """A llama-server that could not reach a part (ggml-rpc: "Failed to connect to
+    HOST:PORT"): which part, on which node, and what to check."""
+    said = "\n".join([str(exc), *getattr(exc, "tail", [])])
+    for address in re.findall(r"Failed to connect to (\S+)", said):
+        if address in parts:
+            return (
+                f"its part on node {parts[address]} ({address}) does not answer its "
+                f"llama-server on node {node}: nothing reaches that address from there (a "
+                f"firewall, or nodes.{parts[address]}.address not one {node} can route to)"
+            )
+    return None
 
 
 def _fits(need: int, free: Mapping[str, int]) -> None:

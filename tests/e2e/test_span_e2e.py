@@ -5,6 +5,7 @@ serves; once the agent is back the model serves again."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,13 @@ import httpx
 import openai
 import pytest
 
+from modelyard.config import parse_config
+from modelyard.engines.catalog import engine_for
+from modelyard.engines.llamacpp import LlamaCppEngine
+from modelyard.errors import StartError
 from modelyard.rpc_part import find_rpc_server
+from modelyard.span import _unanswered
+from modelyard.supervisor import Supervisor
 from tests.conftest import ServedGateway, free_port
 from tests.e2e.test_nodes_e2e import TOKEN, Agents, node, wait_for
 
@@ -163,3 +170,34 @@ def test_span_auto_takes_the_fewest_fastest_nodes(span, tmp_path: Path) -> None:
     message = str(refused.value)
     assert "does not fit across the open nodes: needs 64 TiB" in message
     assert "left" in message and "right" in message
+
+
+async def _start_against(rpc: str, weights: Path, tmp_path: Path) -> StartError:
+    """A real llama-server given one part at ``rpc``, started as a node starts it."""
+    config = parse_config(
+        f"nodes:\n  server: {{gpus: []}}\n  left: {{url: 'http://127.0.0.1:9', gpus: []}}\n"
+        f"models:\n  m: {{engine: llama.cpp, node: server, gpus: [], span: [left], "
+        f"weights: {weights}, context: 512}}\n",
+        str(tmp_path / "m.yaml"),
+        {},
+    )
+    engine = engine_for(config.models["m"], "127.0.0.1", config.engines)
+    assert isinstance(engine, LlamaCppEngine)
+    engine.rpc, engine.split = (rpc,), (0.5, 0.5)
+    supervisor = Supervisor(tmp_path / "logs", lambda m, code: None, 1.0)
+    with pytest.raises(StartError) as failed:
+        await supervisor.start("m", engine, 60)
+    await supervisor.close()
+    return failed.value
+
+
+def test_a_part_that_does_not_answer_is_named(gemma: Path, tmp_path: Path) -> None:
+    # llama-server aborts on a part it cannot reach; its abort line is the one quoted (no
+    # debugger's backtrace after it), and span.start names the part's node from it.
+    dead = f"127.0.0.1:{free_port()}"
+    failed = asyncio.run(_start_against(dead, gemma, tmp_path))
+    assert f"Failed to connect to {dead}" in str(failed), failed
+    named = _unanswered(failed, {dead: "left"}, "server")
+    assert named is not None and named.startswith(
+        f"its part on node left ({dead}) does not answer its llama-server on node server"
+    )

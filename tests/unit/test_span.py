@@ -145,3 +145,29 @@ def test_check_warns_of_a_named_part_on_a_slow_link(
     said = [w for w in config.warnings if "Gbit/s" in w]
     assert [w.split("its part on node ")[1].split(" ")[0] for w in said] == slow
     assert all(f"slower than placement.min_link_gbps {floor:g}" in w for w in said)
+
+
+class Unreached(Up):
+    """A node whose llama-server cannot reach the part it was given (ggml-rpc aborts)."""
+
+    async def start(self, model: str, timeout: float, parts: Parts) -> tuple[Upstream, int]:
+        tail = [f"ggml-rpc.cpp:547: Failed to connect to {parts.rpc[0]}"]
+        raise StartError("exited with signal SIGABRT while starting", tail)
+
+    async def stop_part(self, model: str, reason: str) -> None:
+        self.stopped = reason
+
+
+def test_a_part_its_llama_server_cannot_reach_is_named_and_stopped() -> None:
+    config = parse_config(CONFIG.format(span="[server]", memory="14GiB"), "/etc/m.yaml", {})
+    server = Unreached("server", [Gpu("server", 0, "3070", 8 * GIB)])
+    gamer = Unreached("gamer", [Gpu("gamer", 0, "3090", 24 * GIB)])
+    chosen: Chosen = {}
+    with pytest.raises(StartError) as failed:
+        asyncio.run(start({"server": server, "gamer": gamer}, config, "big", "gamer", 10, chosen))
+    assert str(failed.value).startswith(
+        "its part on node server (server:50052) does not answer its llama-server on node "
+        "gamer: nothing reaches that address from there"
+    ), failed.value
+    assert "Failed to connect to server:50052" in str(failed.value)  # its last line, quoted
+    assert server.stopped == "its llama-server failed to start" and chosen == {}

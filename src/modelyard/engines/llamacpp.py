@@ -178,7 +178,10 @@ class LlamaCppEngine(Engine[LlamaCppModel]):
         if m.embedding_server and not any(a in ("--embedding", "--embeddings") for a in m.args):
             argv += ["--embeddings"]
         argv += m.args
-        return Launch(argv, {**m.env, **gpu_env(m.gpus)}, None, "/health")
+        # An abort's message stays its last line, which a failed start quotes, rather than a
+        # debugger's backtrace after it (ggml attaches gdb where it is installed).
+        env = {"GGML_NO_BACKTRACE": "1", **m.env, **gpu_env(m.gpus)}
+        return Launch(argv, env, None, "/health")
 
     def upstream(self, port: int) -> Upstream:
         # --alias makes llama-server answer with our model name: no rewrite on the hot path.
