@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from modelyard import __version__
 from modelyard.cluster_watch import POLL_SECONDS
 from modelyard.config import Config
 from modelyard.engine_log import LINES_WANTED, SSE_HEADERS, log_query, sse_stream
@@ -132,7 +133,7 @@ def create_agent_app(config: Config, node: str) -> Starlette:
         return named(request, agent.node.models(), "does not run")
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "node": node})
+        return JSONResponse({"status": "ok", "node": node, "version": __version__})
 
     async def status(request: Request) -> Response:
         if not authorized(request):

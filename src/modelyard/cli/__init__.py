@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import typer
 
+from modelyard import __version__
 from modelyard.cli import admin, config_files, route, server
 
 app = typer.Typer(
@@ -17,6 +18,23 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        typer.echo(f"modelyard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    pass  # the app's own options; each command has its own
+
+
 app.command()(server.serve)
 app.command()(server.agent)
 app.command("key")(server.new_key)

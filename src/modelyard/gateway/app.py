@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from modelyard import __version__
 from modelyard.config import Config, ConfigError, load_config
 from modelyard.errors import BodyTooLarge, Code, Refusal, ReloadRefused
 from modelyard.gateway import (
@@ -42,8 +43,8 @@ from modelyard.telemetry import CONTENT_TYPE
 
 
 async def health(request: Request) -> Response:
-    """The gateway process answers."""
-    return JSONResponse({"status": "ok"})
+    """The gateway process answers, and which release it runs."""
+    return JSONResponse({"status": "ok", "version": __version__})
 
 
 async def ready(request: Request) -> Response:
