@@ -32,6 +32,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelyard.errors import Code, Refusal
+from modelyard.migrations import migrate, script
 
 TITLE_MAX = 200  # characters
 NAME_MAX = 200  # characters of a model's name
@@ -77,6 +78,7 @@ CREATE TABLE IF NOT EXISTS messages (
 """
 # External-content indexes kept by triggers: the text is stored once, in the tables above
 # (a message's text never changes: it is added, or deleted).
+STEPS = (script(SCHEMA),)  # the file's schema, version by version (migrations.py)
 FTS = """
 CREATE VIRTUAL TABLE IF NOT EXISTS titles_fts USING fts5(title, content='conversations',
     content_rowid='n');
@@ -210,9 +212,9 @@ class Conversations:
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        migrate(db, STEPS, self.path)  # first: a newer release's file is left as it is
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(SCHEMA)
         if self.fts is not False:
             try:
                 db.executescript(FTS)

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from modelyard.events import Event
+from modelyard.migrations import added_columns, both, migrate, script
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -168,6 +169,8 @@ class RequestRow(NamedTuple):
 # Columns added since the table was first made: a store written before has them added.
 _ADDED = {"audio_s": "REAL", "chars": "INTEGER"}
 _ROW: tuple[str, ...] = RequestRow._fields  # the table's columns, in this order
+# The file's schema, version by version (migrations.py): append a step for each change.
+STEPS = (both(script(SCHEMA), added_columns("request_log", _ADDED)),)
 
 
 class EngineRow(NamedTuple):
@@ -198,13 +201,9 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        migrate(self.db, STEPS, path)  # first: a newer release's file is left as it is
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(request_log)")}
-        for column, kind in _ADDED.items():
-            if column not in have:
-                self.db.execute(f"ALTER TABLE request_log ADD COLUMN {column} {kind}")
         # Request rows are written from a worker thread, through a connection of their own.
         self._writer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._pending: list[tuple[Any, ...]] = []

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
@@ -47,7 +48,7 @@ def serve(
     # On SIGTERM/SIGINT: stop taking requests, let those running finish (bounded by the
     # drain timeout), then stop the engines.
     run_server(
-        create_app(cfg),
+        _built(lambda: create_app(cfg)),
         host,
         port,
         cfg.access,
@@ -55,6 +56,17 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=int(cfg.scheduler.drain_timeout) or 1,
     )
+
+
+def _built(make: Callable[[], Any]) -> Any:
+    """The app ``make`` builds; a state file of a newer release stops it, saying so."""
+    from modelyard.migrations import NewerSchema
+
+    try:
+        return make()
+    except NewerSchema as exc:
+        err.print(f"{exc}; nothing was started")
+        raise typer.Exit(1) from None
 
 
 def agent(
@@ -80,7 +92,12 @@ def agent(
         host = "0.0.0.0"  # a name in the url: listen on every address
     err.print(f"modelyard agent of node {node} on {host}:{port}")
     run_server(
-        create_agent_app(cfg, node), host, port, cfg.access, log_level="info", access_log=False
+        _built(lambda: create_agent_app(cfg, node)),
+        host,
+        port,
+        cfg.access,
+        log_level="info",
+        access_log=False,
     )
 
 

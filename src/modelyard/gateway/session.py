@@ -42,6 +42,7 @@ from modelyard.config import ApiKey
 from modelyard.errors import BodyStalled, BodyTooLarge, Code, Refusal
 from modelyard.gateway.body import read_body
 from modelyard.gateway.errors import openai_error
+from modelyard.migrations import migrate, script
 
 if TYPE_CHECKING:
     from modelyard.gateway.state import Gateway
@@ -66,6 +67,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     last_used REAL NOT NULL
 )
 """
+STEPS = (script(SCHEMA),)  # the file's schema, version by version (migrations.py)
 
 
 def _sha(text: str) -> str:
@@ -161,9 +163,9 @@ class SessionStore:
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        migrate(db, STEPS, path)  # first: a newer release's file is left as it is
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(SCHEMA)
         return db
 
     def __len__(self) -> int:
