@@ -38,7 +38,7 @@ class Agent:
 
     def __init__(self, config: Config, node: str) -> None:
         spec = config.nodes[node]
-        state = spec.state_dir or config.state_dir / f"agent-{node}"
+        state = config.agent_state_dir(node)
         self.store = Store(state / "modelyard.db")
         self.supervisor = Supervisor(
             state / "logs", self._exited, config.scheduler.stop_grace, self.store

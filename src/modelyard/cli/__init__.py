@@ -11,7 +11,7 @@ from __future__ import annotations
 import typer
 
 from modelyard import __version__
-from modelyard.cli import admin, config_files, route, server
+from modelyard.cli import admin, config_files, route, server, state
 
 app = typer.Typer(
     help="One OpenAI-compatible endpoint that starts, swaps and stops model servers.",
@@ -56,6 +56,8 @@ app.command()(admin.restart)
 app.command()(admin.reload)
 app.command()(admin.logs)
 app.command()(config_files.init)
+app.command()(state.backup)
+app.command()(state.restore)
 
 
 def main() -> None:

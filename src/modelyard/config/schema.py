@@ -378,6 +378,11 @@ class Config(Strict):
         """The gateway's own node: the one without an agent url."""
         return next((n for n, node in self.nodes.items() if node.url is None), None)
 
+    def agent_state_dir(self, node: str) -> Path:
+        """Where the agent of ``node`` keeps its state: its ``state_dir``, else one of its
+        own inside the gateway's."""
+        return self.nodes[node].state_dir or self.state_dir / f"agent-{node}"
+
     def node_of(self, model: str) -> str:
         node = self.models[model].node or self.local_node
         assert node is not None, "validated: every model has a node"
