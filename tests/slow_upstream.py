@@ -79,6 +79,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         "outcome": "running",
         "began": time.time(),
         "cookie": request.headers.get("Cookie"),
+        "authorization": request.headers.get("Authorization"),
     }
     if RECORD:
         record["body"] = {k: v for k, v in body.items() if k != "stub"}

@@ -3,8 +3,8 @@
 With no keys in the config the gateway is open (the CLI refuses to bind a non-loopback
 address that way unless ``access.allow_open_lan`` says so). With keys, every route but
 ``/health`` and ``/ready`` needs ``Authorization: Bearer KEY`` (or ``x-api-key``); the
-OpenAI API needs the ``user`` scope, ``/admin`` and ``/metrics`` the ``admin`` scope. Keys
-are compared by their SHA-256, the only form kept.
+OpenAI API needs the ``user`` scope; ``/admin``, ``/metrics`` and ``/upstream`` the ``admin``
+scope. Keys are compared by their SHA-256, the only form kept.
 
 The web console signs in once (``gateway/session.py``): a request with neither header but
 the ``modelyard_session`` cookie of a live session is that session's key. A cookie's
@@ -93,7 +93,7 @@ class AccessGuard:
             key, denied = self._by_header(headers)
         if key is None or denied is not None:
             return key, denied
-        need = "admin" if path.startswith(("/admin", "/metrics")) else "user"
+        need = "admin" if path.startswith(("/admin", "/metrics", "/upstream/")) else "user"
         if need not in key.scopes and path != "/console/me":  # any key may ask who it is
             lacks = f"API key {key.name!r} lacks the {need!r} scope needed for {path}"
             return key, openai_error(Refusal(Code.INSUFFICIENT_SCOPE, lacks))

@@ -31,6 +31,7 @@ from modelyard.gateway import (
     persona_api,
     responses,
     session,
+    upstream_api,
 )
 from modelyard.gateway.access import AccessGuard
 from modelyard.gateway.body import CLOSE
@@ -140,6 +141,7 @@ def create_app(config: Config) -> ASGIApp:
             *admin.routes,
             *session.routes,
             *conversations_api.routes,
+            *upstream_api.routes,
         ],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, BodyTooLarge: _too_large},
