@@ -79,8 +79,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
         "outcome": "running",
         "began": time.time(),
         "cookie": request.headers.get("Cookie"),
-        "authorization": request.headers.get("Authorization"),
     }
+    if "Authorization" in request.headers:  # kept only when sent: records stay as they were
+        record["authorization"] = request.headers["Authorization"]
     if RECORD:
         record["body"] = {k: v for k, v in body.items() if k != "stub"}
     LOG.append(record)
