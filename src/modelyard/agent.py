@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -62,6 +63,7 @@ class Agent:
             "gpus": [gpu_view(g) for g in node.gpus()],
             "needs": {m: need_view(n) for m, n in needs.items() if n is not None},
             "auto_mode": node.auto_view(),
+            "time": time.time(),  # its clock, for doctor's skew check (finer than Date)
             "parts": {
                 m: {"running": node.part_running(m), "exits": self.exits.get(part_key(m), 0)}
                 for m in self.parts()

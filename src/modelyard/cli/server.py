@@ -91,6 +91,7 @@ def agent(
     if not listen and not _is_ip(host):
         host = "0.0.0.0"  # a name in the url: listen on every address
     err.print(f"modelyard agent of node {node} on {host}:{port}")
+    _log_to_stderr()  # its own lines (auto mode, parts) beside uvicorn's: the journal's too
     run_server(
         _built(lambda: create_agent_app(cfg, node)),
         host,
@@ -98,6 +99,8 @@ def agent(
         cfg.access,
         log_level="info",
         access_log=False,
+        # The gateway follows engine logs through open streams: they must not hold a stop.
+        timeout_graceful_shutdown=5,
     )
 
 
