@@ -11,7 +11,7 @@ from __future__ import annotations
 import typer
 
 from modelyard import __version__
-from modelyard.cli import admin, config_files, route, server, state
+from modelyard.cli import admin, config_files, doctor, route, server, service, state
 
 app = typer.Typer(
     help="One OpenAI-compatible endpoint that starts, swaps and stops model servers.",
@@ -47,6 +47,7 @@ route_app.command("explain")(route.route_explain)
 route_app.command("replay")(route.route_replay)
 
 app.command()(config_files.check)
+app.command()(doctor.doctor)
 app.command()(admin.status)
 app.command()(admin.ps)
 app.command()(admin.top)
@@ -58,6 +59,11 @@ app.command()(admin.logs)
 app.command()(config_files.init)
 app.command()(state.backup)
 app.command()(state.restore)
+
+service_app = typer.Typer(help="A systemd unit for the gateway or a node's agent.")
+app.add_typer(service_app, name="service")
+service_app.command("install")(service.install)
+service_app.command("uninstall")(service.uninstall)
 
 
 def main() -> None:
