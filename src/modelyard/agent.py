@@ -42,7 +42,7 @@ class Agent:
         state = config.agent_state_dir(node)
         self.store = Store(state / "modelyard.db")
         self.supervisor = Supervisor(
-            state / "logs", self._exited, config.scheduler.stop_grace, self.store
+            state / "logs", self._exited, config.scheduler.stop_grace, self.store, spec.ports
         )
         host = urlsplit(spec.url).hostname if spec.url else None
         self.node = LocalNode(node, config, self.store, self.supervisor, host or "127.0.0.1")

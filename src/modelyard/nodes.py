@@ -109,7 +109,10 @@ class LocalNode:
     async def start(
         self, model: str, timeout: float, parts: Parts | None = None
     ) -> tuple[Upstream, int | None]:
-        engine = engine_for(self.config.models[model], self.engine_host, self.config.engines)
+        listen = self.config.nodes[self.name].engine_listen
+        engine = engine_for(
+            self.config.models[model], self.engine_host, self.config.engines, listen
+        )
         if parts is not None and isinstance(engine, LlamaCppEngine):
             engine.rpc, engine.split = parts.rpc, parts.split
         return await self.supervisor.start(model, engine, timeout)
@@ -122,7 +125,7 @@ class LocalNode:
         spec = self.config.models[model]
         assert isinstance(spec, LlamaCppModel) and (self.name in spec.parts_on or spec.spans_auto)
         host = self.config.nodes[self.name].address or self.engine_host
-        part = RpcPart(spec, host, self.config.engines)
+        part = RpcPart(spec, host, self.config.engines, self.config.nodes[self.name].engine_listen)
         upstream, _ = await self.supervisor.start(part_key(model), part, timeout)
         return upstream.base_url
 

@@ -67,7 +67,7 @@ class RpcPart(Engine[LlamaCppModel]):
         binary = self._binary()
         assert binary is not None, "problem() is checked before launch()"
         threads = str(max(1, (os.cpu_count() or 2) // 2))  # for a CPU part; GPUs ignore it
-        argv = [binary, "--host", self.host, "--port", str(port), "--threads", threads]
+        argv = [binary, "--host", self.listen, "--port", str(port), "--threads", threads]
         # health_path None: ready when it accepts a connection (it speaks no HTTP)
         return Launch(argv, {}, None, None)
 

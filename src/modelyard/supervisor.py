@@ -199,8 +199,17 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def free_port(taken: set[int]) -> int:
-    """A port free on loopback now and not handed to another instance of ours."""
+def free_port(taken: set[int], ports: range | None = None) -> int:
+    """A port free on loopback now and not handed to another instance of ours: any, or
+    the first such of ``ports`` (a node's ``engine_ports``)."""
+    if ports is not None:
+        for port in ports:
+            if port not in taken and _bindable(port):
+                return port
+        raise StartError(
+            f"no free port in engine_ports {ports.start}-{ports.stop - 1}: each is in use "
+            "(by our engines or another program); widen the range"
+        )
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
@@ -208,6 +217,15 @@ def free_port(taken: set[int]) -> int:
         if port not in taken:
             return port
     raise StartError("no free port on 127.0.0.1")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 class Supervisor:
@@ -219,8 +237,10 @@ class Supervisor:
         on_exit: Callable[[str, int], None],
         stop_grace: float = 10.0,
         store: Store | None = None,
+        ports: range | None = None,
     ) -> None:
         self.log_dir = log_dir
+        self.ports = ports  # its node's engine_ports; None: any free port
         self.on_exit = on_exit  # called when a process ends without being asked to
         self.stop_grace = stop_grace
         self.store = store  # where each engine is recorded while it runs, for the reaper
@@ -250,12 +270,12 @@ class Supervisor:
             log.note(f"cannot start: {problem}")
             raise StartError(problem)
         taken = {p.port for p in self.processes.values()}
-        port = free_port(taken)
+        port = free_port(taken, self.ports)
         launch = engine.launch(port)
         if launch is None:
             return engine.upstream(port), None
         for attempt in range(3):
-            proc = EngineProcess(launch, port, log, engine.host)
+            proc = EngineProcess(launch, port, log, engine.listen)  # probed where it binds
             await proc.spawn()
             self._record(model, proc)
             self.processes[model] = proc
@@ -267,7 +287,7 @@ class Supervisor:
                 self.processes.pop(model, None)
                 last = "\n".join(log.tail(15))
                 if attempt < 2 and "address already in use" in last.lower():
-                    port = free_port(taken | {port})  # someone took the port: try another
+                    port = free_port(taken | {port}, self.ports)  # taken since: another
                     launch = engine.launch(port)
                     assert launch is not None
                     continue

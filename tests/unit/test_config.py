@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin
@@ -432,3 +433,28 @@ def test_an_unset_variable_is_reported_once_beside_other_errors() -> None:
     assert len(found) == 2, found
     assert "test.yaml:2: models.a.url: environment variable A_URL is not set" in found[0]
     assert "test.yaml:4: policy[0].use: 'ghost' is neither a model nor a tier" in found[1]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("9200-9219", range(9200, 9220)),
+        ("9200-9200", range(9200, 9201)),
+        ("80-90", "1024 <= FIRST <= LAST <= 65535"),
+        ("9300-9200", "1024 <= FIRST <= LAST <= 65535"),
+        ("9200-70000", "1024 <= FIRST <= LAST <= 65535"),
+        ("9200", "should match pattern"),
+        ("9200-", "should match pattern"),
+    ],
+)
+def test_engine_ports(given: str, expected: range | str) -> None:
+    text = (
+        "nodes:\n  here: {gpus: []}\n"
+        f"  gamer: {{url: 'http://10.0.0.2:9100', gpus: [], engine_ports: '{given}'}}\n"
+        "models:\n  m: {engine: command, command: [x, '{port}']}\n"
+    )
+    if isinstance(expected, range):
+        assert parse(text).nodes["gamer"].ports == expected
+    else:
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            parse(text)

@@ -88,7 +88,9 @@ def agent(
         raise typer.Exit(2)
     parts = urlsplit(spec.url)
     host, port = split_listen(listen) if listen else (parts.hostname or "0.0.0.0", parts.port or 80)
-    if not listen and not _is_ip(host):
+    if not listen and spec.engine_listen:
+        host = spec.engine_listen  # inside a NAT: where its engines bind, the agent too
+    elif not listen and not _is_ip(host):
         host = "0.0.0.0"  # a name in the url: listen on every address
     err.print(f"modelyard agent of node {node} on {host}:{port}")
     _log_to_stderr()  # its own lines (auto mode, parts) beside uvicorn's: the journal's too

@@ -80,9 +80,37 @@ class Node(Strict):
         "processes: [{pid, name, gpu, used}]}.",
     )
     auto_mode: AutoMode | None = None
+    engine_ports: str | None = Field(
+        None,
+        pattern=r"^[0-9]{1,5}-[0-9]{1,5}$",
+        description="The ports its engines and rpc-servers listen on, FIRST-LAST (e.g. "
+        "9200-9219), for a node behind a NAT whose forwarding names each port (WSL2's "
+        "portproxy); default: any free port.",
+    )
+
+    engine_listen: str | None = Field(
+        None,
+        description="The address its engines and rpc-servers bind, when it is not the one "
+        "the gateway reaches them at: 0.0.0.0 inside WSL2's NAT, where the url's address is "
+        "Windows' and a portproxy forwards engine_ports; default: the url's host.",
+    )
+
+    @property
+    def ports(self) -> range | None:
+        """``engine_ports`` as a range (validated), or None: any free port."""
+        if self.engine_ports is None:
+            return None
+        first, last = (int(p) for p in self.engine_ports.split("-"))
+        return range(first, last + 1)
 
     @model_validator(mode="after")
     def _modes_known(self) -> Node:
+        ports = self.ports
+        if ports is not None and not (1024 <= ports.start and ports.stop - 1 <= 65535 and ports):
+            raise ValueError(
+                f"engine_ports {self.engine_ports!r}: FIRST-LAST with 1024 <= FIRST <= LAST "
+                "<= 65535 (a port for each engine and rpc-server that may run at once)"
+            )
         if not self.modes:
             raise ValueError("a node needs at least one mode")
         if self.default_mode is not None and self.default_mode not in self.modes:

@@ -82,19 +82,33 @@ M = TypeVar("M", bound=ModelBase)
 class Engine(Generic[M]):
     """One kind of model server; each kind subclasses this in its own module.
 
-    ``host`` is the address the server listens on and is reached at: 127.0.0.1 on the
-    gateway's own machine, the agent's address on another node. ``settings`` is the
-    config's ``engines:`` section (settings that hold for every model of one engine).
+    ``host`` is the address the server is reached at: 127.0.0.1 on the gateway's own
+    machine, the agent's address on another node; ``listen`` the one it binds, ``host``
+    unless the node says otherwise (``nodes.NAME.engine_listen``: inside a NAT, such as
+    WSL2's, whose outside address the gateway reaches). ``settings`` is the config's
+    ``engines:`` section (settings that hold for every model of one engine).
     """
 
     kind: ClassVar[str]  # the tag of ``engine:`` in the config file
     config: ClassVar[type[ModelBase]]  # its config class, whose ``engine`` is ``kind``
     probes_url: ClassVar[bool] = False  # serves from a URL that may go down (``down``)
 
-    def __init__(self, model: M, host: str = "127.0.0.1", settings: Engines | None = None) -> None:
+    def __init__(
+        self,
+        model: M,
+        host: str = "127.0.0.1",
+        settings: Engines | None = None,
+        listen: str | None = None,
+    ) -> None:
         self.model = model
         self.host = host
+        self.listen = listen or host
         self.settings = settings
+
+    @property
+    def local(self) -> str:
+        """Where its own node reaches it: the address it binds, loopback for a wildcard."""
+        return "127.0.0.1" if self.listen in ("0.0.0.0", "::", "") else self.listen
 
     def problem(self) -> str | None:
         """Why the model cannot start now (missing file, missing binary), or None."""

@@ -51,7 +51,11 @@ else:
 
 
 def engine_for(
-    model: ModelBase, host: str = "127.0.0.1", settings: Engines | None = None
+    model: ModelBase,
+    host: str = "127.0.0.1",
+    settings: Engines | None = None,
+    listen: str | None = None,
 ) -> Engine[Any]:
-    """The adapter that runs ``model``, its server listening on ``host``."""
-    return ENGINES[model.engine](model, host, settings)
+    """The adapter that runs ``model``, its server reached at ``host`` (bound to ``listen``,
+    by default ``host``)."""
+    return ENGINES[model.engine](model, host, settings, listen)

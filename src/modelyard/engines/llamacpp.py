@@ -164,7 +164,7 @@ class LlamaCppEngine(Engine[LlamaCppModel]):
         binary = find_llama_server(self.binary)
         assert binary is not None, "problem() is checked before launch()"
         m = self.model
-        argv = [binary, "--model", str(m.weights), "--host", self.host, "--port", str(port)]
+        argv = [binary, "--model", str(m.weights), "--host", self.listen, "--port", str(port)]
         argv += ["--alias", m.name, "--parallel", str(m.parallel)]
         if m.context is not None:
             argv += ["--ctx-size", str(m.context)]

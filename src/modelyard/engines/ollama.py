@@ -66,7 +66,7 @@ class OllamaEngine(Engine[OllamaModel]):
     def launch(self, port: int) -> Launch:
         m = self.model
         env = dict(m.env)
-        env["OLLAMA_HOST"] = f"{self.host}:{port}"
+        env["OLLAMA_HOST"] = f"{self.listen}:{port}"
         # Requests through /v1 carry no keep_alive or num_ctx: the daemon's defaults must
         # match what after_ready loaded, or Ollama unloads (5 min) or reloads the model.
         env["OLLAMA_KEEP_ALIVE"] = m.keep_alive
@@ -120,7 +120,7 @@ class OllamaEngine(Engine[OllamaModel]):
             )
 
     def _url(self, port: int) -> str:
-        return f"http://{self.host}:{port}/api/generate"
+        return f"http://{self.local}:{port}/api/generate"  # from its own node
 
 
 def _error(status: int, text: str) -> tuple[int, str] | None:

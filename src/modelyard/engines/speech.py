@@ -97,7 +97,7 @@ class SpeechEngine(Engine[SpeechModel]):
 
     def launch(self, port: int) -> Launch:
         argv = [sys.executable, "-m", "modelyard.speech.worker"]
-        argv += ["--host", self.host, "--port", str(port)]
+        argv += ["--host", self.listen, "--port", str(port)]
         if self.model.tts is not None:
             argv += ["--tts", self.model.tts]
         if self.model.stt is not None:

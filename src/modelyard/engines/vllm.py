@@ -56,7 +56,7 @@ class VllmEngine(Engine[VllmModel]):
 
     def launch(self, port: int) -> Launch:
         m = self.model
-        argv = [m.binary, "serve", m.model, "--host", self.host, "--port", str(port)]
+        argv = [m.binary, "serve", m.model, "--host", self.listen, "--port", str(port)]
         # Answers then carry our name: no rewrite on the hot path.
         argv += ["--served-model-name", m.name]
         if m.max_model_len is not None:

@@ -34,9 +34,11 @@ class Gateway:
         self.conversations = Conversations(  # the console's chat history, opened in open()
             config.state_dir / "conversations.db", config.access.max_body
         )
+        local = config.nodes.get(config.local_node or "")
         self.supervisor = Supervisor(
-            config.state_dir / "logs", self._on_exit, config.scheduler.stop_grace, self.store
-        )
+            config.state_dir / "logs", self._on_exit, config.scheduler.stop_grace, self.store,
+            local.ports if local is not None else None,
+        )  # fmt: skip
         self.client: UpstreamClient = None  # type: ignore[assignment]  # set in open()
         self.inner: InnerClient = None  # type: ignore[assignment]  # set by create_app
         self.wyoming: Any = None  # a WyomingListener, when the config has `wyoming:`
