@@ -458,3 +458,20 @@ def test_engine_ports(given: str, expected: range | str) -> None:
     else:
         with pytest.raises(ConfigError, match=re.escape(expected)):
             parse(text)
+
+
+@pytest.mark.parametrize(
+    ("node", "expected"),
+    [
+        ("{url: 'http://192.168.1.50:9100'}", ("192.168.1.50", 9100)),
+        ("{url: 'http://gamer.lan:9100'}", ("0.0.0.0", 9100)),  # a name: every address
+        ("{url: 'http://192.168.1.50:9100', engine_listen: 0.0.0.0}", ("0.0.0.0", 9100)),
+        ("{url: 'http://192.168.1.50'}", ("192.168.1.50", 80)),
+    ],
+)
+def test_where_an_agent_listens(node: str, expected: tuple[str, int]) -> None:
+    text = (
+        f"nodes:\n  here: {{gpus: []}}\n  gamer: {node}\n"
+        "models:\n  m: {engine: command, command: [x, '{port}']}\n"
+    )
+    assert parse(text).nodes["gamer"].agent_listen() == expected

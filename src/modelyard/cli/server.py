@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import typer
 
 from modelyard.cli.config_files import load_or_exit
 from modelyard.cli.options import DEFAULT_CONFIG, ConfigOpt
 from modelyard.cli.output import err, out
-from modelyard.config import split_listen
+from modelyard.config import is_loopback, split_listen
 
 
 def serve(
@@ -33,7 +32,7 @@ def serve(
             raise typer.Exit(2) from None
         cfg = cfg.model_copy(update={"listen": listen})
     host, port = split_listen(cfg.listen)
-    if not cfg.access.keys and not cfg.access.allow_open_lan and not _loopback(host):
+    if not cfg.access.keys and not cfg.access.allow_open_lan and not is_loopback(host):
         err.print(
             f"refusing to serve {host}:{port} with no API keys: anyone on the network could use "
             "it. Add keys under access.keys (modelyard key NAME), bind 127.0.0.1, or set "
@@ -86,12 +85,7 @@ def agent(
         remote = [n for n, s in cfg.nodes.items() if s.url]
         err.print(f"{node!r} is not a node with an url in {config}; those are: {', '.join(remote)}")
         raise typer.Exit(2)
-    parts = urlsplit(spec.url)
-    host, port = split_listen(listen) if listen else (parts.hostname or "0.0.0.0", parts.port or 80)
-    if not listen and spec.engine_listen:
-        host = spec.engine_listen  # inside a NAT: where its engines bind, the agent too
-    elif not listen and not _is_ip(host):
-        host = "0.0.0.0"  # a name in the url: listen on every address
+    host, port = split_listen(listen) if listen else spec.agent_listen()
     err.print(f"modelyard agent of node {node} on {host}:{port}")
     _log_to_stderr()  # its own lines (auto mode, parts) beside uvicorn's: the journal's too
     run_server(
@@ -120,28 +114,6 @@ def new_key(
     out.print(f"key (give it to {name}; it is not kept anywhere): {key}", highlight=False)
     out.print("add to the config under access.keys:", highlight=False)
     out.print(f"  - {{name: {name}, sha256: {digest}, scopes: {scopes}}}", markup=False)
-
-
-def _loopback(host: str) -> bool:
-    """Whether only this machine can reach ``host``: serving it open is no risk to the LAN."""
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _log_to_stderr() -> None:

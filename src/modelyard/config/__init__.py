@@ -6,6 +6,7 @@ error by file, line and key; ``checks`` finds what each part allows alone but no
 
 from modelyard.config.checks import cross_check
 from modelyard.config.loader import ConfigError, ConfigIssue, load_config, parse_config
+from modelyard.config.node_spec import is_loopback
 from modelyard.config.schema import (
     LOCAL_NODE,
     NAME_PATTERN,
@@ -52,6 +53,7 @@ __all__ = [
     "Timeouts",
     "Wyoming",
     "cross_check",
+    "is_loopback",
     "load_config",
     "parse_config",
     "split_listen",

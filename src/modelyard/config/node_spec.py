@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, model_validator
 
@@ -140,6 +142,30 @@ class Node(Strict):
                 )
         return self
 
+    def agent_listen(self) -> tuple[str, int]:
+        """Where ``modelyard agent`` listens for this node unless told: inside a NAT, where
+        its engines bind (``engine_listen``); else its url's host (every address for a
+        name, which may stand for several), on the url's port."""
+        parts = urlsplit(self.url or "")
+        host, port = parts.hostname or "0.0.0.0", parts.port or 80
+        if self.engine_listen:
+            return self.engine_listen, port
+        return (host if is_ip(host) else "0.0.0.0"), port
+
     @property
     def initial_mode(self) -> str:
         return self.default_mode or next(iter(self.modes))
+
+
+def is_ip(host: str) -> bool:
+    """Whether ``host`` is an IP address (not a name)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine reaches ``host``: serving it open is no risk to the LAN."""
+    return host == "localhost" or (is_ip(host) and ipaddress.ip_address(host).is_loopback)

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import socket
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 
-from modelyard.config import Config, split_listen
+from modelyard.config import Config, is_loopback, split_listen
 from modelyard.doctor.result import Context, Result
 
 HEALTH_TIMEOUT = 2.0  # seconds whatever holds a port has to answer /health
@@ -74,26 +72,6 @@ def check_state_dir(ctx: Context) -> list[Result]:
             f"{path} does not exist yet: the first start makes it ({parent} is writable)",
         )
     ]
-
-
-def agent_listen(url: str) -> tuple[str, int]:
-    """Where ``modelyard agent`` listens for a node with ``url`` (as the command decides)."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or "0.0.0.0", parts.port or 80
-    return (host if _is_ip(host) else "0.0.0.0"), port
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def is_loopback(host: str) -> bool:
-    """Whether only this machine reaches ``host`` (``serve``'s own test)."""
-    return host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
 
 
 def _bind_error(host: str, port: int) -> OSError | None:
@@ -171,9 +149,7 @@ async def check_ports(ctx: Context) -> list[Result]:
     cfg = ctx.config
     assert cfg is not None
     if ctx.agent and ctx.node is not None:
-        url = cfg.nodes[ctx.node].url
-        assert url is not None
-        host, port = agent_listen(url)
+        host, port = cfg.nodes[ctx.node].agent_listen()
         return [await _port("agent", host, port, f"agent:{ctx.node}", port)]
     host, port = split_listen(cfg.listen)
     wanted = [_port("gateway", host, port, "gateway", port)]
@@ -190,7 +166,7 @@ def check_access(ctx: Context) -> list[Result]:
     if ctx.agent and ctx.node is not None:
         spec = cfg.nodes[ctx.node]
         assert spec.url is not None
-        host, port = agent_listen(spec.url)
+        host, port = spec.agent_listen()
         if is_loopback(host):
             return [Result("access", "ok", f"the agent listens on {host}: this machine only")]
         if spec.token:
@@ -234,7 +210,7 @@ def check_access(ctx: Context) -> list[Result]:
             )
         )
     for n, spec in cfg.nodes.items():
-        if spec.url and not spec.token and not is_loopback(agent_listen(spec.url)[0]):
+        if spec.url and not spec.token and not is_loopback(spec.agent_listen()[0]):
             found.append(
                 Result(
                     "access",
