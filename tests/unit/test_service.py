@@ -418,3 +418,21 @@ def test_daemon_reload_where_systemd_runs(
     assert code == 0, err
     assert called.read_text() == "daemon-reload\n"
     assert "ran systemctl daemon-reload" in out and "  systemctl daemon-reload" not in out
+
+
+@pytest.mark.parametrize(("journal", "prefix"), [("", ""), ("8:1234", "<4>")])
+def test_under_systemd_a_warning_carries_its_journal_priority(journal: str, prefix: str) -> None:
+    # systemd sets JOURNAL_STREAM when stderr is the journal, which reads a leading <N> as
+    # the line's priority: `journalctl -u modelyard -p warning` then finds the warnings.
+    code = (
+        "import logging; from modelyard.cli.server import _log_to_stderr; _log_to_stderr(); "
+        "logging.getLogger('modelyard.t').warning('careful'); "
+        "logging.getLogger('modelyard.t').info('fine')"
+    )
+    env = {**os.environ, "JOURNAL_STREAM": journal}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    info = "<6>" if prefix else ""
+    assert done.stderr.splitlines() == [
+        f"{prefix}WARNING   modelyard.t: careful",
+        f"{info}INFO      modelyard.t: fine",
+    ]

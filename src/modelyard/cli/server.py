@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -118,10 +119,27 @@ def new_key(
 
 def _log_to_stderr() -> None:
     """modelyard's own log lines (INFO and up: the Wyoming listener's, warnings) beside
-    uvicorn's, in its format; uvicorn configures only its own loggers."""
+    uvicorn's, in its format; uvicorn configures only its own loggers. Under systemd
+    (``JOURNAL_STREAM`` set: stderr is the journal) each line starts with its syslog
+    priority, ``<4>`` for a warning, so that ``journalctl -p warning`` finds it."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)-9s %(name)s: %(message)s"))
+    journal = bool(os.environ.get("JOURNAL_STREAM"))
+    handler.setFormatter(_Lines("%(levelname)-9s %(name)s: %(message)s", journal=journal))
     mine = logging.getLogger("modelyard")
     mine.addHandler(handler)
     mine.setLevel(logging.INFO)
     mine.propagate = False
+
+
+class _Lines(logging.Formatter):
+    PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+    def __init__(self, fmt: str, journal: bool) -> None:
+        super().__init__(fmt)
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if not self.journal:
+            return line
+        return f"<{self.PRIORITY.get(record.levelname, 6)}>{line}"
