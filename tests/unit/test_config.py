@@ -475,3 +475,13 @@ def test_where_an_agent_listens(node: str, expected: tuple[str, int]) -> None:
         "models:\n  m: {engine: command, command: [x, '{port}']}\n"
     )
     assert parse(text).nodes["gamer"].agent_listen() == expected
+
+
+def test_an_empty_agent_token_is_refused() -> None:
+    text = (
+        "nodes:\n  here: {gpus: []}\n  gamer: {url: 'http://10.0.0.2:9100', token: '${TOKEN}'}\n"
+        "models:\n  m: {engine: command, command: [x, '{port}']}\n"
+    )
+    [said] = errors(text, {"TOKEN": ""})
+    assert "nodes.gamer.token: token is empty (a ${VAR} that is set to nothing?)" in said
+    assert parse(text, {"TOKEN": "s3cret"}).nodes["gamer"].token == "s3cret"

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from modelyard.model_spec import Bytes, Seconds, Strict
 
@@ -104,6 +104,16 @@ class Node(Strict):
             return None
         first, last = (int(p) for p in self.engine_ports.split("-"))
         return range(first, last + 1)
+
+    @field_validator("token")
+    @classmethod
+    def _token_said(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError(
+                "token is empty (a ${VAR} that is set to nothing?): give the agent's token, "
+                "or leave `token` out for an agent that needs none"
+            )
+        return value
 
     @model_validator(mode="after")
     def _modes_known(self) -> Node:
