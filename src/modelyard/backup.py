@@ -107,7 +107,8 @@ def read_manifest(source: Path) -> Manifest:
     not_ours = f"{source} is not a modelyard backup (a tar file written by `modelyard backup`)"
     try:
         with tarfile.open(source, "r:") as tar:
-            member = tar.extractfile(MANIFEST)
+            info = tar.getmember(MANIFEST)
+            member = tar.extractfile(info) if info.isfile() and info.size < 1 << 20 else None
             raw = json.loads(member.read()) if member is not None else None
     except (OSError, tarfile.TarError, KeyError, ValueError) as exc:
         raise BackupError(f"{not_ours}: {exc}") from None

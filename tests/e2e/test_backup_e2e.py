@@ -146,9 +146,15 @@ def test_a_file_that_is_not_a_good_backup_changes_nothing(tmp_path: Path) -> Non
     _tar(tmp_path / "newer.tar", newer, {"modelyard.db": data})
     _tar(tmp_path / "tampered.tar", manifest, {"modelyard.db": data[:-1] + b"x"})
     _tar(tmp_path / "other.tar", {"format": "something-else"}, {})
+    with tarfile.open(tmp_path / "huge.tar", "w") as tar:  # a manifest of 2 MiB: not read
+        big = b" " * (2 << 20) + json.dumps(manifest).encode()
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(big)
+        tar.addfile(info, io.BytesIO(big))
     cases = {
         config: "is not a modelyard backup",
         tmp_path / "other.tar": "is not a modelyard backup",
+        tmp_path / "huge.tar": "is not a modelyard backup",
         tmp_path / "newer.tar": "its modelyard.db has schema version 99, written by a newer",
         tmp_path / "tampered.tar": "modelyard.db is damaged",
         tmp_path / "absent.tar": "is not a modelyard backup",
