@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -14,15 +14,13 @@ from modelyard.config import ConfigError, load_config
 from modelyard.engine_log import LINES_WANTED, SSE_HEADERS, log_query, sse_stream
 from modelyard.errors import (
     AgentError,
-    BodyStalled,
-    BodyTooLarge,
     Code,
     Refusal,
     Refused,
     ReloadRefused,
 )
 from modelyard.gateway import events_api
-from modelyard.gateway.body import CLOSE, read_body
+from modelyard.gateway.body import body_or_refusal
 from modelyard.gateway.errors import error_response, openai_error
 from modelyard.gateway.state import Gateway
 from modelyard.nodes import LocalNode
@@ -36,13 +34,9 @@ async def read_json(request: Request) -> Any:
     """The body as JSON, or the 4xx that says why not (too large, too deep, not JSON)."""
     gw: Gateway = request.app.state.gateway
     access = gw.config.access
-    try:
-        raw = await read_body(request.receive, access.body_timeout)
-    except (BodyTooLarge, BodyStalled) as exc:
-        status = 413 if isinstance(exc, BodyTooLarge) else 408
-        return error_response(status, str(exc), headers=dict(CLOSE))
-    except ClientDisconnect:
-        return Response(status_code=499)
+    raw = await body_or_refusal(request.receive, access.body_timeout)
+    if isinstance(raw, Response):
+        return raw
     if not raw:
         return None
     try:

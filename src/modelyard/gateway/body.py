@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 
 from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.types import Message, Receive
 
 from modelyard.errors import BodyStalled, BodyTooLarge
+from modelyard.gateway.errors import error_response
 
 # On an answer sent before its body was read whole: uvicorn then closes the connection
 # instead of reading (and dropping) the rest of the body.
@@ -75,3 +77,15 @@ class LimitedReceive:
             if self.size > self.limit:
                 raise BodyTooLarge(self.limit)
         return message
+
+
+async def body_or_refusal(receive: Receive, idle: float) -> bytes | Response:
+    """The whole body, or the answer that says why not: 413 over the size bound, 408
+    stalled (both closing the connection: the rest is not read), 499 the client gone."""
+    try:
+        return await read_body(receive, idle)
+    except (BodyTooLarge, BodyStalled) as exc:
+        status = 413 if isinstance(exc, BodyTooLarge) else 408
+        return error_response(status, str(exc), headers=dict(CLOSE))
+    except ClientDisconnect:
+        return Response(status_code=499)

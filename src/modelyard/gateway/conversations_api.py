@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -32,8 +32,8 @@ from modelyard.conversations import (
     NewMessage,
     Rejected,
 )
-from modelyard.errors import BodyStalled, BodyTooLarge, Code, Refusal
-from modelyard.gateway.body import CLOSE, read_body
+from modelyard.errors import Code, Refusal
+from modelyard.gateway.body import CLOSE, body_or_refusal
 from modelyard.gateway.errors import error_response, openai_error
 from modelyard.gateway.state import Gateway
 
@@ -77,13 +77,9 @@ async def _body(request: Request, model: type[M]) -> M | Response:
     if kind != "application/json":  # no form of another site's page can send this one
         why = "the body must be JSON: Content-Type: application/json"
         return error_response(415, why, headers=dict(CLOSE))  # its body is left unread
-    try:
-        raw = await read_body(request.receive, gw.config.access.body_timeout)
-    except (BodyTooLarge, BodyStalled) as exc:
-        status = 413 if isinstance(exc, BodyTooLarge) else 408
-        return error_response(status, str(exc), headers=dict(CLOSE))
-    except ClientDisconnect:
-        return Response(status_code=499)
+    raw = await body_or_refusal(request.receive, gw.config.access.body_timeout)
+    if isinstance(raw, Response):
+        return raw
     try:
         data = orjson.loads(raw or b"{}")  # strict UTF-8: no lone surrogates get further
     except orjson.JSONDecodeError as exc:

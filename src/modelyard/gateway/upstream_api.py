@@ -15,13 +15,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import aiohttp
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from modelyard.errors import BodyStalled, BodyTooLarge, Code, Refusal, Refused
-from modelyard.gateway.body import CLOSE, read_body
+from modelyard.errors import Code, Refusal, Refused
+from modelyard.gateway.body import body_or_refusal
 from modelyard.gateway.errors import error_response, openai_error
 from modelyard.gateway.state import Gateway
 from modelyard.instance import Lease
@@ -63,18 +63,10 @@ async def passthrough(request: Request) -> Response:
         return error_response(400, why)
     if not path and not rest.endswith("/"):  # the engine's root: relative links resolve under it
         return RedirectResponse(f"/upstream/{rest}/", status_code=308)
-    try:
-        body = (
-            b""
-            if request.method in READS
-            else await read_body(request.receive, gw.config.access.body_timeout)
-        )
-    except (BodyTooLarge, BodyStalled) as exc:
-        status = 413 if isinstance(exc, BodyTooLarge) else 408
-        return error_response(status, str(exc), headers=dict(CLOSE))
-    except ClientDisconnect:
-        return Response(status_code=499)
     reads = request.method in READS
+    body = b"" if reads else await body_or_refusal(request.receive, gw.config.access.body_timeout)
+    if isinstance(body, Response):
+        return body
     try:
         lease = await gw.scheduler.acquire(name, timeout=gw.config.wait_limit(name), admin=reads)
     except Refused as exc:
