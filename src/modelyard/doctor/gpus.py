@@ -102,7 +102,8 @@ def node_gpus(ctx: Context) -> list[Gpu]:
     return found
 
 
-def _gpu_list(gpus: list[Gpu]) -> str:
+def gpu_list(gpus: list[Gpu]) -> str:
+    """The GPUs in a line: index, name, memory (and free, where NVML read it)."""
     if not gpus:
         return "no GPU"
     return ", ".join(
@@ -115,7 +116,7 @@ def _gpu_list(gpus: list[Gpu]) -> str:
 def check_gpus(ctx: Context) -> list[Result]:
     """NVML and the driver, or the declared inventory, or the node's ``gpus_file``."""
     probe = nvml(ctx)
-    seen = f"driver {probe.driver or '?'}, {_gpu_list(probe.gpus)}"
+    seen = f"driver {probe.driver or '?'}, {gpu_list(probe.gpus)}"
     cfg, node = ctx.config, ctx.node
     spec = cfg.nodes.get(node) if cfg is not None and node is not None else None
     if cfg is None or spec is None or node is None:  # no config, or no model runs here
@@ -134,7 +135,7 @@ def check_gpus(ctx: Context) -> list[Result]:
                     "start the program that writes it; docs/config.md shows its JSON",
                 )
             ]
-        return [Result("gpus", "ok", f"from {spec.gpus_file}: {_gpu_list(read)}")]
+        return [Result("gpus", "ok", f"from {spec.gpus_file}: {gpu_list(read)}")]
     if isinstance(spec.gpus, list):
         return _declared(node, spec, probe)
     if probe.error is None and probe.gpus:
@@ -180,7 +181,7 @@ def _declared(node: str, spec: Node, probe: Nvml) -> list[Result]:
             "gpus",
             "info",
             f"declared inventory in use: {declared or 'no GPU'}; NVML "
-            f"sees driver {probe.driver or '?'}, {_gpu_list(probe.gpus)}",
+            f"sees driver {probe.driver or '?'}, {gpu_list(probe.gpus)}",
         )
     ]
     read = {g.index: g for g in probe.gpus}

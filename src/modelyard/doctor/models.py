@@ -8,12 +8,12 @@ from pathlib import Path
 
 from modelyard.config import Config
 from modelyard.demo import CHAT_DEFAULT, EMBED_DEFAULT, GEMMA_DEFAULT
-from modelyard.doctor.gpus import _gpu_list, node_gpus, nvml
+from modelyard.doctor.gpus import gpu_list, node_gpus, nvml
 from modelyard.doctor.result import Context, Result
 from modelyard.estimate import GgufFacts, estimate_gguf, need_for
 from modelyard.gguf_file import read_facts, shards
 from modelyard.machine import MachineSampler
-from modelyard.placement import Gpu, slow_link
+from modelyard.placement import Gpu, free_on, slow_link
 from modelyard.units import format_bytes
 
 
@@ -106,7 +106,7 @@ def _fits(cfg: Config, node: str, model: str, gpus: list[Gpu], unread: bool) -> 
             name,
             "fail",
             f"placed on GPU {', '.join(map(str, absent))}, which node {node} does not have "
-            f"({_gpu_list(gpus)})",
+            f"({gpu_list(gpus)})",
             f"fix models.{model}.gpus",
         )
     if need.how.startswith("unknown"):
@@ -116,7 +116,7 @@ def _fits(cfg: Config, node: str, model: str, gpus: list[Gpu], unread: bool) -> 
     for index, wanted in sorted(need.per_gpu.items()):
         gpu = known[index]
         room = gpu.total - reserve
-        free = room - gpu.used if gpu.measured else room
+        free = free_on(gpu, (), reserve)  # less what NVML reads in use; none when declared
         lines.append(f"{format_bytes(wanted)} of {format_bytes(free)} free on GPU {index}")
         if wanted > room:
             return Result(
