@@ -20,7 +20,6 @@ SYSTEM_ENV_FILE = Path("/etc/modelyard/modelyard.env")
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STOP_MARGIN_S = 30  # beyond drain_timeout + stop_grace: closing stores, unloading ollama
 _VAR_LIB = Path("/var/lib")
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 _UNIT_CHARS = re.compile(r"[A-Za-z0-9:_.-]")
 
 
@@ -81,16 +80,6 @@ def parse_env_file(text: str) -> dict[str, str]:
     return found
 
 
-def config_variables(text: str) -> list[str]:
-    """The environment variables a config's text reads (``${VAR}``), sorted."""
-    return sorted(set(_VAR.findall(text)))
-
-
-def agent_nodes(config: Config) -> list[str]:
-    """The nodes that run an agent: those with an url (the gateway's own has none)."""
-    return [name for name, node in config.nodes.items() if node.url is not None]
-
-
 def unit_spec(
     config: Config,
     node: str | None,
@@ -108,8 +97,8 @@ def unit_spec(
 
     Raises ValueError when ``node`` is not an agent node of ``config``.
     """
-    if node is not None and node not in agent_nodes(config):
-        agents = ", ".join(agent_nodes(config)) or "none: no node has an url"
+    if node is not None and node not in config.agent_nodes:
+        agents = ", ".join(config.agent_nodes) or "none: no node has an url"
         why = f"{node!r} is not a node of the config"
         if node == config.local_node:
             why = f"{node!r} is the gateway's own node (no url): install it without --agent"

@@ -21,10 +21,10 @@ from typer.testing import CliRunner
 
 from modelyard.cli import service as service_cli
 from modelyard.config import load_config
+from modelyard.config.loader import variables
 from modelyard.service import (
     MARKER,
     UnitSpec,
-    config_variables,
     is_ours,
     parse_env_file,
     render_unit,
@@ -153,7 +153,7 @@ def test_small_parsers() -> None:
     assert not is_ours("[Unit]\n" + MARKER)
     env = "# a comment\nA=1\n  B = 'two words'\nC=\"x\"\nnot a line\n"
     assert parse_env_file(env) == {"A": "1", "B": "two words", "C": "x"}
-    assert config_variables("a: ${B:-x}\nc: ${A}\nd: ${A}\n") == ["A", "B"]
+    assert variables("a: ${B:-x}\nc: ${A}\nd: ${A}\n") == ["A", "B"]
 
 
 def test_spec_from_the_s2_config(tmp_path: Path) -> None:

@@ -81,11 +81,11 @@ def agent(
     from modelyard.gateway.connection import run_server
 
     cfg = load_or_exit(config)
-    spec = cfg.nodes.get(node)
-    if spec is None or spec.url is None:
-        remote = [n for n, s in cfg.nodes.items() if s.url]
-        err.print(f"{node!r} is not a node with an url in {config}; those are: {', '.join(remote)}")
+    if node not in cfg.agent_nodes:
+        remote = ", ".join(cfg.agent_nodes)
+        err.print(f"{node!r} is not a node with an url in {config}; those are: {remote}")
         raise typer.Exit(2)
+    spec = cfg.nodes[node]
     host, port = split_listen(listen) if listen else spec.agent_listen()
     err.print(f"modelyard agent of node {node} on {host}:{port}")
     _log_to_stderr()  # its own lines (auto mode, parts) beside uvicorn's: the journal's too

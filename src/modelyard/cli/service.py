@@ -23,11 +23,11 @@ import typer
 from modelyard.cli.options import DEFAULT_CONFIG, ConfigOpt
 from modelyard.cli.output import err, out
 from modelyard.config import ConfigError, load_config
+from modelyard.config.loader import variables
 from modelyard.service import (
     SYSTEM_ENV_FILE,
     SYSTEM_PATH,
     UnitSpec,
-    config_variables,
     is_ours,
     parse_env_file,
     render_unit,
@@ -276,7 +276,7 @@ def _next_steps(spec: UnitSpec, user: bool, account: str, config: Path, replaced
     if user:
         steps.append(f"loginctl enable-linger {account}  # start it at boot, not at login")
     _say("next:\n" + "\n".join(f"  {s}" for s in steps))
-    names = config_variables(config.read_text(encoding="utf-8", errors="replace"))
+    names = variables(config.read_text(encoding="utf-8", errors="replace"))
     if names:
         where = "exists" if spec.env_file.exists() else "does not exist yet"
         _say(

@@ -78,8 +78,8 @@ def _state_dir(config: Path, node: str | None) -> Path:
     cfg = load_or_exit(config)
     if node is None:
         return cfg.state_dir
-    if node not in cfg.nodes or cfg.nodes[node].url is None:
-        agents = [n for n, spec in cfg.nodes.items() if spec.url]
-        err.print(f"{node!r} is not an agent's node in {config}; those are: {', '.join(agents)}")
+    if node not in cfg.agent_nodes:
+        agents = ", ".join(cfg.agent_nodes)
+        err.print(f"{node!r} is not an agent's node in {config}; those are: {agents}")
         raise typer.Exit(2)
     return cfg.agent_state_dir(node)

@@ -49,6 +49,11 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(i) for i in issues))
 
 
+def variables(text: str) -> list[str]:
+    """The environment variables a config's text reads (``${VAR}``), sorted."""
+    return sorted({m.group(1) for m in _ENV.finditer(text)})
+
+
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate ``path``; raises ConfigError listing every problem."""
     path = Path(path)

@@ -378,6 +378,11 @@ class Config(Strict):
         """The gateway's own node: the one without an agent url."""
         return next((n for n, node in self.nodes.items() if node.url is None), None)
 
+    @property
+    def agent_nodes(self) -> list[str]:
+        """The nodes that run an agent: those with an url (the gateway's own has none)."""
+        return [n for n, node in self.nodes.items() if node.url is not None]
+
     def agent_state_dir(self, node: str) -> Path:
         """Where the agent of ``node`` keeps its state: its ``state_dir``, else one of its
         own inside the gateway's."""

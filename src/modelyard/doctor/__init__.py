@@ -80,11 +80,10 @@ def load(config_path: Path, node: str | None) -> Context:
     cfg = ctx.config
     if node is None:
         ctx.node = cfg.local_node
-    elif node not in cfg.nodes or cfg.nodes[node].url is None:
-        agents = [n for n, spec in cfg.nodes.items() if spec.url]
+    elif node not in cfg.agent_nodes:
         raise DoctorUsageError(
             f"{node!r} is not a node with an url in {config_path}; those are: "
-            + (", ".join(agents) or "none (every model runs on the gateway's machine)")
+            + (", ".join(cfg.agent_nodes) or "none (every model runs on the gateway's machine)")
         )
     return ctx
 

@@ -68,9 +68,9 @@ def _why_not(exc: BaseException) -> str:
 
 
 async def _probe_all(cfg: Config) -> list[AgentProbe]:
-    remote = [(n, s) for n, s in cfg.nodes.items() if s.url]
     async with httpx.AsyncClient(trust_env=False, timeout=AGENT_TIMEOUT) as client:
-        return list(await asyncio.gather(*(_probe(client, n, s) for n, s in remote)))
+        probes = (_probe(client, n, cfg.nodes[n]) for n in cfg.agent_nodes)
+        return list(await asyncio.gather(*probes))
 
 
 async def agent_probes(ctx: Context) -> list[AgentProbe]:
