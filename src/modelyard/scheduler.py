@@ -67,7 +67,7 @@ class Scheduler:
         self.store = store  # read for typical load times; state changes go to ``events``
         self.events = events
         self.instances: dict[str, Instance] = {}
-        self.parts: span.Chosen = {}  # a model across nodes: where its parts run now
+        self.parts: span.Placements = {}  # a model across nodes: where its parts run now
         self._waiters: list[_Waiter] = []
         self._took: dict[str, deque[float]] = {}  # recent requests' seconds on a slot
         self.leaks: dict[str, int] = {}  # places found held by finished requests, per model

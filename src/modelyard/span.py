@@ -46,7 +46,7 @@ class Placed:
     needs: tuple[Need, ...] = ()
 
 
-Chosen = dict[str, Placed]  # model → where it runs now (the scheduler keeps it)
+Placements = dict[str, Placed]  # model → where it runs now (the scheduler keeps it)
 
 
 def candidates(config: Config, model: str) -> tuple[str, ...]:
@@ -103,7 +103,7 @@ async def start(
     model: str,
     node: str,
     timeout: float,
-    chosen: Chosen,
+    placements: Placements,
     held: Iterable[Resident] = (),
 ) -> tuple[Upstream, int | None]:
     """Start ``model`` on ``node``: its parts first (at once), then its llama-server given
@@ -140,20 +140,20 @@ async def start(
     where += [(node, g.index) for g in mine]
     estimate = main.need(model)  # the whole model's on its node's GPUs (GGUF), if it has any
     total = spec.memory or (sum(estimate.per_gpu.values()) if estimate else None)
-    chosen[model] = Placed(span, holds(total, where, split))
+    placements[model] = Placed(span, holds(total, where, split))
     results = await asyncio.gather(
         *(nodes[n].start_part(model, timeout) for n in span), return_exceptions=True
     )
     failed = [(n, r) for n, r in zip(span, results, strict=True) if isinstance(r, BaseException)]
     if failed:
-        await stop_parts(nodes, config, model, "another part failed to start", chosen)
+        await stop_parts(nodes, config, model, "another part failed to start", placements)
         part, exc = failed[0]
         raise StartError(f"its part on node {part} failed to start: {exc}") from exc
     addresses = tuple(str(r) for r in results)
     try:
         return await main.start(model, timeout, Parts(addresses, split))
     except BaseException as exc:
-        await stop_parts(nodes, config, model, "its llama-server failed to start", chosen)
+        await stop_parts(nodes, config, model, "its llama-server failed to start", placements)
         unanswered = _unanswered(exc, dict(zip(addresses, span, strict=True)), node)
         if unanswered is not None:
             raise StartError(unanswered, getattr(exc, "tail", None)) from exc
@@ -211,13 +211,13 @@ async def stop(
     model: str,
     node: str,
     reason: str,
-    chosen: Chosen,
+    placements: Placements,
 ) -> None:
     """Stop ``model``'s llama-server on ``node``, then its parts."""
     try:
         await nodes[node].stop(model, reason)
     finally:
-        await stop_parts(nodes, config, model, reason, chosen)
+        await stop_parts(nodes, config, model, reason, placements)
 
 
 async def stop_parts(
@@ -225,21 +225,21 @@ async def stop_parts(
     config: Config,
     model: str,
     reason: str,
-    chosen: Chosen,
+    placements: Placements,
     where: Sequence[str] | None = None,
 ) -> None:
     """Stop ``model``'s parts: on the nodes that hold them now, or ``where``."""
-    placed = chosen.get(model)
+    placed = placements.get(model)
     for name in (placed.nodes if placed else ()) if where is None else where:
         with contextlib.suppress(Exception):  # an unreachable node's parts die with its agent
             await nodes[name].stop_part(model, reason)
-    chosen.pop(model, None)
+    placements.pop(model, None)
 
 
 async def watch(nodes: Mapping[str, NodeHandle], config: Config, scheduler: Scheduler) -> None:
     """One round: a ready instance whose part is gone (ended, its node unreachable or gated)
     fails, its llama-server and other parts stopped; parts left without an instance stop."""
-    chosen = scheduler.parts
+    placements = scheduler.parts
     for model in config.models:
         may = candidates(config, model)
         inst = scheduler.instances.get(model)
@@ -248,14 +248,16 @@ async def watch(nodes: Mapping[str, NodeHandle], config: Config, scheduler: Sche
         if inst.state not in RESIDENT:
             left = [n for n in may if nodes[n].part_running(model)]
             if left:
-                await stop_parts(nodes, config, model, "its instance is not running", chosen, left)
+                await stop_parts(
+                    nodes, config, model, "its instance is not running", placements, left
+                )
             continue
         if inst.state is not State.READY:
             continue
-        placed = chosen.get(model)
+        placed = placements.get(model)
         why = _broken(nodes, model, placed.nodes if placed else ())
         if why is not None:
-            await stop(nodes, config, model, inst.node, why, chosen)
+            await stop(nodes, config, model, inst.node, why, placements)
             scheduler.on_exit(model, why)
 
 
@@ -271,13 +273,13 @@ def _broken(nodes: Mapping[str, NodeHandle], model: str, span: Sequence[str]) ->
     return None
 
 
-async def close(nodes: Mapping[str, NodeHandle], config: Config, chosen: Chosen) -> None:
+async def close(nodes: Mapping[str, NodeHandle], config: Config, placements: Placements) -> None:
     """The gateway stops: its own node's engines stop with it, so the parts of the models
     they ran stop too (a model whose llama-server runs on an agent keeps running there)."""
     local = config.local_node
     mine = [m for m in config.models if candidates(config, m) and config.node_of(m) == local]
     stopping = (
-        stop_parts(nodes, config, m, "the gateway stopped", chosen, candidates(config, m))
+        stop_parts(nodes, config, m, "the gateway stopped", placements, candidates(config, m))
         for m in mine
     )
     await asyncio.gather(*stopping)

@@ -15,7 +15,7 @@ from modelyard.lifecycle import NodeView
 from modelyard.machine import Machine
 from modelyard.placement import Gpu, Need, Resident
 from modelyard.rpc_part import Parts
-from modelyard.span import Chosen, room, start, tensor_split
+from modelyard.span import Placements, room, start, tensor_split
 
 GIB = 1024**3
 CONFIG = """\
@@ -113,7 +113,7 @@ def test_it_leaves_what_other_models_hold_and_records_what_it_holds_on_each_gpu(
     server = Up("server", [Gpu("server", 0, "3070", 8 * GIB)])  # declared: no use read
     gamer = Up("gamer", [Gpu("gamer", 0, "3090", 24 * GIB)])
     small = Resident("small", False, None, Need("server", {0: 3 * GIB}))  # runs on the server
-    chosen: Chosen = {}
+    chosen: Placements = {}
     asyncio.run(
         start({"server": server, "gamer": gamer}, config, "big", "gamer", 10, chosen, [small])
     )
@@ -162,7 +162,7 @@ def test_a_part_its_llama_server_cannot_reach_is_named_and_stopped() -> None:
     config = parse_config(CONFIG.format(span="[server]", memory="14GiB"), "/etc/m.yaml", {})
     server = Unreached("server", [Gpu("server", 0, "3070", 8 * GIB)])
     gamer = Unreached("gamer", [Gpu("gamer", 0, "3090", 24 * GIB)])
-    chosen: Chosen = {}
+    chosen: Placements = {}
     with pytest.raises(StartError) as failed:
         asyncio.run(start({"server": server, "gamer": gamer}, config, "big", "gamer", 10, chosen))
     assert str(failed.value).startswith(
