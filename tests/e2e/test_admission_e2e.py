@@ -134,29 +134,29 @@ def post_with_timeout(gw: ServedGateway, timeout: float) -> httpx.Response:
 
 def test_a_waiting_stream_is_kept_alive_then_answered(one_slot: ServedGateway) -> None:
     """Queued behind a busy slot, a streamed request gets its 200 and comment lines at once,
-    then the answer; the SDK reads through the comments."""
+    then the answer once the first client leaves; the SDK reads through the comments."""
     assert post(one_slot).status_code == 200
     busy = {
         "model": "q",
         "stream": True,
-        "max_tokens": 120,
+        # Far longer than the second waits before its first comment (a second), on any
+        # machine (within q's window of 1024): the test ends it by leaving, not by waiting.
+        "max_tokens": 600,
+        "ignore_eos": True,
         "messages": [{"role": "user", "content": "Count to one hundred."}],
     }
-    waiting = {**busy, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
-    with httpx.stream(
-        "POST", one_slot.url + "/v1/chat/completions", json=busy, timeout=120
-    ) as first:
+    waiting = {"model": "q", "stream": True, "max_tokens": 4,
+               "messages": [{"role": "user", "content": "Hi"}]}  # fmt: skip
+    url = one_slot.url + "/v1/chat/completions"
+    with httpx.stream("POST", url, json=busy, timeout=120) as first:
         lines = first.iter_lines()
         next(line for line in lines if line.startswith("data: "))
-        with httpx.stream(
-            "POST", one_slot.url + "/v1/chat/completions", json=waiting, timeout=120
-        ) as second:
+        with httpx.stream("POST", url, json=waiting, timeout=120) as second:
             assert second.status_code == 200
             assert "x-modelyard-decision" in second.headers
             seen = second.iter_lines()
             assert next(seen).startswith(": modelyard: waiting")  # before the slot is free
-            for _ in lines:  # the first stream ends, the slot frees, the second proceeds
-                pass
+            first.close()  # the first client leaves: its slot frees, the second proceeds
             rest = list(seen)
     assert any(line.startswith("data: ") and '"content"' in line for line in rest)
     assert rest[-2:] == ["data: [DONE]", ""] or "data: [DONE]" in rest

@@ -92,6 +92,14 @@ def _error(r: httpx.Response) -> dict[str, Any]:
     return dict(body["error"])
 
 
+def _until_counted(gw: ServedGateway, model: str, **counts: int) -> None:
+    """Waits until ``model``'s audit shows ``counts`` (a thread's request has arrived)."""
+    deadline = time.monotonic() + 30
+    while {k: gw.model(model)[k] for k in counts} != counts:
+        assert time.monotonic() < deadline, f"{model} never showed {counts}"
+        time.sleep(0.02)
+
+
 def _rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:"))
@@ -257,9 +265,9 @@ def test_retry_after_is_the_queue_ahead_at_the_measured_pace(gw: ServedGateway) 
 
     running, queued = threading.Thread(target=one), threading.Thread(target=one)
     running.start()
-    time.sleep(0.3)
+    _until_counted(gw, "paced", in_flight=1, waiting=0)
     queued.start()
-    time.sleep(0.2)
+    _until_counted(gw, "paced", in_flight=1, waiting=1)
     r = httpx.post(gw.url + "/v1/chat/completions", json=_chat("paced"), headers=AUTH, timeout=30)
     assert r.status_code == 429, r.text
     wait = int(r.headers["Retry-After"])
@@ -313,12 +321,18 @@ def test_the_sdks_models_retrieve_finds_a_model_an_alias_and_a_tier(gw: ServedGa
 
 
 def test_a_stream_that_waited_for_its_model_says_which_one_served_it(gw: ServedGateway) -> None:
-    gw.admin("POST", "/admin/models/gemma-a/stop")
-    body = _chat("gemma-a", stream=True, max_tokens=4)
-    with httpx.stream(
-        "POST", gw.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=60
-    ) as r:
-        text = r.read().decode()
-    assert ": modelyard: waiting" in text
-    assert ": modelyard: model=gemma-a instance=gemma-a#" in text and "node=local" in text
+    """Queued behind slow's one busy slot (not behind a load, whose length is the machine's),
+    the stream says it waits, then which instance served it."""
+    busy = _chat("slow", stream=True, stub={"chunks": 3, "stall_after": 1})  # until it leaves
+    url = gw.url + "/v1/chat/completions"
+    with httpx.stream("POST", url, json=busy, headers=AUTH, timeout=60) as first:
+        lines = first.iter_lines()
+        next(line for line in lines if line.startswith("data: "))  # the slot is taken
+        waiting = _chat("slow", stream=True, stub={"chunks": 1})
+        with httpx.stream("POST", url, json=waiting, headers=AUTH, timeout=60) as second:
+            seen = second.iter_lines()
+            assert next(seen).startswith(": modelyard: waiting")
+            first.close()  # its client leaves: the slot frees, the second is served
+            text = "\n".join(seen)
+    assert ": modelyard: model=slow instance=slow#" in text and "node=local" in text
     assert text.rstrip().endswith("data: [DONE]")
