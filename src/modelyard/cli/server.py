@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ def serve(
     listen: Annotated[str | None, typer.Option(help="HOST:PORT, overrides `listen:`.")] = None,
 ) -> None:
     """Run the gateway on the config's port."""
+    _ignore_early_reloads()
     # Imported here: the gateway and uvicorn are heavy, and `modelyard --help` should be quick.
     from modelyard.gateway import create_app
     from modelyard.gateway.connection import run_server
@@ -115,6 +117,15 @@ def new_key(
     out.print(f"key (give it to {name}; it is not kept anywhere): {key}", highlight=False)
     out.print("add to the config under access.keys:", highlight=False)
     out.print(f"  - {{name: {name}, sha256: {digest}, scopes: {scopes}}}", markup=False)
+
+
+def _ignore_early_reloads() -> None:
+    """A reload (SIGHUP, `systemctl reload`) before the gateway listens must not end it, as
+    SIGHUP's default would: the config is read after this, so it reads the file as the
+    reload meant; the gateway installs its own handler once it is up. A handler, not
+    SIG_IGN: an ignored signal stays ignored in the engines the gateway starts."""
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: None)
 
 
 def _log_to_stderr() -> None:
