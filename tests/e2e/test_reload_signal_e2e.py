@@ -1,7 +1,9 @@
-"""SIGHUP (``systemctl reload``) at any moment of the gateway's life: never its end."""
+"""The gateway as systemd runs it: SIGHUP (``systemctl reload``) at any moment of its life
+is never its end, and its lines, uvicorn's included, carry their journal priority."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -15,13 +17,14 @@ from tests.conftest import ServedGateway, stub_model, wait_healthy, write_config
 pytestmark = pytest.mark.e2e
 
 
-def test_a_reload_before_the_gateway_listens_does_not_end_it(tmp_path: Path) -> None:
+def test_a_reload_while_the_gateway_starts_does_not_end_it(tmp_path: Path) -> None:
     config = write_config(tmp_path, stub_model("one"))
     log = tmp_path / "gateway.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelyard", "serve", "-c", str(config)],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
+        env={**os.environ, "JOURNAL_STREAM": "8:1234"},  # as systemd sets it
     )
     import yaml
 
@@ -41,6 +44,7 @@ def test_a_reload_before_the_gateway_listens_does_not_end_it(tmp_path: Path) -> 
         while "two" not in {m["name"] for m in gw.admin("GET", "/admin/models").json()["models"]}:
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
+        assert "<6>INFO:     Application startup complete." in log.read_text()
     finally:
         proc.terminate()
         assert proc.wait(60) in (0, -15), log.read_text()

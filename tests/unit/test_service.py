@@ -425,7 +425,7 @@ def test_under_systemd_a_warning_carries_its_journal_priority(journal: str, pref
     # systemd sets JOURNAL_STREAM when stderr is the journal, which reads a leading <N> as
     # the line's priority: `journalctl -u modelyard -p warning` then finds the warnings.
     code = (
-        "import logging; from modelyard.cli.server import _log_to_stderr; _log_to_stderr(); "
+        "import logging; from modelyard.cli.journal import log_to_stderr; log_to_stderr(); "
         "logging.getLogger('modelyard.t').warning('careful'); "
         "logging.getLogger('modelyard.t').info('fine')"
     )
@@ -435,4 +435,25 @@ def test_under_systemd_a_warning_carries_its_journal_priority(journal: str, pref
     assert done.stderr.splitlines() == [
         f"{prefix}WARNING   modelyard.t: careful",
         f"{info}INFO      modelyard.t: fine",
+    ]
+
+
+@pytest.mark.parametrize(("journal", "error", "info"), [("", "", ""), ("8:1234", "<3>", "<6>")])
+def test_under_systemd_uvicorns_lines_carry_their_journal_priority_too(
+    journal: str, error: str, info: str
+) -> None:
+    # uvicorn configures its own loggers (as uvicorn.run does with what serve passes it).
+    code = (
+        "import logging.config, uvicorn.config; "
+        "from modelyard.cli.journal import uvicorn_logging; "
+        "logging.config.dictConfig(uvicorn_logging().get('log_config', "
+        "uvicorn.config.LOGGING_CONFIG)); "
+        "logging.getLogger('uvicorn.error').error('Exception in ASGI application'); "
+        "logging.getLogger('uvicorn.error').info('Uvicorn running')"
+    )
+    env = {**os.environ, "JOURNAL_STREAM": journal}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stderr.splitlines() == [
+        f"{error}ERROR:    Exception in ASGI application",
+        f"{info}INFO:     Uvicorn running",
     ]

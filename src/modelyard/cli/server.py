@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import signal
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -11,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from modelyard.cli.config_files import load_or_exit
+from modelyard.cli.journal import log_to_stderr, uvicorn_logging
 from modelyard.cli.options import DEFAULT_CONFIG, ConfigOpt
 from modelyard.cli.output import err, out
 from modelyard.config import is_loopback, split_listen
@@ -46,7 +45,7 @@ def serve(
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # a wildcard: this machine
     shown = f"[{shown}]" if ":" in shown else shown
     err.print(f"console: http://{shown}:{port}/  API: http://{shown}:{port}/v1", highlight=False)
-    _log_to_stderr()
+    log_to_stderr()
     # On SIGTERM/SIGINT: stop taking requests, let those running finish (bounded by the
     # drain timeout), then stop the engines.
     run_server(
@@ -56,6 +55,7 @@ def serve(
         cfg.access,
         log_level="info",
         access_log=False,
+        **uvicorn_logging(),
         timeout_graceful_shutdown=int(cfg.scheduler.drain_timeout) or 1,
     )
 
@@ -90,7 +90,7 @@ def agent(
     spec = cfg.nodes[node]
     host, port = split_listen(listen) if listen else spec.agent_listen()
     err.print(f"modelyard agent of node {node} on {host}:{port}")
-    _log_to_stderr()  # its own lines (auto mode, parts) beside uvicorn's: the journal's too
+    log_to_stderr()  # its own lines (auto mode, parts) beside uvicorn's: the journal's too
     run_server(
         _built(lambda: create_agent_app(cfg, node)),
         host,
@@ -98,6 +98,7 @@ def agent(
         cfg.access,
         log_level="info",
         access_log=False,
+        **uvicorn_logging(),
         # The gateway follows engine logs through open streams: they must not hold a stop.
         timeout_graceful_shutdown=5,
     )
@@ -126,31 +127,3 @@ def _ignore_early_reloads() -> None:
     SIG_IGN: an ignored signal stays ignored in the engines the gateway starts."""
     if hasattr(signal, "SIGHUP"):  # not on Windows
         signal.signal(signal.SIGHUP, lambda _signum, _frame: None)
-
-
-def _log_to_stderr() -> None:
-    """modelyard's own log lines (INFO and up: the Wyoming listener's, warnings) beside
-    uvicorn's, in its format; uvicorn configures only its own loggers. Under systemd
-    (``JOURNAL_STREAM`` set: stderr is the journal) each line starts with its syslog
-    priority, ``<4>`` for a warning, so that ``journalctl -p warning`` finds it."""
-    handler = logging.StreamHandler()
-    journal = bool(os.environ.get("JOURNAL_STREAM"))
-    handler.setFormatter(_Lines("%(levelname)-9s %(name)s: %(message)s", journal=journal))
-    mine = logging.getLogger("modelyard")
-    mine.addHandler(handler)
-    mine.setLevel(logging.INFO)
-    mine.propagate = False
-
-
-class _Lines(logging.Formatter):
-    PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
-
-    def __init__(self, fmt: str, journal: bool) -> None:
-        super().__init__(fmt)
-        self.journal = journal
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        if not self.journal:
-            return line
-        return f"<{self.PRIORITY.get(record.levelname, 6)}>{line}"
