@@ -50,3 +50,20 @@ def test_serve_on_a_lan_address_without_keys_names_the_key_command(tmp_path: Pat
     run = modelyard("serve", "-c", str(config), "--listen", f"0.0.0.0:{free_port()}")
     assert run.returncode == 2, run.stderr
     assert "with no API keys" in run.stderr and "modelyard key NAME" in run.stderr
+
+
+def test_check_warns_of_a_lan_address_serve_would_refuse(tmp_path: Path) -> None:
+    models = "models:\n  a: {engine: remote, url: 'http://127.0.0.1:9/v1'}\n"
+    for listen, extra, warned in [
+        ("0.0.0.0:8000", "", True),
+        ("127.0.0.1:8000", "", False),
+        ("0.0.0.0:8000", "access: {allow_open_lan: true}\n", False),
+        ("0.0.0.0:8000", "access: {keys: [{name: me, key: sk-1}]}\n", False),
+    ]:
+        config = tmp_path / "lan.yaml"
+        config.write_text(f"listen: {listen}\n{extra}{models}", encoding="utf-8")
+        run = modelyard("check", str(config))
+        assert run.returncode == 0, run.stderr  # valid: a warning, not an error
+        said = "listen: 0.0.0.0:8000 with no API keys" in run.stdout
+        assert said == warned, (listen, extra, run.stdout)
+        assert ("`modelyard serve` refuses it" in run.stdout) == warned

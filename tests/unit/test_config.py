@@ -135,6 +135,11 @@ def test_good_config_parses_every_engine() -> None:
             id="alias clashes with a name",
         ),
         pytest.param(
+            "access:\n  keys:\n    - {name: me, key: '${EMPTY:-}'}\n",
+            "test.yaml:3: access.keys[0]: `key` is empty (an empty ${VAR}?)",
+            id="empty key",
+        ),
+        pytest.param(
             "listen: 8000\n",
             "test.yaml:1: listen: '8000': expected HOST:PORT",
             id="listen without host",
@@ -237,6 +242,7 @@ def test_examples_validate(path: Path) -> None:
     spans = [m for m in cfg.models.values() if getattr(m, "span", None)]
     assert cfg.models and len(cfg.warnings) == len(spans)
     assert all("no authentication" in w for w in cfg.warnings)
+    assert cfg.open_without_keys() is None  # serve starts on it as it is
 
 
 def test_s4_shares_fit_one_gpu_together() -> None:

@@ -31,6 +31,8 @@ def check(files: Annotated[list[Path], typer.Argument(help="Config files to vali
 def config_warnings(cfg: Config) -> list[str]:
     """Things that validate but will not run here (absent weights files), or need a look."""
     notes = list(cfg.warnings)
+    if problem := cfg.open_without_keys():
+        notes.append(f"listen: {problem}; `modelyard serve` refuses it as it is")
     for name, model in cfg.models.items():
         weights = getattr(model, "weights", None)
         if weights is not None and not Path(weights).is_file():

@@ -12,7 +12,7 @@ from modelyard.cli.config_files import load_or_exit
 from modelyard.cli.journal import log_to_stderr, uvicorn_logging
 from modelyard.cli.options import DEFAULT_CONFIG, ConfigOpt
 from modelyard.cli.output import err, out
-from modelyard.config import is_loopback, split_listen
+from modelyard.config import split_listen
 
 
 def serve(
@@ -34,12 +34,8 @@ def serve(
             raise typer.Exit(2) from None
         cfg = cfg.model_copy(update={"listen": listen})
     host, port = split_listen(cfg.listen)
-    if not cfg.access.keys and not cfg.access.allow_open_lan and not is_loopback(host):
-        err.print(
-            f"refusing to serve {host}:{port} with no API keys: anyone on the network could use "
-            "it. Add keys under access.keys (modelyard key NAME), bind 127.0.0.1, or set "
-            "access.allow_open_lan: true"
-        )
+    if problem := cfg.open_without_keys():
+        err.print(f"refusing to serve {problem}")
         raise typer.Exit(2)
     err.print(f"modelyard: {len(cfg.models)} model(s) from {config}, listening on {host}:{port}")
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # a wildcard: this machine

@@ -28,6 +28,7 @@ from modelyard.config.node_spec import (
 from modelyard.config.node_spec import (
     Node as Node,
 )
+from modelyard.config.node_spec import is_loopback
 
 # Re-exported: the schema is the one place every key of the file is found from.
 from modelyard.engines.catalog import Model as Model
@@ -196,6 +197,8 @@ class ApiKey(Strict):
     def _one_secret(self) -> ApiKey:
         if (self.sha256 is None) == (self.key is None):
             raise ValueError("give exactly one of `sha256` (from `modelyard key NAME`) or `key`")
+        if self.key is not None and not self.key.strip():  # no client can send it
+            raise ValueError("`key` is empty (an empty ${VAR}?): give the key itself")
         return self
 
     def digest(self) -> str:
@@ -382,6 +385,18 @@ class Config(Strict):
     def agent_nodes(self) -> list[str]:
         """The nodes that run an agent: those with an url (the gateway's own has none)."""
         return [n for n, node in self.nodes.items() if node.url is not None]
+
+    def open_without_keys(self) -> str | None:
+        """What is wrong when ``listen`` reaches the network with no API keys and no
+        ``access.allow_open_lan`` (``serve`` refuses to start so), else None."""
+        host, port = split_listen(self.listen)
+        if self.access.keys or self.access.allow_open_lan or is_loopback(host):
+            return None
+        return (
+            f"{host}:{port} with no API keys: anyone on the network could use it. Add keys "
+            "under access.keys (modelyard key NAME), listen on 127.0.0.1, or set "
+            "access.allow_open_lan: true"
+        )
 
     def agent_state_dir(self, node: str) -> Path:
         """Where the agent of ``node`` keeps its state: its ``state_dir``, else one of its
